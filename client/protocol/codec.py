@@ -1,0 +1,318 @@
+"""Encode and decode wire messages (ZeroMQ multipart).
+
+Frame 0 is `Header` (16 bytes: version u8, type u8, flags u16, request id u64, timeout ms
+u32) followed by the message's typed fields; payload frames follow, sent and received
+without copies. Data-path fields use the fixed layouts below; control fields are msgpack
+(msgspec, validated into the structs of messages.py).
+
+Decoding never raises anything but `InvalidMessage` (or `UnsupportedVersion` for a header
+of a version this build does not speak), whatever the bytes: truncated, garbage, negative
+counts, inconsistent lengths. Sizes are checked before bodies are touched.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from typing import Any, Union
+
+import msgspec
+
+from streamvault.client.protocol import messages as m
+from streamvault.client.protocol.errors import (
+    InvalidMessage,
+    StreamVaultError,
+    UnsupportedVersion,
+)
+from streamvault.client.protocol.limits import (
+    BLOCK_EVENTS_MAX,
+    CONTROL_BYTES_MAX,
+    PROTOCOL_VERSION,
+    PROTOCOL_VERSION_MIN,
+    READ_BYTES_MAX,
+    REQUEST_TIMEOUT_MS_MAX,
+    SEGMENT_NAME_BYTES_MAX,
+    TAIL_WAIT_MS_MAX,
+)
+
+HEADER = struct.Struct("<BBHQI")
+HEADER_BYTES = HEADER.size
+WRITER_ID_BYTES = 16
+U64_MAX = (1 << 64) - 1
+I64_MAX = (1 << 63) - 1
+
+# Fixed layouts of the data-path fields (after the header, before the segment name).
+SETUP_APPEND = struct.Struct("<16s")
+APPEND_SETUP = struct.Struct("<16sqqB")
+APPEND_BLOCK = struct.Struct("<16sqqIq")
+DATA_APPENDED = struct.Struct("<16sqqB")
+READ_SEGMENT = struct.Struct("<qII")
+SEGMENT_READ = struct.Struct("<qqB")
+ERROR = struct.Struct("<H")
+
+_control_encoder = msgspec.msgpack.Encoder()
+_control_decoder = msgspec.msgpack.Decoder(Union[m.CONTROL_TYPES])  # noqa: UP007
+_hello_decoder = msgspec.msgpack.Decoder(m.Hello)
+_hello_reply_decoder = msgspec.msgpack.Decoder(m.HelloReply)
+_error_body_decoder = msgspec.msgpack.Decoder(dict[str, Any])
+
+
+def _view(frame: Any) -> memoryview:
+    """A read-only byte view of a frame (bytes, memoryview, zmq.Frame, numpy array)."""
+    buffer = getattr(frame, "buffer", None)
+    if buffer is not None and not callable(buffer):
+        frame = buffer
+    try:
+        view = memoryview(frame)
+    except TypeError as exc:
+        raise InvalidMessage(f"frame of type {type(frame).__name__} is not bytes-like") from exc
+    if view.ndim != 1 or view.itemsize != 1:
+        view = view.cast("B")
+    return view
+
+
+def _nbytes(frame: Any) -> int:
+    return _view(frame).nbytes
+
+
+def encode_header(msg_type: int, request_id: int, *, flags: int = 0, timeout_ms: int = 0,
+                  version: int = PROTOCOL_VERSION) -> bytes:
+    return HEADER.pack(version, msg_type, flags, request_id, timeout_ms)
+
+
+def decode_header(frame0: Any) -> m.Header:
+    view = _view(frame0)
+    if len(view) < HEADER_BYTES:
+        raise InvalidMessage(f"header: {len(view)} bytes < {HEADER_BYTES}")
+    header = m.Header(*HEADER.unpack_from(view, 0))
+    if not PROTOCOL_VERSION_MIN <= header.version <= PROTOCOL_VERSION:
+        raise UnsupportedVersion(
+            f"header: version {header.version} not in {PROTOCOL_VERSION_MIN}..{PROTOCOL_VERSION}",
+            min_version=PROTOCOL_VERSION_MIN, max_version=PROTOCOL_VERSION,
+            request_id=header.request_id,
+        )
+    if header.timeout_ms > REQUEST_TIMEOUT_MS_MAX:
+        raise InvalidMessage(f"header: timeout_ms={header.timeout_ms} > {REQUEST_TIMEOUT_MS_MAX}")
+    return header
+
+
+def _name(view: memoryview, start: int, what: str) -> bytes:
+    size = len(view) - start
+    if not 0 < size <= SEGMENT_NAME_BYTES_MAX:
+        raise InvalidMessage(f"{what}: segment name length {size} not in 1..{SEGMENT_NAME_BYTES_MAX}")
+    name = bytes(view[start:])
+    try:
+        name.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidMessage(f"{what}: segment name is not UTF-8") from exc
+    return name
+
+
+def _fields(view: memoryview, layout: struct.Struct, what: str) -> tuple:
+    if len(view) < HEADER_BYTES + layout.size:
+        raise InvalidMessage(f"{what}: {len(view)} bytes < {HEADER_BYTES + layout.size}")
+    return layout.unpack_from(view, HEADER_BYTES)
+
+
+def _frame_count(frames: Sequence[Any], expected: int, what: str) -> None:
+    if len(frames) != expected:
+        raise InvalidMessage(f"{what}: {len(frames)} frames, expected {expected}")
+
+
+# --- encoders ----------------------------------------------------------------------------
+def encode(body: Any, request_id: int, *, timeout_ms: int = 0, flags: int = 0) -> list[Any]:
+    """Frames of one message; payload objects are returned as-is for zero-copy sending."""
+    if isinstance(body, m.AppendBlock):
+        head = encode_header(m.MsgType.APPEND_BLOCK, request_id, flags=flags, timeout_ms=timeout_ms)
+        fields = APPEND_BLOCK.pack(body.writer_id, body.first_event_number,
+                                   body.last_event_number, body.event_count, body.expected_offset)
+        return [head + fields + body.segment, body.payload]
+    if isinstance(body, m.DataAppended):
+        head = encode_header(m.MsgType.DATA_APPENDED, request_id, flags=flags)
+        return [head + DATA_APPENDED.pack(body.writer_id, body.last_event_number,
+                                          body.segment_length, body.duplicate) + body.segment]
+    if isinstance(body, m.SetupAppend):
+        head = encode_header(m.MsgType.SETUP_APPEND, request_id, flags=flags, timeout_ms=timeout_ms)
+        return [head + SETUP_APPEND.pack(body.writer_id) + body.segment]
+    if isinstance(body, m.AppendSetup):
+        head = encode_header(m.MsgType.APPEND_SETUP, request_id, flags=flags)
+        return [head + APPEND_SETUP.pack(body.writer_id, body.last_event_number,
+                                         body.segment_length, body.sealed) + body.segment]
+    if isinstance(body, m.ReadSegment):
+        head = encode_header(m.MsgType.READ_SEGMENT, request_id, flags=flags, timeout_ms=timeout_ms)
+        return [head + READ_SEGMENT.pack(body.offset, body.max_bytes, body.wait_ms) + body.segment]
+    if isinstance(body, m.SegmentRead):
+        head = encode_header(m.MsgType.SEGMENT_READ, request_id, flags=flags)
+        return [head + SEGMENT_READ.pack(body.offset, body.segment_length, body.end_of_segment)
+                + body.segment, *body.payload]
+    if isinstance(body, m.ErrorReply):
+        return encode_error(request_id, body.code, body.message, body.fields)
+    if isinstance(body, m.Hello):
+        head = encode_header(m.MsgType.HELLO, request_id, flags=flags, timeout_ms=timeout_ms)
+        return [head + _control_encoder.encode(body)]
+    if isinstance(body, m.HelloReply):
+        return [encode_header(m.MsgType.HELLO_REPLY, request_id) + _control_encoder.encode(body)]
+    if isinstance(body, m.Control):
+        kind = m.MsgType.CONTROL_REPLY if flags & FLAG_REPLY else m.MsgType.CONTROL
+        head = encode_header(kind, request_id, timeout_ms=timeout_ms)
+        return [head + _control_encoder.encode(body)]
+    raise TypeError(f"encode: no wire form for {type(body).__name__}")
+
+
+FLAG_REPLY = 1
+"""Set on control messages that are replies (CONTROL_REPLY); ignored on other types."""
+
+
+def encode_reply(body: m.Control, request_id: int) -> list[Any]:
+    return encode(body, request_id, flags=FLAG_REPLY)
+
+
+def encode_error(request_id: int, code: int, message: str,
+                 fields: dict[str, Any] | None = None) -> list[bytes]:
+    body = _control_encoder.encode({"message": message, "fields": fields or {}})
+    return [encode_header(m.MsgType.ERROR, request_id) + ERROR.pack(code) + body]
+
+
+def encode_exception(request_id: int, exc: StreamVaultError) -> list[bytes]:
+    return encode_error(request_id, exc.code, exc.message, _plain(exc.fields))
+
+
+def _plain(fields: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in fields.items():
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", "replace")
+        elif not isinstance(value, (int, float, str, bool, type(None), list, dict)):
+            value = str(value)
+        out[key] = value
+    return out
+
+
+# --- decoders ----------------------------------------------------------------------------
+def decode(frames: Sequence[Any]) -> tuple[m.Header, Any]:
+    """Decode a whole message into (Header, typed body). Raises only InvalidMessage or
+    UnsupportedVersion."""
+    if not frames:
+        raise InvalidMessage("message has no frames")
+    view = _view(frames[0])
+    header = decode_header(view)
+    decoder = _DECODERS.get(header.msg_type)
+    if decoder is None:
+        raise InvalidMessage(f"unknown message type {header.msg_type}")
+    return header, decoder(view, frames)
+
+
+def _decode_setup_append(view: memoryview, frames: Sequence[Any]) -> m.SetupAppend:
+    _frame_count(frames, 1, "SetupAppend")
+    (writer_id,) = _fields(view, SETUP_APPEND, "SetupAppend")
+    return m.SetupAppend(writer_id, _name(view, HEADER_BYTES + SETUP_APPEND.size, "SetupAppend"))
+
+
+def _decode_append_setup(view: memoryview, frames: Sequence[Any]) -> m.AppendSetup:
+    _frame_count(frames, 1, "AppendSetup")
+    writer_id, last, length, sealed = _fields(view, APPEND_SETUP, "AppendSetup")
+    if last < m.NO_EVENT_NUMBER or length < 0 or sealed > 1:
+        raise InvalidMessage(f"AppendSetup: last={last} length={length} sealed={sealed}")
+    segment = _name(view, HEADER_BYTES + APPEND_SETUP.size, "AppendSetup")
+    return m.AppendSetup(writer_id, last, length, bool(sealed), segment)
+
+
+def decode_append_block(view: memoryview, frames: Sequence[Any]) -> m.AppendBlock:
+    _frame_count(frames, 2, "AppendBlock")
+    writer_id, first, last, count, expected = _fields(view, APPEND_BLOCK, "AppendBlock")
+    if first < 0 or last < 0 or expected < m.NO_OFFSET:
+        raise InvalidMessage(
+            f"AppendBlock: negative field (first={first} last={last} expected={expected})")
+    if not 1 <= count <= BLOCK_EVENTS_MAX:
+        raise InvalidMessage(f"AppendBlock: event_count={count} not in 1..{BLOCK_EVENTS_MAX}")
+    segment = _name(view, HEADER_BYTES + APPEND_BLOCK.size, "AppendBlock")
+    payload = frames[1]
+    size = _nbytes(payload)
+    if size < 4 * count:
+        raise InvalidMessage(f"AppendBlock: payload_bytes={size} < 4 * event_count={count}")
+    return m.AppendBlock(writer_id, first, last, count, expected, segment, payload)
+
+
+def _decode_data_appended(view: memoryview, frames: Sequence[Any]) -> m.DataAppended:
+    _frame_count(frames, 1, "DataAppended")
+    writer_id, last, length, dup = _fields(view, DATA_APPENDED, "DataAppended")
+    if last < m.NO_EVENT_NUMBER or length < 0 or dup > 1:
+        raise InvalidMessage(f"DataAppended: last={last} length={length} duplicate={dup}")
+    segment = _name(view, HEADER_BYTES + DATA_APPENDED.size, "DataAppended")
+    return m.DataAppended(writer_id, last, length, bool(dup), segment)
+
+
+def _decode_read_segment(view: memoryview, frames: Sequence[Any]) -> m.ReadSegment:
+    _frame_count(frames, 1, "ReadSegment")
+    offset, max_bytes, wait_ms = _fields(view, READ_SEGMENT, "ReadSegment")
+    if offset < 0:
+        raise InvalidMessage(f"ReadSegment: offset={offset} < 0")
+    if not 0 < max_bytes <= READ_BYTES_MAX:
+        raise InvalidMessage(f"ReadSegment: max_bytes={max_bytes} not in 1..{READ_BYTES_MAX}")
+    if wait_ms > TAIL_WAIT_MS_MAX:
+        raise InvalidMessage(f"ReadSegment: wait_ms={wait_ms} > {TAIL_WAIT_MS_MAX}")
+    segment = _name(view, HEADER_BYTES + READ_SEGMENT.size, "ReadSegment")
+    return m.ReadSegment(offset, max_bytes, wait_ms, segment)
+
+
+def _decode_segment_read(view: memoryview, frames: Sequence[Any]) -> m.SegmentRead:
+    offset, length, flags = _fields(view, SEGMENT_READ, "SegmentRead")
+    if offset < 0 or length < 0 or flags > 1:
+        raise InvalidMessage(f"SegmentRead: offset={offset} length={length} flags={flags}")
+    segment = _name(view, HEADER_BYTES + SEGMENT_READ.size, "SegmentRead")
+    payload = list(frames[1:])
+    total = sum(_nbytes(p) for p in payload)
+    if total > READ_BYTES_MAX or offset + total > length:
+        raise InvalidMessage(f"SegmentRead: payload_bytes={total} offset={offset} length={length}")
+    return m.SegmentRead(offset, length, bool(flags), segment, payload)
+
+
+def _decode_error(view: memoryview, frames: Sequence[Any]) -> m.ErrorReply:
+    _frame_count(frames, 1, "Error")
+    (code,) = _fields(view, ERROR, "Error")
+    body = _msgpack(view, HEADER_BYTES + ERROR.size, _error_body_decoder, "Error")
+    message, fields = body.get("message"), body.get("fields", {})
+    if not isinstance(message, str) or not isinstance(fields, dict):
+        raise InvalidMessage("Error: body must hold a message string and a fields map")
+    return m.ErrorReply(code, message, fields)
+
+
+def _msgpack(view: memoryview, start: int, decoder: msgspec.msgpack.Decoder, what: str) -> Any:
+    if len(view) - start > CONTROL_BYTES_MAX:
+        raise InvalidMessage(f"{what}: body {len(view) - start} bytes > {CONTROL_BYTES_MAX}")
+    try:
+        return decoder.decode(view[start:])
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise InvalidMessage(f"{what}: {exc}") from None
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        raise InvalidMessage(f"{what}: {type(exc).__name__}: {exc}") from None
+
+
+def _decode_control(view: memoryview, frames: Sequence[Any]) -> m.Control:
+    _frame_count(frames, 1, "Control")
+    return _msgpack(view, HEADER_BYTES, _control_decoder, "Control")
+
+
+def _decode_hello(view: memoryview, frames: Sequence[Any]) -> m.Hello:
+    _frame_count(frames, 1, "Hello")
+    return _msgpack(view, HEADER_BYTES, _hello_decoder, "Hello")
+
+
+def _decode_hello_reply(view: memoryview, frames: Sequence[Any]) -> m.HelloReply:
+    _frame_count(frames, 1, "HelloReply")
+    return _msgpack(view, HEADER_BYTES, _hello_reply_decoder, "HelloReply")
+
+
+_DECODERS = {
+    m.MsgType.HELLO: _decode_hello,
+    m.MsgType.HELLO_REPLY: _decode_hello_reply,
+    m.MsgType.ERROR: _decode_error,
+    m.MsgType.CONTROL: _decode_control,
+    m.MsgType.CONTROL_REPLY: _decode_control,
+    m.MsgType.SETUP_APPEND: _decode_setup_append,
+    m.MsgType.APPEND_SETUP: _decode_append_setup,
+    m.MsgType.APPEND_BLOCK: decode_append_block,
+    m.MsgType.DATA_APPENDED: _decode_data_appended,
+    m.MsgType.READ_SEGMENT: _decode_read_segment,
+    m.MsgType.SEGMENT_READ: _decode_segment_read,
+}

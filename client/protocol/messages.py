@@ -1,0 +1,275 @@
+"""Message types of the wire protocol.
+
+Two kinds (after the ZeroMQ guide's "cheap and nasty"):
+- data-path messages (setup append, append block and its ack, read and its reply) have fixed
+  binary layouts (see codec.py) and are NamedTuples here; their payloads travel as separate
+  zero-copy frames;
+- control messages are msgspec Structs, msgpack-encoded and validated into these types; the
+  struct's tag names the operation.
+
+Event numbers are i64 >= 0; `NO_EVENT_NUMBER` (-1) means "none yet". Offsets are i64 >= 0;
+`NO_OFFSET` (-1) means "no condition" on an append.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import Any, NamedTuple
+
+import msgspec
+
+NO_EVENT_NUMBER = -1
+NO_OFFSET = -1
+
+
+class MsgType(IntEnum):
+    HELLO = 1
+    HELLO_REPLY = 2
+    ERROR = 3
+    CONTROL = 4
+    CONTROL_REPLY = 5
+    SETUP_APPEND = 10
+    APPEND_SETUP = 11
+    APPEND_BLOCK = 12
+    DATA_APPENDED = 13
+    READ_SEGMENT = 14
+    SEGMENT_READ = 15
+
+
+class Header(NamedTuple):
+    version: int
+    msg_type: int
+    flags: int
+    request_id: int
+    timeout_ms: int
+
+
+# --- data path ---------------------------------------------------------------------------
+class SetupAppend(NamedTuple):
+    writer_id: bytes  # 16 bytes
+    segment: bytes
+
+
+class AppendSetup(NamedTuple):
+    writer_id: bytes
+    last_event_number: int
+    segment_length: int
+    sealed: bool
+    segment: bytes
+
+
+class AppendBlock(NamedTuple):
+    writer_id: bytes
+    first_event_number: int
+    last_event_number: int
+    event_count: int
+    expected_offset: int
+    segment: bytes
+    payload: Any  # bytes-like: bytes, memoryview, zmq.Frame, numpy array
+
+
+class DataAppended(NamedTuple):
+    writer_id: bytes
+    last_event_number: int
+    segment_length: int
+    duplicate: bool
+    segment: bytes
+
+
+class ReadSegment(NamedTuple):
+    offset: int
+    max_bytes: int
+    wait_ms: int
+    segment: bytes
+
+
+class SegmentRead(NamedTuple):
+    offset: int
+    segment_length: int
+    end_of_segment: bool
+    segment: bytes
+    payload: list[Any]  # zero or more bytes-like frames, contiguous from `offset`
+
+
+class ErrorReply(NamedTuple):
+    code: int
+    message: str
+    fields: dict[str, Any]
+
+
+# --- control path ------------------------------------------------------------------------
+class Hello(msgspec.Struct, frozen=True):
+    min_version: int
+    max_version: int
+    client: str = ""
+
+
+class HelloReply(msgspec.Struct, frozen=True):
+    version: int
+    role: str
+    server_id: str
+    incarnation: str
+
+
+class Control(msgspec.Struct, frozen=True, tag=True):
+    """Base of every control request and reply; the tag is the class name."""
+
+
+# segment administration (worker)
+class CreateSegment(Control):
+    segment: str
+
+
+class GetSegmentInfo(Control):
+    segment: str
+
+
+class SealSegment(Control):
+    segment: str
+
+
+class DeleteSegment(Control):
+    segment: str
+
+
+class SegmentInfo(Control):
+    segment: str
+    length: int
+    start_offset: int
+    sealed: bool
+    exists: bool = True
+
+
+# scopes and streams (controller)
+class CreateScope(Control):
+    scope: str
+
+
+class DeleteScope(Control):
+    scope: str
+
+
+class ListScopes(Control):
+    pass
+
+
+class CreateStream(Control):
+    scope: str
+    stream: str
+    initial_segments: int = 1
+
+
+class GetStream(Control):
+    scope: str
+    stream: str
+
+
+class ListStreams(Control):
+    scope: str
+
+
+class SealStream(Control):
+    scope: str
+    stream: str
+
+
+class DeleteStream(Control):
+    scope: str
+    stream: str
+
+
+class GetContainerMap(Control):
+    pass
+
+
+class CreateReaderGroup(Control):
+    scope: str
+    group: str
+    streams: list[str]
+    from_tail: bool = False
+
+
+class GetReaderGroup(Control):
+    scope: str
+    group: str
+
+
+class DeleteReaderGroup(Control):
+    scope: str
+    group: str
+
+
+class Heartbeat(Control):
+    """A process tells the controller it is alive (the registry behind `status`)."""
+
+    role: str
+    id: str
+    pid: int
+    endpoint: str
+    state: str
+    containers: list[int] = []
+    info: dict[str, Any] = {}
+
+
+class GetStatus(Control):
+    pass
+
+
+# replies
+class Done(Control):
+    """Reply of an operation that changes state; `changed` is False if it was already so."""
+
+    changed: bool = True
+
+
+class Names(Control):
+    names: list[str]
+
+
+class SegmentRange(msgspec.Struct, frozen=True):
+    segment: str
+    key_low: float
+    key_high: float
+
+
+class StreamInfo(Control):
+    scope: str
+    stream: str
+    state: str
+    segments: list[SegmentRange]
+
+
+class ContainerMap(Control):
+    container_count: int
+    endpoints: dict[int, str]
+
+
+class ReaderGroupInfo(Control):
+    scope: str
+    group: str
+    streams: list[str]
+    from_tail: bool
+    state_segment: str
+
+
+class ProcessInfo(msgspec.Struct, frozen=True):
+    role: str
+    id: str
+    pid: int
+    endpoint: str
+    state: str
+    containers: list[int] = []
+    info: dict[str, Any] = {}
+    age_s: float = 0.0
+
+
+class Status(Control):
+    processes: list[ProcessInfo]
+
+
+CONTROL_TYPES: tuple[type[Control], ...] = (
+    CreateSegment, GetSegmentInfo, SealSegment, DeleteSegment, SegmentInfo,
+    CreateScope, DeleteScope, ListScopes, CreateStream, GetStream, ListStreams, SealStream,
+    DeleteStream, GetContainerMap, CreateReaderGroup, GetReaderGroup, DeleteReaderGroup,
+    Heartbeat, GetStatus, Done, Names, StreamInfo, ContainerMap, ReaderGroupInfo, Status,
+)  # fmt: skip

@@ -1,0 +1,282 @@
+"""The event reader: one member of a reader group.
+
+A reader owns some of the group's segments (assigned through the group's state
+synchronizer, fair share each) and reads them with one outstanding `ReadSegment` per
+segment (long-polling at the tail), buffering whole events and returning them one at a
+time, round-robin across its segments. Events of one routing key live in one segment, and a
+segment is read by one reader at a time from the position where the previous owner
+stopped, so each key's events come back in write order, each once.
+
+Not thread-safe: one thread calls `read_next_event`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any, NamedTuple
+
+import zmq
+
+from streamvault.client import reader_group_state as rgs
+from streamvault.client.connection import SegmentClient, next_request_id
+from streamvault.client.controller_client import ControllerClient
+from streamvault.client.protocol import codec, events, transport
+from streamvault.client.protocol import messages as m
+from streamvault.client.protocol.errors import (
+    NoSuchSegment,
+    RetryableError,
+    SegmentTruncated,
+    StreamVaultError,
+    error_from_code,
+)
+from streamvault.client.synchronizer import StateSynchronizer
+
+READ_BYTES = 1024 * 1024
+"""Bytes asked for per `ReadSegment`."""
+TAIL_WAIT_MS = 1000
+"""Long-poll bound for reads at the tail."""
+REBALANCE_INTERVAL_S = 1.0
+REPLY_GRACE_S = 5.0
+"""A read unanswered for its wait plus this long resets its connection."""
+
+
+class EventRead(NamedTuple):
+    data: bytes
+    segment: str
+    offset: int
+
+    @property
+    def position(self) -> tuple[str, int]:
+        return (self.segment, self.offset)
+
+    @property
+    def is_checkpoint(self) -> bool:
+        return False
+
+
+class _SegmentRead:
+    __slots__ = ("segment", "name", "position", "fetch_offset", "pending", "events",
+                 "request_id", "sent_at", "end_seen", "retry_at")
+
+    def __init__(self, segment: str, offset: int) -> None:
+        self.segment = segment
+        self.name = segment.encode()
+        self.position = offset  # offset of the next event not yet returned
+        self.fetch_offset = offset  # where the next ReadSegment starts
+        self.pending = b""  # a partial event at the end of what was fetched
+        self.events: deque[tuple[int, bytes]] = deque()
+        self.request_id = 0
+        self.sent_at = 0.0
+        self.end_seen = False
+        self.retry_at = 0.0
+
+
+class EventStreamReader:
+    def __init__(self, controller_endpoint: str, scope: str, group: str, reader_id: str, *,
+                 ctx: zmq.Context | None = None) -> None:
+        self.scope, self.group, self.reader_id = scope, group, reader_id
+        self.ctx = ctx or zmq.Context.instance()
+        self._controller = ControllerClient(controller_endpoint, ctx=self.ctx)
+        info = self._controller.call(m.GetReaderGroup(scope=scope, group=group))
+        self._client = SegmentClient(self.ctx, self._controller.endpoint_for)
+        self._sync: StateSynchronizer[rgs.GroupState] = StateSynchronizer(
+            self._client, info.state_segment, encode=rgs.encode_state, decode=rgs.decode_state)
+        self._sync.update(lambda s: rgs.add_reader(s, reader_id))
+        self._owned: dict[str, _SegmentRead] = {}
+        self._by_request: dict[int, _SegmentRead] = {}
+        self._socks: dict[str, zmq.Socket] = {}
+        self._endpoints: dict[str, str] = {}
+        self._next_rebalance = 0.0
+        self._round_robin: deque[_SegmentRead] = deque()
+        self._map_stale = False
+        self._closed = False
+
+    # --- public ----------------------------------------------------------------------
+    def read_next_event(self, timeout: float) -> EventRead | None:
+        """The next event, or None if none arrives within `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            now = time.monotonic()
+            if now >= self._next_rebalance:
+                self._rebalance()
+                self._next_rebalance = now + REBALANCE_INTERVAL_S
+            event = self._pop()
+            if event is not None:
+                return event
+            self._request_reads(now)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            self._poll(min(remaining, max(0.001, self._next_rebalance - time.monotonic())))
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        positions = {s.segment: s.position for s in self._owned.values()}
+        try:
+            self._sync.update(lambda s: rgs.remove_reader(s, self.reader_id, positions))
+        finally:
+            for sock in self._socks.values():
+                sock.close(0)
+            self._socks.clear()
+            self._client.close()
+            self._controller.close()
+
+    def __enter__(self) -> EventStreamReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- segments ----------------------------------------------------------------------
+    def _rebalance(self) -> None:
+        state = self._sync.fetch_updates()
+        assert state is not None
+        mine = {s.segment for s in rgs.owned(state, self.reader_id)}
+        for name in list(self._owned):  # taken from us (e.g. declared offline)
+            if name not in mine:
+                self._drop(name)
+        excess = len(mine) - rgs.fair_share(state)
+        for name in sorted(mine)[:max(0, excess)]:
+            seg = self._owned.get(name)
+            offset = seg.position if seg is not None else None
+            state = self._sync.update(lambda s, n=name, o=offset: rgs.release(
+                s, self.reader_id, n, o if o is not None else _slot(s, n).offset))
+            self._drop(name)
+        state = self._sync.update(lambda s: rgs.acquire(s, self.reader_id))
+        for slot in rgs.owned(state, self.reader_id):
+            if slot.segment not in self._owned:
+                seg = _SegmentRead(slot.segment, slot.offset)
+                self._owned[slot.segment] = seg
+                self._round_robin.append(seg)
+
+    def _drop(self, name: str) -> None:
+        seg = self._owned.pop(name, None)
+        if seg is not None:
+            self._by_request.pop(seg.request_id, None)
+            self._round_robin.remove(seg)
+
+    def _complete(self, seg: _SegmentRead) -> None:
+        self._sync.update(lambda s: rgs.complete(s, self.reader_id, seg.segment, seg.position))
+        self._drop(seg.segment)
+        self._next_rebalance = 0.0  # pick up what is left
+
+    def _pop(self) -> EventRead | None:
+        rr = self._round_robin
+        for _ in range(len(rr)):
+            seg = rr[0]
+            rr.rotate(-1)
+            if seg.events:
+                offset, data = seg.events.popleft()
+                seg.position = offset + events.EVENT_HEADER.size + len(data)
+                return EventRead(data, seg.segment, offset)
+            if seg.end_seen and not seg.pending and not seg.request_id:
+                self._complete(seg)
+                return self._pop()
+        return None
+
+    # --- I/O ---------------------------------------------------------------------------
+    def _sock(self, segment: str) -> zmq.Socket:
+        endpoint = self._endpoints.get(segment)
+        if endpoint is None:
+            endpoint = self._controller.endpoint_for(segment, refresh=self._map_stale)
+            self._endpoints[segment] = endpoint
+            self._map_stale = False
+        sock = self._socks.get(endpoint)
+        if sock is None:
+            sock = self._socks[endpoint] = transport.client_socket(self.ctx, endpoint)
+        return sock
+
+    def _request_reads(self, now: float) -> None:
+        for seg in self._owned.values():
+            if seg.events or seg.end_seen:
+                continue
+            if seg.request_id:
+                if now - seg.sent_at > TAIL_WAIT_MS / 1000 + REPLY_GRACE_S:
+                    self._reset(seg)
+                continue
+            if now < seg.retry_at:
+                continue
+            try:
+                sock = self._sock(seg.segment)
+            except RetryableError:
+                seg.retry_at = now + 0.2
+                continue
+            rid = next_request_id()
+            request = m.ReadSegment(seg.fetch_offset, READ_BYTES, TAIL_WAIT_MS, seg.name)
+            sock.send_multipart(codec.encode(request, rid, timeout_ms=TAIL_WAIT_MS + 1000))
+            seg.request_id, seg.sent_at = rid, now
+            self._by_request[rid] = seg
+
+    def _reset(self, seg: _SegmentRead) -> None:
+        """No answer in time: drop the connection (and anything queued on it) and re-route."""
+        endpoint = self._endpoints.pop(seg.segment, None)
+        sock = self._socks.pop(endpoint, None) if endpoint else None
+        if sock is not None:
+            sock.close(0)
+        for other in self._owned.values():
+            if other.request_id and self._endpoints.get(other.segment) in (endpoint, None):
+                self._by_request.pop(other.request_id, None)
+                other.request_id = 0
+        self._by_request.pop(seg.request_id, None)
+        seg.request_id = 0
+        seg.retry_at = time.monotonic() + 0.1
+        self._map_stale = True
+
+    def _poll(self, timeout_s: float) -> None:
+        if not self._socks:
+            time.sleep(min(timeout_s, 0.05))
+            return
+        poller = zmq.Poller()
+        for sock in self._socks.values():
+            poller.register(sock, zmq.POLLIN)
+        for sock, _ in poller.poll(int(timeout_s * 1000) + 1):
+            while True:
+                try:
+                    frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    break
+                self._on_reply(frames)
+
+    def _on_reply(self, frames: list[Any]) -> None:
+        try:
+            header, body = codec.decode(frames)
+        except StreamVaultError:
+            return
+        seg = self._by_request.pop(header.request_id, None)
+        if seg is None or seg.segment not in self._owned:
+            return
+        seg.request_id = 0
+        if isinstance(body, m.ErrorReply):
+            self._on_error(seg, error_from_code(body.code, body.message, body.fields))
+            return
+        if not isinstance(body, m.SegmentRead) or body.offset != seg.fetch_offset:
+            return
+        data = b"".join(bytes(codec._view(p)) for p in body.payload)
+        seg.fetch_offset += len(data)
+        buffer = seg.pending + data if seg.pending else data
+        base = seg.fetch_offset - len(buffer)
+        found, used = events.split_events(buffer, base)
+        seg.events.extend(found)
+        seg.pending = buffer[used:]
+        if body.end_of_segment and seg.fetch_offset >= body.segment_length:
+            seg.end_seen = True
+
+    def _on_error(self, seg: _SegmentRead, exc: StreamVaultError) -> None:
+        if isinstance(exc, RetryableError):
+            self._reset(seg)
+        elif isinstance(exc, SegmentTruncated):
+            start = int(exc.fields.get("start_offset", seg.fetch_offset))
+            seg.fetch_offset = seg.position = start
+            seg.pending = b""
+        elif isinstance(exc, NoSuchSegment):
+            seg.end_seen = True  # deleted: nothing more will ever be read from it
+            seg.pending = b""
+        else:
+            raise exc
+
+
+def _slot(state: rgs.GroupState, segment: str) -> rgs.SegmentSlot:
+    return next(s for s in state.segments if s.segment == segment)

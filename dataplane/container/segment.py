@@ -1,0 +1,90 @@
+"""One segment's state inside its container, and its read index.
+
+Two views of every mutable field: `pending_*` includes operations accepted but not yet
+durable (used to validate and assign offsets), the plain fields hold only what the durable
+log has acknowledged (what readers and `SetupAppend` see). The read index maps segment
+offsets to positions in the durable log: three parallel int64 arrays (segment offset,
+ledger id, file position), one entry per committed APPEND, never one per event.
+"""
+
+from __future__ import annotations
+
+from array import array
+from bisect import bisect_right
+from typing import NamedTuple
+
+
+class Piece(NamedTuple):
+    ledger_id: int
+    position: int
+    length: int
+
+
+class Segment:
+    __slots__ = (
+        "segment_id", "name", "length", "pending_length", "sealed", "pending_sealed",
+        "deleting", "created", "start_offset", "writers", "pending_writers", "_offsets", "_ledgers",
+        "_positions", "waiters",
+    )  # fmt: skip
+
+    def __init__(self, segment_id: int, name: bytes) -> None:
+        self.segment_id = segment_id
+        self.name = name
+        self.length = 0
+        self.pending_length = 0
+        self.sealed = False
+        self.pending_sealed = False
+        self.deleting = False
+        self.created = False  # the CREATE is durable
+        self.start_offset = 0
+        self.writers: dict[bytes, int] = {}
+        self.pending_writers: dict[bytes, int] = {}
+        self._offsets = array("q")
+        self._ledgers = array("q")
+        self._positions = array("q")
+        self.waiters: list = []
+
+    def last_event(self, writer_id: bytes) -> int:
+        return self.writers.get(writer_id, -1)
+
+    def pending_last_event(self, writer_id: bytes) -> int:
+        last = self.pending_writers.get(writer_id)
+        return self.writers.get(writer_id, -1) if last is None else last
+
+    def index_add(self, offset: int, ledger_id: int, position: int) -> None:
+        """Record that segment bytes from `offset` (to the next entry or the length) live in
+        `ledger_id` at `position`. Adjacent extents in one ledger are coalesced."""
+        offsets = self._offsets
+        if offsets:
+            last = len(offsets) - 1
+            if (self._ledgers[last] == ledger_id
+                    and self._positions[last] + (offset - offsets[last]) == position):
+                return
+        offsets.append(offset)
+        self._ledgers.append(ledger_id)
+        self._positions.append(position)
+
+    def plan(self, offset: int, max_bytes: int) -> list[Piece]:
+        """Pieces of log holding [offset, min(length, offset + max_bytes)); whole index
+        entries are preferred, so replies end on block (and thus event) boundaries when
+        they can."""
+        assert self.start_offset <= offset < self.length
+        offsets = self._offsets
+        index = bisect_right(offsets, offset) - 1
+        pieces: list[Piece] = []
+        total = 0
+        count = len(offsets)
+        while index < count and total < max_bytes:
+            entry_start = offsets[index]
+            entry_end = offsets[index + 1] if index + 1 < count else self.length
+            start = max(offset, entry_start)
+            size = entry_end - start
+            if total + size > max_bytes:
+                if pieces:
+                    break
+                size = max_bytes - total
+            pieces.append(Piece(self._ledgers[index], self._positions[index] + (start - entry_start),
+                                size))
+            total += size
+            index += 1
+        return pieces

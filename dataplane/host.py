@@ -1,0 +1,160 @@
+"""The host: supervisor of one machine's workers.
+
+Spawns one worker process per configured worker (each pinned to one usable core where
+allowed), gives worker i the containers c with c % workers == i, restarts a worker that
+dies (capped exponential backoff; its containers recover from their logs on start), and
+heartbeats the controller with each worker's pid and restart count. SIGTERM/SIGINT stop the
+workers gracefully (SIGKILL after `stop_timeout_s`). Workers die with the host
+(PR_SET_PDEATHSIG, set by the worker's entry point).
+
+Later issues add the shared cache (created here, mapped by workers) and the LTS uploader.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import zmq
+
+from streamvault.client.protocol import messages as m
+from streamvault.client.protocol import transport
+
+log = logging.getLogger(__name__)
+
+RESTART_BACKOFF_MAX_S = 5.0
+HEARTBEAT_INTERVAL_S = 1.0
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    data_dir: str
+    workers: int
+    container_count: int
+    controller: str
+    worker_port_base: int = 12345
+    """Worker i binds tcp://127.0.0.1:<base + i>; 0 puts every worker on an ephemeral port."""
+    host_id: str = "0"
+    allow_direct_io: bool = True
+    pin_cpus: bool = True
+    log_level: str = "INFO"
+    stop_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError(f"workers={self.workers} must be >= 1")
+        if self.container_count < self.workers:
+            raise ValueError(f"container_count={self.container_count} < workers={self.workers}: "
+                             "a worker would own no container")
+
+
+class _Slot:
+    def __init__(self, worker_id: int, containers: list[int], cpu: int | None, bind: str) -> None:
+        self.worker_id = worker_id
+        self.containers = containers
+        self.cpu = cpu
+        self.bind = bind
+        self.proc: subprocess.Popen | None = None
+        self.restarts = 0
+        self.restart_at = 0.0
+
+
+class Host:
+    def __init__(self, config: HostConfig) -> None:
+        self.config = config
+        cpus = sorted(os.sched_getaffinity(0))
+        self.slots = []
+        for i in range(config.workers):
+            containers = [c for c in range(config.container_count) if c % config.workers == i]
+            bind = (f"tcp://127.0.0.1:{config.worker_port_base + i}" if config.worker_port_base
+                    else "tcp://127.0.0.1:*")
+            cpu = cpus[i % len(cpus)] if config.pin_cpus else None
+            self.slots.append(_Slot(i, containers, cpu, bind))
+        self.stopping = False
+        self.ctx = zmq.Context()
+        self.heartbeat = transport.HeartbeatSender(self.ctx, config.controller)
+
+    def _command(self, slot: _Slot) -> list[str]:
+        cfg = self.config
+        cmd = [sys.executable, "-m", "streamvault.tools.cli", "worker", "--id", str(slot.worker_id),
+               "--data-dir", cfg.data_dir, "--containers", ",".join(map(str, slot.containers)),
+               "--container-count", str(cfg.container_count), "--bind", slot.bind,
+               "--controller", cfg.controller, "--parent-pid", str(os.getpid()),
+               "--log-level", cfg.log_level]
+        if slot.cpu is not None:
+            cmd += ["--cpu", str(slot.cpu)]
+        if not cfg.allow_direct_io:
+            cmd.append("--no-direct-io")
+        return cmd
+
+    def _spawn(self, slot: _Slot) -> None:
+        slot.proc = subprocess.Popen(self._command(slot))
+        log.info("host=%s worker=%d started pid=%d containers=%s", self.config.host_id,
+                 slot.worker_id, slot.proc.pid, slot.containers)
+
+    def run(self) -> int:
+        for slot in self.slots:
+            self._spawn(slot)
+        next_beat = 0.0
+        while not self.stopping:
+            now = time.monotonic()
+            for slot in self.slots:
+                self._watch(slot, now)
+            if now >= next_beat:
+                self._beat()
+                next_beat = now + HEARTBEAT_INTERVAL_S
+            self.heartbeat.drain()
+            time.sleep(0.05)
+        self._stop_workers()
+        self.heartbeat.close()
+        self.ctx.term()
+        return 0
+
+    def _watch(self, slot: _Slot, now: float) -> None:
+        proc = slot.proc
+        if proc is not None:
+            code = proc.poll()
+            if code is None:
+                return
+            slot.proc = None
+            slot.restarts += 1
+            delay = min(RESTART_BACKOFF_MAX_S, 0.1 * 2 ** min(slot.restarts - 1, 6))
+            slot.restart_at = now + delay
+            log.warning("host=%s worker=%d pid=%d exited code=%s; restart %d in %.1fs",
+                        self.config.host_id, slot.worker_id, proc.pid, code, slot.restarts, delay)
+        elif now >= slot.restart_at:
+            self._spawn(slot)
+
+    def _beat(self) -> None:
+        workers = [{"id": s.worker_id, "pid": s.proc.pid if s.proc else 0,
+                    "restarts": s.restarts} for s in self.slots]
+        self.heartbeat.beat(m.Heartbeat(role="host", id=self.config.host_id, pid=os.getpid(),
+                                        endpoint="", state="up", info={"workers": workers}))
+
+    def request_stop(self) -> None:
+        self.stopping = True
+
+    def _stop_workers(self) -> None:
+        procs = [s.proc for s in self.slots if s.proc is not None]
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.config.stop_timeout_s
+        for proc in procs:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("host: worker pid=%d did not stop; killing", proc.pid)
+                proc.kill()
+                proc.wait()
+
+
+def run(config: HostConfig) -> int:
+    host = Host(config)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: host.request_stop())
+    return host.run()

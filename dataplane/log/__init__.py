@@ -1,0 +1,34 @@
+"""The durable log: framing, ledgers, log metadata, the group-commit committer.
+
+Interface used by containers (implemented by `LocalDurableLog` for one replica; the
+replicated ledger client of a later issue implements the same calls):
+
+    recover() -> iterator of (LogLocation, payload view)   # fence, then replay
+    start()                                                # open a new ledger
+    acquire_buffer(payload_bytes) -> WriteBuffer | None    # None: in-flight limit reached
+    submit(buffer, payload_bytes, token)                   # completion comes back in order
+    release(buffer)                                        # after the completion
+    read(ledger_id, position, length) -> bytes
+
+Reading order: framing → ledger → metadata → local_log → probe.
+"""
+
+from streamvault.dataplane.log.local_log import (
+    Committer,
+    LocalDurableLog,
+    LogConfig,
+    LogLocation,
+    WriteBuffer,
+)
+from streamvault.dataplane.log.metadata import LocalFileStore
+from streamvault.dataplane.log.probe import durability_mode
+
+__all__ = [
+    "Committer",
+    "LocalDurableLog",
+    "LocalFileStore",
+    "LogConfig",
+    "LogLocation",
+    "WriteBuffer",
+    "durability_mode",
+]

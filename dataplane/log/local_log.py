@@ -1,0 +1,316 @@
+"""The single-replica durable log of one container, and the committer that makes it durable.
+
+`LocalDurableLog` implements the `DurableLog` interface (see __init__.py) on ledger files in
+the container's log directory: records are built in page-aligned buffers (anonymous mmap),
+written at aligned positions (O_DIRECT where supported) and made durable with `fdatasync`
+before anything is acknowledged. Ledger metadata (epoch, ledger list) changes only by
+compare-and-set in the coordination store; the directory is `flock`ed so that two processes
+can never own one log at once.
+
+`Committer` is one thread per worker process shared by all its containers' logs. Each cycle
+it takes every record queued since the last cycle, writes them, issues one `fdatasync` per
+touched ledger, and only then hands the completions back in submission order (group commit:
+one sync covers everything written in the cycle; a frame queued while a sync runs goes into
+the next cycle, so building the next frame never waits for the current one). An I/O error is
+fail-stop: nothing of the failed cycle is acknowledged, the error is reported, and the
+process must exit; a failed fsync is never retried.
+"""
+
+from __future__ import annotations
+
+import collections
+import fcntl
+import logging
+import mmap
+import os
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
+
+from streamvault.client.protocol.errors import DataCorruption, StorageError
+from streamvault.dataplane.log.framing import (
+    RECORD_HEADER_BYTES,
+    RECORD_PAYLOAD_BYTES_MAX,
+    align_up,
+    record_bytes,
+    seal_record,
+)
+from streamvault.dataplane.log.ledger import (
+    LedgerFile,
+    ScanEnd,
+    ledger_path,
+    parse_ledger_file_name,
+    scan_ledger,
+)
+from streamvault.dataplane.log.metadata import (
+    CoordinationStore,
+    LedgerInfo,
+    LogMetadata,
+)
+from streamvault.dataplane.log.probe import MODE_DIRECT
+
+log = logging.getLogger(__name__)
+
+
+class LogLocation(NamedTuple):
+    ledger_id: int
+    record_pos: int
+    entry_id: int
+
+
+class WriteBuffer:
+    """A page-aligned buffer for one record; the payload goes at `payload`."""
+
+    __slots__ = ("mm", "view", "payload", "pooled")
+
+    def __init__(self, payload_capacity: int, *, pooled: bool) -> None:
+        self.mm = mmap.mmap(-1, align_up(RECORD_HEADER_BYTES + payload_capacity))
+        self.view = memoryview(self.mm)
+        self.payload = self.view[RECORD_HEADER_BYTES : RECORD_HEADER_BYTES + payload_capacity]
+        self.pooled = pooled
+
+    def close(self) -> None:
+        self.payload.release()
+        self.view.release()
+        self.mm.close()
+
+
+class LogConfig(NamedTuple):
+    ledger_bytes: int = 128 * 1024 * 1024
+    """Size of each preallocated ledger file; the log rolls over to a new ledger when full."""
+    frame_payload_bytes: int = 1024 * 1024
+    """Capacity of a pooled record buffer: the group-commit frame target."""
+    buffers: int = 4
+    """Pooled buffers per log: the most records one container has in flight."""
+    read_fds_max: int = 32
+    """Open read descriptors kept per log (LRU)."""
+
+
+class LocalDurableLog:
+    """A container's durable log on local ledger files (replication factor 1)."""
+
+    def __init__(self, directory: str, *, key: str, store: CoordinationStore,
+                 committer: Committer, mode: str, config: LogConfig = LogConfig()) -> None:
+        assert config.ledger_bytes >= 4 * RECORD_PAYLOAD_BYTES_MAX
+        self.directory = directory
+        self.key = key
+        self.store = store
+        self.committer = committer
+        self.mode = mode
+        self.config = config
+        os.makedirs(directory, exist_ok=True)
+        self._lock_fd = os.open(os.path.join(directory, ".owner.lock"), os.O_RDWR | os.O_CREAT,
+                                0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            raise StorageError(f"log {key}: {directory} is owned by another process") from None
+        self.meta = LogMetadata()
+        self.meta_version = 0
+        self.epoch = 0
+        self.ledger: LedgerFile | None = None  # the open ledger (committer thread only)
+        self._free: list[WriteBuffer] = [
+            WriteBuffer(config.frame_payload_bytes, pooled=True) for _ in range(config.buffers)
+        ]
+        self._read_fds: collections.OrderedDict[int, int] = collections.OrderedDict()
+        self.in_flight = 0
+
+    # --- recovery --------------------------------------------------------------------
+    def recover(self) -> Iterator[tuple[LogLocation, memoryview]]:
+        """Fence (bump the epoch), then yield every durable record of the log in order.
+
+        The crashed open ledger is closed at its last valid entry (a torn tail is cut);
+        corruption raises DataCorruption. Afterwards `start()` opens a new ledger.
+        """
+        meta, version = self.store.get(self.key)
+        meta = meta or LogMetadata()
+        meta.epoch += 1
+        version = self.store.cas(self.key, meta, version)
+        self.epoch = meta.epoch
+        for info in meta.ledgers:
+            path = ledger_path(self.directory, info.ledger_id)
+            if info.state == "open" and not os.path.exists(path):
+                info.state, info.last_entry_id = "closed", -1
+                continue
+            closed_last = info.last_entry_id if info.state == "closed" else None
+            if closed_last is not None and closed_last >= 0 and not os.path.exists(path):
+                raise DataCorruption(f"log {self.key}: ledger {info.ledger_id} closed at entry "
+                                     f"{closed_last} but {path} is missing", ledger=info.ledger_id)
+            ends: list[ScanEnd] = []
+            for record in scan_ledger(path, info.ledger_id, closed_last_entry_id=closed_last,
+                                      result=ends):
+                yield LogLocation(info.ledger_id, record.record_pos, record.entry_id), record.payload
+            end = ends[0]
+            if info.state == "open":
+                if end.cut_tail:
+                    log.warning("log=%s ledger=%d torn tail cut at position=%d after entry=%d",
+                                self.key, info.ledger_id, end.end_pos, end.last_entry_id)
+                info.state, info.last_entry_id = "closed", end.last_entry_id
+        empty = [i.ledger_id for i in meta.ledgers if i.last_entry_id < 0]
+        meta.ledgers = [i for i in meta.ledgers if i.last_entry_id >= 0]
+        self.meta_version = self.store.cas(self.key, meta, version)
+        self.meta = meta
+        known = {i.ledger_id for i in meta.ledgers}
+        for name in os.listdir(self.directory):
+            ledger_id = parse_ledger_file_name(name)
+            if ledger_id is not None and ledger_id not in known:
+                os.unlink(os.path.join(self.directory, name))  # empty or orphaned ledger
+                log.info("log=%s removed unreferenced ledger=%d (empty=%s)", self.key,
+                         ledger_id, ledger_id in empty)
+
+    def start(self) -> None:
+        """Open a fresh ledger for writing (after `recover`)."""
+        self._open_next_ledger()
+
+    def _open_next_ledger(self) -> None:
+        meta = self.meta
+        if self.ledger is not None:
+            for info in meta.ledgers:
+                if info.ledger_id == self.ledger.ledger_id:
+                    info.state, info.last_entry_id = "closed", self.ledger.synced_entry_id
+        ledger_id = meta.next_ledger_id
+        meta.next_ledger_id += 1
+        meta.ledgers.append(LedgerInfo(ledger_id, "open"))
+        # metadata first: a crash before the file exists leaves an open ledger with no file,
+        # which recovery treats as empty; never a file that metadata does not know about.
+        self.meta_version = self.store.cas(self.key, meta, self.meta_version)
+        if self.ledger is not None:
+            self.ledger.close()
+        self.ledger = LedgerFile(self.directory, ledger_id, size_bytes=self.config.ledger_bytes,
+                                 direct=self.mode == MODE_DIRECT)
+        log.info("log=%s epoch=%d opened ledger=%d", self.key, self.epoch, ledger_id)
+
+    # --- write path (main thread) ------------------------------------------------------
+    def acquire_buffer(self, payload_bytes: int) -> WriteBuffer | None:
+        """A buffer for a record of at least `payload_bytes`, or None at the in-flight limit."""
+        if payload_bytes > RECORD_PAYLOAD_BYTES_MAX:
+            raise ValueError(f"log {self.key}: payload_bytes={payload_bytes} > "
+                             f"{RECORD_PAYLOAD_BYTES_MAX}")
+        if self.in_flight >= self.config.buffers:
+            return None
+        if payload_bytes > self.config.frame_payload_bytes:
+            return WriteBuffer(payload_bytes, pooled=False)
+        return self._free.pop() if self._free else None
+
+    def submit(self, buffer: WriteBuffer, payload_bytes: int, token: Any) -> None:
+        self.in_flight += 1
+        self.committer.submit(self, buffer, payload_bytes, token)
+
+    def release(self, buffer: WriteBuffer) -> None:
+        """Return a buffer after its record completed (main thread)."""
+        self.in_flight -= 1
+        if buffer.pooled:
+            self._free.append(buffer)
+        else:
+            buffer.close()
+
+    # --- committer thread ------------------------------------------------------------
+    def write_record(self, buffer: WriteBuffer, payload_bytes: int) -> LogLocation:
+        total = record_bytes(payload_bytes)
+        ledger = self.ledger
+        assert ledger is not None, "start() not called"
+        if not ledger.fits(total):
+            ledger.sync()
+            self._open_next_ledger()
+            ledger = self.ledger
+        entry_id = ledger.next_entry_id
+        seal_record(buffer.view, payload_bytes, ledger_id=ledger.ledger_id, entry_id=entry_id,
+                    epoch=self.epoch, lac=ledger.synced_entry_id)
+        pos = ledger.write(buffer.view[:total])
+        return LogLocation(ledger.ledger_id, pos, entry_id)
+
+    def sync(self) -> None:
+        assert self.ledger is not None
+        self.ledger.sync()
+
+    # --- read path -------------------------------------------------------------------
+    def read(self, ledger_id: int, position: int, length: int) -> bytes:
+        fd = self._read_fds.get(ledger_id)
+        if fd is None:
+            fd = os.open(ledger_path(self.directory, ledger_id), os.O_RDONLY)
+            self._read_fds[ledger_id] = fd
+            if len(self._read_fds) > self.config.read_fds_max:
+                _, old = self._read_fds.popitem(last=False)
+                os.close(old)
+        else:
+            self._read_fds.move_to_end(ledger_id)
+        data = os.pread(fd, length, position)
+        if len(data) != length:
+            raise StorageError(f"log {self.key}: short read of ledger {ledger_id} at {position}: "
+                               f"{len(data)} of {length} bytes")
+        return data
+
+    def close(self) -> None:
+        for fd in self._read_fds.values():
+            os.close(fd)
+        self._read_fds.clear()
+        if self.ledger is not None:
+            self.ledger.close()
+        for buffer in self._free:
+            buffer.close()
+        self._free.clear()
+        os.close(self._lock_fd)
+
+
+Completion = tuple[LocalDurableLog, WriteBuffer, Any, LogLocation]
+
+
+class Committer:
+    """The group-commit thread of one worker (see module docstring)."""
+
+    def __init__(self, deliver: Callable[[list[Completion]], None],
+                 fatal: Callable[[BaseException], None]) -> None:
+        self._deliver = deliver
+        self._fatal = fatal
+        self._queue: list[tuple[LocalDurableLog, WriteBuffer, int, Any]] = []
+        self._cond = threading.Condition()
+        self._stopping = False
+        self.cycles = 0
+        self.records = 0
+        self.syncs = 0
+        self._thread = threading.Thread(target=self._run, name="committer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, log_: LocalDurableLog, buffer: WriteBuffer, payload_bytes: int,
+               token: Any) -> None:
+        with self._cond:
+            self._queue.append((log_, buffer, payload_bytes, token))
+            if len(self._queue) == 1:
+                self._cond.notify()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._cond:
+                    while not self._queue and not self._stopping:
+                        self._cond.wait()
+                    if not self._queue:
+                        return
+                    batch, self._queue = self._queue, []
+                self._cycle(batch)
+        except BaseException as exc:  # fail-stop: report, acknowledge nothing more
+            log.critical("committer: I/O failure, nothing of this cycle is acknowledged: %r", exc)
+            self._fatal(exc)
+
+    def _cycle(self, batch: list[tuple[LocalDurableLog, WriteBuffer, int, Any]]) -> None:
+        done: list[Completion] = []
+        touched: dict[int, LocalDurableLog] = {}
+        for log_, buffer, payload_bytes, token in batch:
+            location = log_.write_record(buffer, payload_bytes)
+            touched[id(log_)] = log_
+            done.append((log_, buffer, token, location))
+        for log_ in touched.values():
+            log_.sync()
+        self.cycles += 1
+        self.records += len(done)
+        self.syncs += len(touched)
+        self._deliver(done)

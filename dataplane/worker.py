@@ -1,0 +1,411 @@
+"""A worker: one per core, the ZeroMQ loop in front of its segment containers.
+
+The worker owns a ROUTER socket, the containers it was given, one durable log per container
+and one `Committer` thread shared by those logs. Its single loop:
+
+1. receives a bounded batch of messages (stops reading while queued append bytes exceed
+   `queued_bytes_max`: throttling, not unbounded buffering), decodes each and dispatches it
+   to the owning container (or answers `WrongHost`, or a typed error for bad input);
+2. lets every container with queued operations build its next log record and submits it
+   (pipelined: up to `LogConfig.buffers` records per container in flight);
+3. applies the committer's completions in order: acks, replies, tail reads;
+4. expires long-polling reads and heartbeats the controller.
+
+An I/O error from the committer is fail-stop: the process exits at once without sending a
+single further ack; the host restarts it and the containers recover from their logs.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import signal
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from streamvault.client.protocol import codec, transport
+from streamvault.client.protocol import messages as m
+from streamvault.client.protocol.errors import (
+    InternalError,
+    InvalidMessage,
+    StreamVaultError,
+    UnsupportedVersion,
+    WrongHost,
+)
+from streamvault.client.protocol.limits import (
+    INVALID_MESSAGES_BEFORE_DISCONNECT,
+    PROTOCOL_VERSION,
+    PROTOCOL_VERSION_MIN,
+)
+from streamvault.client.protocol.naming import container_for
+from streamvault.dataplane.container import Container, ReadPlan
+from streamvault.dataplane.log import Committer, LocalDurableLog, LocalFileStore, LogConfig
+from streamvault.dataplane.log.probe import durability_mode
+
+log = logging.getLogger(__name__)
+
+RECEIVE_BATCH_MAX = 1024
+"""Messages taken from the socket per loop turn before flushing and completing."""
+EXPIRE_INTERVAL_S = 0.05
+HEARTBEAT_INTERVAL_S = 1.0
+EXIT_STORAGE_FAILURE = 3
+PEER_IDLE_S = 600.0
+"""Per-connection state (writer sessions, bad-input counts) of a peer silent this long is
+dropped; a writer that comes back repeats SetupAppend (ROUTER_NOTIFY, which would tell us
+about disconnects, is a draft API in libzmq 4.3)."""
+PEERS_MAX = 10_000
+SWEEP_INTERVAL_S = 10.0
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    worker_id: int
+    data_dir: str
+    containers: tuple[int, ...]
+    container_count: int
+    bind: str = "tcp://127.0.0.1:*"
+    controller: str = ""
+    cpu: int | None = None
+    allow_direct_io: bool = True
+    queued_bytes_max: int = 64 * 1024 * 1024
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def __post_init__(self) -> None:
+        if self.container_count <= 0:
+            raise ValueError(f"container_count={self.container_count} must be > 0")
+        bad = [c for c in self.containers if not 0 <= c < self.container_count]
+        if bad:
+            raise ValueError(f"containers {bad} not in 0..{self.container_count - 1}")
+        if len(set(self.containers)) != len(self.containers):
+            raise ValueError(f"containers {self.containers} repeat")
+
+
+def log_dir(data_dir: str, container_id: int) -> str:
+    return os.path.join(data_dir, "log", f"container-{container_id:04d}")
+
+
+class Worker:
+    def __init__(self, config: WorkerConfig) -> None:
+        self.config = config
+        self.incarnation = uuid.uuid4().hex
+        self.ctx = zmq.Context()
+        self.waker = transport.Waker()
+        self.completions: collections.deque[Any] = collections.deque()
+        self.fatal: BaseException | None = None
+        self.stopping = False
+        self.committer = Committer(self._deliver, self._on_fatal)
+        self.containers: dict[int, Container] = {}
+        self.logs: dict[int, LocalDurableLog] = {}
+        self.peer_seen: dict[bytes, float] = {}
+        self.invalid_counts: dict[bytes, int] = {}
+        self.ignored_peers: set[bytes] = set()
+        self.dropped_sends = 0
+        self.router: zmq.Socket | None = None
+        self.endpoint = ""
+        self.mode = ""
+        self.state = "starting"
+        self.now = time.monotonic()
+        self._controller: transport.HeartbeatSender | None = None
+
+    # --- committer callbacks (committer thread) -------------------------------------------
+    def _deliver(self, done: list[Any]) -> None:
+        self.completions.extend(done)
+        self.waker.wake()
+
+    def _on_fatal(self, exc: BaseException) -> None:
+        self.fatal = exc
+        self.waker.wake()
+
+    # --- start ---------------------------------------------------------------------------
+    def open(self) -> None:
+        cfg = self.config
+        log_root = os.path.join(cfg.data_dir, "log")
+        os.makedirs(log_root, exist_ok=True)
+        self.mode = durability_mode(log_root, allow_direct=cfg.allow_direct_io)
+        store = LocalFileStore(os.path.join(cfg.data_dir, "coordination"))
+        started = time.monotonic()
+        for cid in cfg.containers:
+            container = Container(cid, frame_payload_bytes=cfg.log.frame_payload_bytes)
+            dlog = LocalDurableLog(log_dir(cfg.data_dir, cid), key=f"container-{cid:04d}",
+                                   store=store, committer=self.committer, mode=self.mode,
+                                   config=cfg.log)
+            records = 0
+            for location, payload in dlog.recover():
+                container.replay(payload, location.ledger_id, location.record_pos)
+                records += 1
+            dlog.start()
+            self.containers[cid] = container
+            self.logs[cid] = dlog
+            log.info("worker=%d container=%d recovered records=%d segments=%d epoch=%d",
+                     cfg.worker_id, cid, records, len(container.segments), dlog.epoch)
+        self.committer.start()
+        self.router = transport.server_socket(self.ctx)
+        self.router.bind(cfg.bind)
+        self.endpoint = self.router.getsockopt(zmq.LAST_ENDPOINT).decode()
+        if cfg.controller:
+            self._controller = transport.HeartbeatSender(self.ctx, cfg.controller)
+        self.state = "up"
+        log.info("worker=%d up endpoint=%s containers=%s durability_mode=%s recovery_s=%.3f",
+                 cfg.worker_id, self.endpoint, list(cfg.containers), self.mode,
+                 time.monotonic() - started)
+
+    # --- loop ----------------------------------------------------------------------------
+    def serve_forever(self) -> None:
+        assert self.router is not None
+        poller_in = zmq.Poller()
+        poller_in.register(self.router, zmq.POLLIN)
+        poller_in.register(self.waker.fd, zmq.POLLIN)
+        poller_throttled = zmq.Poller()
+        poller_throttled.register(self.waker.fd, zmq.POLLIN)
+        if self._controller is not None:
+            poller_in.register(self._controller.sock, zmq.POLLIN)
+            poller_throttled.register(self._controller.sock, zmq.POLLIN)
+        next_expire = time.monotonic() + EXPIRE_INTERVAL_S
+        next_heartbeat = 0.0
+        next_sweep = time.monotonic() + SWEEP_INTERVAL_S
+        while not self.stopping:
+            throttled = self._queued_bytes() > self.config.queued_bytes_max
+            poller = poller_throttled if throttled else poller_in
+            now = time.monotonic()
+            wait_ms = max(0, int((min(next_expire, next_heartbeat) - now) * 1000))
+            events = dict(poller.poll(wait_ms))
+            if self.fatal is not None:
+                self._fail_stop()
+            if self.waker.fd in events:
+                self.waker.drain()
+            if self.router in events:
+                self.now = time.monotonic()
+                self._receive()
+            self._complete()
+            self._flush()
+            now = time.monotonic()
+            if now >= next_expire:
+                for container in self.containers.values():
+                    self._send_plans(container.expire_reads(now))
+                next_expire = now + EXPIRE_INTERVAL_S
+            if now >= next_sweep:
+                self._sweep_peers(now)
+                next_sweep = now + SWEEP_INTERVAL_S
+            if self._controller is not None:
+                if self._controller.sock in events:
+                    self._controller.drain()
+                if now >= next_heartbeat:
+                    self._heartbeat()
+                    next_heartbeat = now + HEARTBEAT_INTERVAL_S
+        self._shutdown()
+
+    def _queued_bytes(self) -> int:
+        return sum(c.queued_bytes for c in self.containers.values())
+
+    def _receive(self) -> None:
+        router = self.router
+        assert router is not None
+        for _ in range(RECEIVE_BATCH_MAX):
+            try:
+                frames = router.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            peer = frames[0].bytes
+            if peer in self.ignored_peers:
+                continue
+            if peer not in self.peer_seen and len(self.peer_seen) >= PEERS_MAX:
+                self._forget_peer(min(self.peer_seen, key=self.peer_seen.__getitem__))
+            self.peer_seen[peer] = self.now
+            self._handle(peer, frames[1:])
+
+    def _sweep_peers(self, now: float) -> None:
+        for peer, seen in list(self.peer_seen.items()):
+            if now - seen > PEER_IDLE_S:
+                self._forget_peer(peer)
+
+    def _forget_peer(self, peer: bytes) -> None:
+        self.peer_seen.pop(peer, None)
+        self.invalid_counts.pop(peer, None)
+        self.ignored_peers.discard(peer)
+        for container in self.containers.values():
+            container.peer_gone(peer)
+
+    def _handle(self, peer: bytes, frames: list[Any]) -> None:
+        rid = 0
+        try:
+            header = codec.decode_header(frames[0])
+            rid = header.request_id
+            _, msg = codec.decode(frames)
+            reply = self._dispatch(peer, rid, header, msg)
+        except UnsupportedVersion as exc:
+            self._send(peer, codec.encode_exception(exc.fields.get("request_id", 0), exc))
+            return
+        except InvalidMessage as exc:
+            self._invalid(peer, rid, exc)
+            return
+        except StreamVaultError as exc:
+            reply = codec.encode_exception(rid, exc)
+        except AssertionError:
+            raise
+        except Exception as exc:  # a bug: answer, log, keep serving the other peers
+            log.exception("worker=%d request failed peer=%s", self.config.worker_id, peer.hex())
+            reply = codec.encode_exception(rid, InternalError(f"{type(exc).__name__}: {exc}"))
+        if reply is not None:
+            self._send(peer, reply)
+
+    def _invalid(self, peer: bytes, rid: int, exc: InvalidMessage) -> None:
+        count = self.invalid_counts.get(peer, 0) + 1
+        self.invalid_counts[peer] = count
+        self._send(peer, codec.encode_exception(rid, exc))
+        if count >= INVALID_MESSAGES_BEFORE_DISCONNECT:
+            log.warning("worker=%d peer=%s sent %d invalid messages: no longer answered",
+                        self.config.worker_id, peer.hex(), count)
+            self.ignored_peers.add(peer)
+
+    def _container(self, name: bytes) -> Container:
+        cid = container_for(name, self.config.container_count)
+        container = self.containers.get(cid)
+        if container is None:
+            raise WrongHost(f"segment {name.decode()} is in container {cid}, not on worker "
+                            f"{self.config.worker_id}", container=cid)
+        return container
+
+    def _dispatch(self, peer: bytes, rid: int, header: m.Header, msg: Any) -> list[Any] | None:
+        if isinstance(msg, m.AppendBlock):
+            size = codec._nbytes(msg.payload)
+            return self._container(msg.segment).append(peer, rid, msg, size)
+        if isinstance(msg, m.ReadSegment):
+            plan = self._container(msg.segment).read(peer, rid, msg, time.monotonic())
+            if plan is not None:
+                self._send_plans([plan])
+            return None
+        if isinstance(msg, m.SetupAppend):
+            return self._container(msg.segment).setup_append(peer, rid, msg)
+        if isinstance(msg, m.Hello):
+            return self._hello(peer, rid, msg)
+        if isinstance(msg, m.CreateSegment):
+            name = msg.segment.encode()
+            return self._container(name).create_segment(peer, rid, name)
+        if isinstance(msg, m.GetSegmentInfo):
+            name = msg.segment.encode()
+            return self._container(name).segment_info(rid, name)
+        if isinstance(msg, m.SealSegment):
+            name = msg.segment.encode()
+            return self._container(name).seal_segment(peer, rid, name)
+        if isinstance(msg, m.DeleteSegment):
+            name = msg.segment.encode()
+            return self._container(name).delete_segment(peer, rid, name)
+        raise InvalidMessage(f"worker: unexpected message {type(msg).__name__}")
+
+    def _hello(self, peer: bytes, rid: int, msg: m.Hello) -> list[Any]:
+        if msg.max_version < PROTOCOL_VERSION_MIN or msg.min_version > PROTOCOL_VERSION:
+            self.ignored_peers.add(peer)  # answered once with the supported range, then closed
+            raise UnsupportedVersion(
+                f"hello: client versions {msg.min_version}..{msg.max_version} do not meet "
+                f"{PROTOCOL_VERSION_MIN}..{PROTOCOL_VERSION}",
+                min_version=PROTOCOL_VERSION_MIN, max_version=PROTOCOL_VERSION)
+        version = min(msg.max_version, PROTOCOL_VERSION)
+        reply = m.HelloReply(version, "worker", str(self.config.worker_id), self.incarnation)
+        return codec.encode(reply, rid)
+
+    def _send(self, peer: bytes, frames: list[Any]) -> None:
+        assert self.router is not None
+        try:
+            self.router.send_multipart([peer, *frames], zmq.NOBLOCK, copy=False)
+        except zmq.ZMQError:  # peer gone (ROUTER_MANDATORY) or its queue full: it will retry
+            self.dropped_sends += 1
+
+    def _send_plans(self, plans: list[ReadPlan]) -> None:
+        for plan in plans:
+            dlog = self.logs[container_for(plan.segment, self.config.container_count)]
+            payload = [dlog.read(p.ledger_id, p.position, p.length) for p in plan.pieces]
+            reply = m.SegmentRead(plan.offset, plan.segment_length, plan.end_of_segment,
+                                  plan.segment, payload)
+            self._send(plan.peer, codec.encode(reply, plan.request_id))
+
+    def _flush(self) -> None:
+        for cid, container in self.containers.items():
+            if not container.queue:
+                continue
+            dlog = self.logs[cid]
+            while container.queue:
+                built = container.build_frame(dlog.acquire_buffer)
+                if built is None:
+                    break
+                buffer, payload_bytes, token = built
+                dlog.submit(buffer, payload_bytes, (container, token))
+
+    def _complete(self) -> None:
+        completions = self.completions
+        while completions:
+            dlog, buffer, (container, token), location = completions.popleft()
+            dlog.release(buffer)
+            effects, plans = container.committed(token, location.ledger_id, location.record_pos)
+            for peer, frames in effects:
+                self._send(peer, frames)
+            if plans:
+                self._send_plans(plans)
+
+    def _fail_stop(self) -> None:
+        log.critical("worker=%d fail-stop after storage error: %r", self.config.worker_id,
+                     self.fatal)
+        logging.shutdown()
+        os._exit(EXIT_STORAGE_FAILURE)
+
+    # --- controller ------------------------------------------------------------------------
+    def status_info(self) -> dict[str, Any]:
+        counters: dict[str, int] = collections.Counter()
+        for container in self.containers.values():
+            counters.update(container.counters)
+        return {"durability_mode": self.mode, "dropped_sends": self.dropped_sends,
+                "commit_cycles": self.committer.cycles, "commit_syncs": self.committer.syncs,
+                **counters}
+
+    def _heartbeat(self) -> None:
+        assert self._controller is not None
+        self._controller.beat(m.Heartbeat(
+            role="worker", id=str(self.config.worker_id), pid=os.getpid(), endpoint=self.endpoint,
+            state=self.state, containers=list(self.config.containers), info=self.status_info()))
+
+    # --- stop ----------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        self.stopping = True
+        self.waker.wake()
+
+    def _shutdown(self) -> None:
+        self.state = "stopping"
+        deadline = time.monotonic() + 10
+        while any(c.in_flight for c in self.containers.values()) and time.monotonic() < deadline:
+            if self.fatal is not None:
+                self._fail_stop()
+            self.waker.drain()
+            self._complete()
+            time.sleep(0.005)
+        self._complete()
+        self.committer.stop()
+        for dlog in self.logs.values():
+            dlog.close()
+        if self.router is not None:
+            self.router.close(0)
+        if self._controller is not None:
+            self._controller.close()
+        self.waker.close()
+        self.ctx.term()
+        log.info("worker=%d stopped", self.config.worker_id)
+
+
+def run(config: WorkerConfig) -> int:
+    """Entry point of the worker process."""
+    if config.cpu is not None:
+        try:
+            os.sched_setaffinity(0, {config.cpu})
+        except OSError as exc:
+            log.info("worker=%d not pinned to cpu=%d: %s", config.worker_id, config.cpu, exc)
+    worker = Worker(config)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: worker.request_stop())
+    worker.open()
+    worker.serve_forever()
+    return 0
+
+

@@ -1,0 +1,146 @@
+"""The `streamvault` command.
+
+    streamvault standalone [--data-dir DIR] [--port 9090] [--workers N] [--containers N]
+                           [--worker-port-base 12345 | --ephemeral-ports] [--no-direct-io]
+    streamvault status [--json] [--controller tcp://127.0.0.1:9090]
+
+Role processes (started by `standalone`, or by hand in a cluster):
+
+    streamvault controller --data-dir DIR --bind URL --containers N
+    streamvault host --data-dir DIR --workers N --containers N --controller URL
+    streamvault worker --id I --data-dir DIR --containers 0,4 --container-count N --bind URL
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from streamvault.client.protocol.errors import StreamVaultError
+from streamvault.tools import process
+
+DEFAULT_CONTROLLER = "tcp://127.0.0.1:9090"
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    p.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="streamvault", description="durable stream storage")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("standalone", help="run a whole cluster on this machine")
+    p.add_argument("--data-dir", default="./streamvault-data")
+    p.add_argument("--port", type=int, default=9090, help="controller port (default 9090)")
+    p.add_argument("--workers", type=int, default=0, help="workers (default: usable cores)")
+    p.add_argument("--containers", type=int, default=0,
+                   help="containers, fixed at creation (default 4 x workers)")
+    p.add_argument("--worker-port-base", type=int, default=12345,
+                   help="worker i listens on base+i (default 12345; 0 = ephemeral)")
+    p.add_argument("--ephemeral-ports", action="store_true",
+                   help="put every worker on an ephemeral port (same as --worker-port-base 0)")
+    p.add_argument("--no-direct-io", action="store_true", help="never use O_DIRECT")
+    p.add_argument("--no-pin", action="store_true", help="do not pin workers to cores")
+    _common(p)
+
+    p = sub.add_parser("status", help="show every process of a running cluster")
+    p.add_argument("--controller", default=DEFAULT_CONTROLLER)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--timeout", type=float, default=5.0)
+
+    p = sub.add_parser("controller", help="run the controller")
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--bind", default=DEFAULT_CONTROLLER)
+    p.add_argument("--containers", type=int, default=0)
+    _common(p)
+
+    p = sub.add_parser("host", help="run a segment-store host (supervises workers)")
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--workers", type=int, required=True)
+    p.add_argument("--containers", type=int, required=True)
+    p.add_argument("--controller", default=DEFAULT_CONTROLLER)
+    p.add_argument("--worker-port-base", type=int, default=12345)
+    p.add_argument("--host-id", default="0")
+    p.add_argument("--no-direct-io", action="store_true")
+    p.add_argument("--no-pin", action="store_true")
+    _common(p)
+
+    p = sub.add_parser("worker", help="run one segment-store worker")
+    p.add_argument("--id", type=int, required=True)
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--containers", required=True, help="comma-separated container ids")
+    p.add_argument("--container-count", type=int, required=True)
+    p.add_argument("--bind", default="tcp://127.0.0.1:*")
+    p.add_argument("--controller", default="")
+    p.add_argument("--cpu", type=int, default=None)
+    p.add_argument("--no-direct-io", action="store_true")
+    _common(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except StreamVaultError as exc:
+        print(f"streamvault {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"streamvault {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "status":
+        from streamvault.tools import status
+
+        print(status.render(status.fetch(args.controller, args.timeout), args.json))
+        return 0
+    if args.command == "standalone":
+        from streamvault.tools.standalone import StandaloneConfig, run
+
+        process.set_title("standalone", "0")
+        process.configure_logging(args.log_level, "standalone", "0")
+        return run(StandaloneConfig(
+            data_dir=args.data_dir, port=args.port, workers=args.workers,
+            containers=args.containers,
+            worker_port_base=0 if args.ephemeral_ports else args.worker_port_base,
+            allow_direct_io=not args.no_direct_io, pin_cpus=not args.no_pin,
+            log_level=args.log_level))
+    if args.command == "controller":
+        from streamvault.controlplane.controller import ControllerConfig, run
+
+        process.die_with_parent(args.parent_pid)
+        process.set_title("controller", "0")
+        process.configure_logging(args.log_level, "controller", "0")
+        return run(ControllerConfig(data_dir=args.data_dir, bind=args.bind,
+                                    container_count=args.containers))
+    if args.command == "host":
+        from streamvault.dataplane.host import HostConfig, run
+
+        process.die_with_parent(args.parent_pid)
+        process.set_title("host", args.host_id)
+        process.configure_logging(args.log_level, "host", args.host_id)
+        return run(HostConfig(data_dir=args.data_dir, workers=args.workers,
+                              container_count=args.containers, controller=args.controller,
+                              worker_port_base=args.worker_port_base, host_id=args.host_id,
+                              allow_direct_io=not args.no_direct_io, pin_cpus=not args.no_pin,
+                              log_level=args.log_level))
+    if args.command == "worker":
+        from streamvault.dataplane.worker import WorkerConfig, run
+
+        process.die_with_parent(args.parent_pid)
+        process.set_title("worker", str(args.id))
+        process.configure_logging(args.log_level, "worker", str(args.id))
+        containers = tuple(int(c) for c in args.containers.split(",") if c)
+        return run(WorkerConfig(worker_id=args.id, data_dir=args.data_dir, containers=containers,
+                                container_count=args.container_count, bind=args.bind,
+                                controller=args.controller, cpu=args.cpu,
+                                allow_direct_io=not args.no_direct_io))
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""`streamvault standalone`: the whole cluster on one machine, as separate processes.
+
+Starts the controller and one segment-store host (which starts the workers), restarts either
+if it dies, heartbeats the controller as `standalone`, and prints exactly one line
+`streamvault ready: controller=<endpoint>` once every container is served by a worker and
+the controller answers. SIGINT/SIGTERM stop everything cleanly. The data directory records
+the cluster's container count at creation (`cluster.json`); a restart on the same data dir
+and port resumes where the previous run stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import zmq
+
+from streamvault.client.controller_client import ControllerClient
+from streamvault.client.protocol import messages as m
+from streamvault.client.protocol import transport
+from streamvault.client.protocol.errors import InvalidArgument, StreamVaultError
+
+log = logging.getLogger(__name__)
+
+READY_TIMEOUT_S = 120.0
+RESTART_BACKOFF_MAX_S = 5.0
+
+
+@dataclass(frozen=True)
+class StandaloneConfig:
+    data_dir: str = "./streamvault-data"
+    port: int = 9090
+    workers: int = 0  # 0 = one per usable core
+    containers: int = 0  # 0 = 4 x workers at creation, then as recorded
+    worker_port_base: int = 12345  # 0 = ephemeral worker ports
+    allow_direct_io: bool = True
+    pin_cpus: bool = True
+    log_level: str = "INFO"
+
+    @property
+    def controller(self) -> str:
+        return f"tcp://127.0.0.1:{self.port}"
+
+
+def cluster_container_count(data_dir: str, requested: int, workers: int) -> int:
+    """The container count fixed when the data dir was created (recorded in cluster.json)."""
+    path = os.path.join(data_dir, "cluster.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            stored = int(json.load(f)["container_count"])
+        if requested and requested != stored:
+            raise InvalidArgument(f"--containers {requested}: {data_dir} was created with "
+                                  f"{stored} containers, which is fixed", field="containers")
+        return stored
+    count = requested or 4 * workers
+    os.makedirs(data_dir, exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump({"container_count": count}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return count
+
+
+class _Child:
+    def __init__(self, role: str, command: list[str]) -> None:
+        self.role = role
+        self.command = command
+        self.proc: subprocess.Popen | None = None
+        self.restarts = 0
+        self.restart_at = 0.0
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.command)
+        log.info("standalone: %s started pid=%d", self.role, self.proc.pid)
+
+
+class Standalone:
+    def __init__(self, config: StandaloneConfig) -> None:
+        self.config = config
+        self.workers = config.workers or len(os.sched_getaffinity(0))
+        self.data_dir = os.path.abspath(config.data_dir)
+        self.container_count = cluster_container_count(self.data_dir, config.containers,
+                                                        self.workers)
+        if self.container_count < self.workers:
+            raise InvalidArgument(f"{self.container_count} containers cannot feed "
+                                  f"{self.workers} workers", field="workers")
+        self.stopping = False
+        me = str(os.getpid())
+        base = [sys.executable, "-m", "streamvault.tools.cli"]
+        common = ["--data-dir", self.data_dir, "--parent-pid", me, "--log-level", config.log_level]
+        self.controller = _Child("controller", base + [
+            "controller", "--bind", config.controller, "--containers", str(self.container_count),
+            *common])
+        host = base + ["host", "--workers", str(self.workers), "--containers",
+                       str(self.container_count), "--controller", config.controller,
+                       "--worker-port-base", str(config.worker_port_base), *common]
+        if not config.allow_direct_io:
+            host.append("--no-direct-io")
+        if not config.pin_cpus:
+            host.append("--no-pin")
+        self.host = _Child("host", host)
+        self.children = [self.controller, self.host]
+
+    def run(self) -> int:
+        ctx = zmq.Context()
+        beat = transport.HeartbeatSender(ctx, self.config.controller)
+        try:
+            for child in self.children:
+                child.start()
+            if not self._wait_ready(beat):
+                log.error("standalone: not ready after %.0fs; stopping", READY_TIMEOUT_S)
+                return 1
+            print(f"streamvault ready: controller={self.config.controller}", flush=True)
+            while not self.stopping:
+                now = time.monotonic()
+                for child in self.children:
+                    self._watch(child, now)
+                self._beat(beat)
+                time.sleep(0.2)
+            return 0
+        finally:
+            self._stop()
+            beat.close()
+            ctx.term()
+
+    def _beat(self, beat: transport.HeartbeatSender) -> None:
+        beat.beat(m.Heartbeat(role="standalone", id="0", pid=os.getpid(), endpoint="",
+                              state="up", info={"data_dir": self.data_dir,
+                                                "container_count": self.container_count}))
+        beat.drain()
+
+    def _wait_ready(self, beat: transport.HeartbeatSender) -> bool:
+        client = ControllerClient(self.config.controller, timeout_s=2.0)
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        try:
+            while not self.stopping and time.monotonic() < deadline:
+                self._beat(beat)
+                for child in self.children:
+                    self._watch(child, time.monotonic())
+                try:
+                    cmap = client.call(m.GetContainerMap(), timeout_s=2.0)
+                    if len(cmap.endpoints) == self.container_count:
+                        return True
+                except StreamVaultError:
+                    pass
+                time.sleep(0.1)
+            return False
+        finally:
+            client.close()
+
+    def _watch(self, child: _Child, now: float) -> None:
+        proc = child.proc
+        if proc is not None:
+            code = proc.poll()
+            if code is None:
+                return
+            child.proc = None
+            child.restarts += 1
+            delay = min(RESTART_BACKOFF_MAX_S, 0.1 * 2 ** min(child.restarts - 1, 6))
+            child.restart_at = now + delay
+            log.warning("standalone: %s pid=%d exited code=%s; restart in %.1fs", child.role,
+                        proc.pid, code, delay)
+        elif not self.stopping and now >= child.restart_at:
+            child.start()
+
+    def request_stop(self) -> None:
+        self.stopping = True
+
+    def _stop(self) -> None:
+        for child in (self.host, self.controller):  # workers first, then the controller
+            proc = child.proc
+            if proc is None:
+                continue
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        log.info("standalone: stopped")
+
+
+def run(config: StandaloneConfig) -> int:
+    standalone = Standalone(config)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: standalone.request_stop())
+    return standalone.run()
