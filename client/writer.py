@@ -311,7 +311,7 @@ class EventStreamWriter:
                 for conn in list(self._conns.values()):
                     if conn.monitor in events_:
                         self._on_monitor(conn)
-                    if conn.sock in events_ and conn.endpoint in self._conns:
+                    if conn.sock in events_ and self._conns.get(conn.endpoint) is conn:
                         self._receive(conn)
                 self._maintain()
                 self._pump()

@@ -1,0 +1,133 @@
+"""A real `streamvault standalone` for tests: own process group, temp data dir, a free
+controller port, ephemeral worker ports; start, wait for the ready line, SIGKILL everything,
+restart on the same dir and port, stop, and check that nothing is left running."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+READY_PREFIX = "streamvault ready: controller="
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Standalone:
+    def __init__(self, data_dir: Path, *, workers: int = 2, containers: int = 8,
+                 port: int | None = None, extra: list[str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.workers = workers
+        self.containers = containers
+        self.port = port or free_port()
+        self.extra = extra or []
+        self.proc: subprocess.Popen | None = None
+        self.runs = 0
+        self.log_paths: list[Path] = []
+
+    @property
+    def controller(self) -> str:
+        return f"tcp://127.0.0.1:{self.port}"
+
+    def start(self, *, timeout_s: float = 60.0) -> Standalone:
+        assert self.proc is None
+        self.runs += 1
+        log_path = self.data_dir.parent / f"standalone-{self.port}-{self.runs}.log"
+        self.log_paths.append(log_path)
+        cmd = [sys.executable, "-m", "streamvault.tools.cli", "standalone",
+               "--data-dir", str(self.data_dir), "--port", str(self.port),
+               "--workers", str(self.workers), "--containers", str(self.containers),
+               "--ephemeral-ports", "--no-pin", *self.extra]
+        with open(log_path, "wb") as log:
+            self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log,
+                                         start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        os.set_blocking(fd, False)
+        buffer = b""
+        while time.monotonic() < deadline:
+            try:
+                buffer += os.read(fd, 4096)
+            except BlockingIOError:
+                pass
+            if READY_PREFIX.encode() in buffer:
+                return self
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        self.kill()
+        raise AssertionError(f"standalone not ready in {timeout_s}s:\n{self.logs()}")
+
+    def group_pids(self) -> list[int]:
+        if self.proc is None:
+            return []
+        pgid = self.proc.pid
+        out = []
+        for p in psutil.process_iter(["pid"]):
+            try:
+                if os.getpgid(p.pid) == pgid:
+                    out.append(p.pid)
+            except (ProcessLookupError, PermissionError):
+                continue
+        return out
+
+    def kill(self) -> None:
+        """SIGKILL every process of the standalone (its whole process group)."""
+        if self.proc is None:
+            return
+        pids = self.group_pids()
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=30)
+        self._wait_gone(pids)
+        self.proc = None
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        """SIGTERM the supervisor and wait until every process of the group has exited."""
+        if self.proc is None:
+            return 0
+        pids = self.group_pids()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"standalone did not stop in {timeout_s}s:\n{self.logs()}")
+        self._wait_gone(pids)
+        self.proc = None
+        return code
+
+    def _wait_gone(self, pids: list[int], timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            alive = [p for p in pids if psutil.pid_exists(p)
+                     and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+            if not alive:
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"processes still alive: {alive}")
+
+    def restart(self) -> Standalone:
+        self.kill()
+        return self.start()
+
+    def logs(self, tail: int = 80) -> str:
+        out = []
+        for path in self.log_paths:
+            if path.exists():
+                lines = path.read_text(errors="replace").splitlines()[-tail:]
+                out.append(f"--- {path.name}\n" + "\n".join(lines))
+        return "\n".join(out)
