@@ -238,7 +238,7 @@ class Worker:
             _, msg = codec.decode(frames)
             reply = self._dispatch(peer, rid, header, msg)
         except UnsupportedVersion as exc:
-            self._send(peer, codec.encode_exception(exc.fields.get("request_id", 0), exc))
+            self._invalid(peer, exc.fields.get("request_id", rid), exc)
             return
         except InvalidMessage as exc:
             self._invalid(peer, rid, exc)
@@ -253,7 +253,7 @@ class Worker:
         if reply is not None:
             self._send(peer, reply)
 
-    def _invalid(self, peer: bytes, rid: int, exc: InvalidMessage) -> None:
+    def _invalid(self, peer: bytes, rid: int, exc: StreamVaultError) -> None:
         count = self.invalid_counts.get(peer, 0) + 1
         self.invalid_counts[peer] = count
         self._send(peer, codec.encode_exception(rid, exc))

@@ -41,13 +41,16 @@ WRITER_ID_BYTES = 16
 U64_MAX = (1 << 64) - 1
 I64_MAX = (1 << 63) - 1
 
-# Fixed layouts of the data-path fields (after the header, before the segment name).
-SETUP_APPEND = struct.Struct("<16s")
-APPEND_SETUP = struct.Struct("<16sqqB")
-APPEND_BLOCK = struct.Struct("<16sqqIq")
-DATA_APPENDED = struct.Struct("<16sqqB")
-READ_SEGMENT = struct.Struct("<qII")
-SEGMENT_READ = struct.Struct("<qqB")
+# Fixed layouts of the data-path fields (after the header). Each ends with the byte length of
+# the segment name that closes the frame; blocks and read replies also carry their payload's
+# byte length, so a truncated or padded frame is always detected.
+SETUP_APPEND = struct.Struct("<16sH")  # writer id, name bytes
+APPEND_SETUP = struct.Struct("<16sqqBH")  # writer id, last event, length, sealed, name bytes
+APPEND_BLOCK = struct.Struct("<16sqqIqIH")  # writer id, first, last, count, expected offset,
+#                                             payload bytes, name bytes
+DATA_APPENDED = struct.Struct("<16sqqBH")  # writer id, last event, length, duplicate, name bytes
+READ_SEGMENT = struct.Struct("<qIIH")  # offset, max bytes, wait ms, name bytes
+SEGMENT_READ = struct.Struct("<qqBIH")  # offset, length, end of segment, payload bytes, name
 ERROR = struct.Struct("<H")
 
 _control_encoder = msgspec.msgpack.Encoder()
@@ -96,10 +99,11 @@ def decode_header(frame0: Any) -> m.Header:
     return header
 
 
-def _name(view: memoryview, start: int, what: str) -> bytes:
-    size = len(view) - start
+def _name(view: memoryview, start: int, size: int, what: str) -> bytes:
     if not 0 < size <= SEGMENT_NAME_BYTES_MAX:
         raise InvalidMessage(f"{what}: segment name length {size} not in 1..{SEGMENT_NAME_BYTES_MAX}")
+    if len(view) - start != size:
+        raise InvalidMessage(f"{what}: {len(view) - start} name bytes, expected {size}")
     name = bytes(view[start:])
     try:
         name.decode("utf-8")
@@ -125,26 +129,31 @@ def encode(body: Any, request_id: int, *, timeout_ms: int = 0, flags: int = 0) -
     if isinstance(body, m.AppendBlock):
         head = encode_header(m.MsgType.APPEND_BLOCK, request_id, flags=flags, timeout_ms=timeout_ms)
         fields = APPEND_BLOCK.pack(body.writer_id, body.first_event_number,
-                                   body.last_event_number, body.event_count, body.expected_offset)
+                                   body.last_event_number, body.event_count, body.expected_offset,
+                                   _nbytes(body.payload), len(body.segment))
         return [head + fields + body.segment, body.payload]
     if isinstance(body, m.DataAppended):
         head = encode_header(m.MsgType.DATA_APPENDED, request_id, flags=flags)
         return [head + DATA_APPENDED.pack(body.writer_id, body.last_event_number,
-                                          body.segment_length, body.duplicate) + body.segment]
+                                          body.segment_length, body.duplicate,
+                                          len(body.segment)) + body.segment]
     if isinstance(body, m.SetupAppend):
         head = encode_header(m.MsgType.SETUP_APPEND, request_id, flags=flags, timeout_ms=timeout_ms)
-        return [head + SETUP_APPEND.pack(body.writer_id) + body.segment]
+        return [head + SETUP_APPEND.pack(body.writer_id, len(body.segment)) + body.segment]
     if isinstance(body, m.AppendSetup):
         head = encode_header(m.MsgType.APPEND_SETUP, request_id, flags=flags)
         return [head + APPEND_SETUP.pack(body.writer_id, body.last_event_number,
-                                         body.segment_length, body.sealed) + body.segment]
+                                         body.segment_length, body.sealed, len(body.segment))
+                + body.segment]
     if isinstance(body, m.ReadSegment):
         head = encode_header(m.MsgType.READ_SEGMENT, request_id, flags=flags, timeout_ms=timeout_ms)
-        return [head + READ_SEGMENT.pack(body.offset, body.max_bytes, body.wait_ms) + body.segment]
+        return [head + READ_SEGMENT.pack(body.offset, body.max_bytes, body.wait_ms,
+                                         len(body.segment)) + body.segment]
     if isinstance(body, m.SegmentRead):
         head = encode_header(m.MsgType.SEGMENT_READ, request_id, flags=flags)
-        return [head + SEGMENT_READ.pack(body.offset, body.segment_length, body.end_of_segment)
-                + body.segment, *body.payload]
+        total = sum(_nbytes(part) for part in body.payload)
+        return [head + SEGMENT_READ.pack(body.offset, body.segment_length, body.end_of_segment,
+                                         total, len(body.segment)) + body.segment, *body.payload]
     if isinstance(body, m.ErrorReply):
         return encode_error(request_id, body.code, body.message, body.fields)
     if isinstance(body, m.Hello):
@@ -204,30 +213,35 @@ def decode(frames: Sequence[Any]) -> tuple[m.Header, Any]:
 
 def _decode_setup_append(view: memoryview, frames: Sequence[Any]) -> m.SetupAppend:
     _frame_count(frames, 1, "SetupAppend")
-    (writer_id,) = _fields(view, SETUP_APPEND, "SetupAppend")
-    return m.SetupAppend(writer_id, _name(view, HEADER_BYTES + SETUP_APPEND.size, "SetupAppend"))
+    writer_id, name_bytes = _fields(view, SETUP_APPEND, "SetupAppend")
+    segment = _name(view, HEADER_BYTES + SETUP_APPEND.size, name_bytes, "SetupAppend")
+    return m.SetupAppend(writer_id, segment)
 
 
 def _decode_append_setup(view: memoryview, frames: Sequence[Any]) -> m.AppendSetup:
     _frame_count(frames, 1, "AppendSetup")
-    writer_id, last, length, sealed = _fields(view, APPEND_SETUP, "AppendSetup")
+    writer_id, last, length, sealed, name_bytes = _fields(view, APPEND_SETUP, "AppendSetup")
     if last < m.NO_EVENT_NUMBER or length < 0 or sealed > 1:
         raise InvalidMessage(f"AppendSetup: last={last} length={length} sealed={sealed}")
-    segment = _name(view, HEADER_BYTES + APPEND_SETUP.size, "AppendSetup")
+    segment = _name(view, HEADER_BYTES + APPEND_SETUP.size, name_bytes, "AppendSetup")
     return m.AppendSetup(writer_id, last, length, bool(sealed), segment)
 
 
 def decode_append_block(view: memoryview, frames: Sequence[Any]) -> m.AppendBlock:
     _frame_count(frames, 2, "AppendBlock")
-    writer_id, first, last, count, expected = _fields(view, APPEND_BLOCK, "AppendBlock")
+    writer_id, first, last, count, expected, payload_bytes, name_bytes = _fields(
+        view, APPEND_BLOCK, "AppendBlock")
     if first < 0 or last < 0 or expected < m.NO_OFFSET:
         raise InvalidMessage(
             f"AppendBlock: negative field (first={first} last={last} expected={expected})")
     if not 1 <= count <= BLOCK_EVENTS_MAX:
         raise InvalidMessage(f"AppendBlock: event_count={count} not in 1..{BLOCK_EVENTS_MAX}")
-    segment = _name(view, HEADER_BYTES + APPEND_BLOCK.size, "AppendBlock")
+    segment = _name(view, HEADER_BYTES + APPEND_BLOCK.size, name_bytes, "AppendBlock")
     payload = frames[1]
     size = _nbytes(payload)
+    if size != payload_bytes:
+        raise InvalidMessage(f"AppendBlock: payload frame has {size} bytes, header says "
+                             f"{payload_bytes}")
     if size < 4 * count:
         raise InvalidMessage(f"AppendBlock: payload_bytes={size} < 4 * event_count={count}")
     return m.AppendBlock(writer_id, first, last, count, expected, segment, payload)
@@ -235,33 +249,39 @@ def decode_append_block(view: memoryview, frames: Sequence[Any]) -> m.AppendBloc
 
 def _decode_data_appended(view: memoryview, frames: Sequence[Any]) -> m.DataAppended:
     _frame_count(frames, 1, "DataAppended")
-    writer_id, last, length, dup = _fields(view, DATA_APPENDED, "DataAppended")
+    writer_id, last, length, dup, name_bytes = _fields(view, DATA_APPENDED, "DataAppended")
     if last < m.NO_EVENT_NUMBER or length < 0 or dup > 1:
         raise InvalidMessage(f"DataAppended: last={last} length={length} duplicate={dup}")
-    segment = _name(view, HEADER_BYTES + DATA_APPENDED.size, "DataAppended")
+    segment = _name(view, HEADER_BYTES + DATA_APPENDED.size, name_bytes, "DataAppended")
     return m.DataAppended(writer_id, last, length, bool(dup), segment)
 
 
 def _decode_read_segment(view: memoryview, frames: Sequence[Any]) -> m.ReadSegment:
     _frame_count(frames, 1, "ReadSegment")
-    offset, max_bytes, wait_ms = _fields(view, READ_SEGMENT, "ReadSegment")
+    offset, max_bytes, wait_ms, name_bytes = _fields(view, READ_SEGMENT, "ReadSegment")
     if offset < 0:
         raise InvalidMessage(f"ReadSegment: offset={offset} < 0")
     if not 0 < max_bytes <= READ_BYTES_MAX:
         raise InvalidMessage(f"ReadSegment: max_bytes={max_bytes} not in 1..{READ_BYTES_MAX}")
     if wait_ms > TAIL_WAIT_MS_MAX:
         raise InvalidMessage(f"ReadSegment: wait_ms={wait_ms} > {TAIL_WAIT_MS_MAX}")
-    segment = _name(view, HEADER_BYTES + READ_SEGMENT.size, "ReadSegment")
+    segment = _name(view, HEADER_BYTES + READ_SEGMENT.size, name_bytes, "ReadSegment")
     return m.ReadSegment(offset, max_bytes, wait_ms, segment)
 
 
 def _decode_segment_read(view: memoryview, frames: Sequence[Any]) -> m.SegmentRead:
-    offset, length, flags = _fields(view, SEGMENT_READ, "SegmentRead")
+    offset, length, flags, payload_bytes, name_bytes = _fields(view, SEGMENT_READ, "SegmentRead")
     if offset < 0 or length < 0 or flags > 1:
         raise InvalidMessage(f"SegmentRead: offset={offset} length={length} flags={flags}")
-    segment = _name(view, HEADER_BYTES + SEGMENT_READ.size, "SegmentRead")
+    segment = _name(view, HEADER_BYTES + SEGMENT_READ.size, name_bytes, "SegmentRead")
     payload = list(frames[1:])
-    total = sum(_nbytes(p) for p in payload)
+    sizes = [_nbytes(p) for p in payload]
+    if 0 in sizes:
+        raise InvalidMessage("SegmentRead: empty payload frame")
+    total = sum(sizes)
+    if total != payload_bytes:
+        raise InvalidMessage(f"SegmentRead: payload frames hold {total} bytes, header says "
+                             f"{payload_bytes}")
     if total > READ_BYTES_MAX or offset + total > length:
         raise InvalidMessage(f"SegmentRead: payload_bytes={total} offset={offset} length={length}")
     return m.SegmentRead(offset, length, bool(flags), segment, payload)

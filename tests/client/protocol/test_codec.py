@@ -1,0 +1,131 @@
+"""The wire codec: every message round-trips; no byte string decodes into anything but a
+message or InvalidMessage/UnsupportedVersion."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streamvault.client.protocol import codec
+from streamvault.client.protocol import messages as m
+from streamvault.client.protocol.errors import InvalidMessage, UnsupportedVersion
+
+i64 = st.integers(min_value=0, max_value=(1 << 63) - 1)
+writer_ids = st.binary(min_size=16, max_size=16)
+names = st.text(min_size=1, max_size=60).map(str.encode).filter(lambda b: 0 < len(b) <= 512)
+rids = st.integers(min_value=0, max_value=(1 << 64) - 1)
+
+
+@st.composite
+def append_blocks(draw):
+    count = draw(st.integers(min_value=1, max_value=50))
+    first = draw(st.integers(min_value=0, max_value=1 << 40))
+    payload = draw(st.binary(min_size=4 * count, max_size=4 * count + 300))
+    return m.AppendBlock(draw(writer_ids), first, first + count - 1 + draw(st.integers(0, 9)),
+                         count, draw(st.integers(-1, 1 << 40)), draw(names), payload)
+
+
+@st.composite
+def segment_reads(draw):
+    payload = draw(st.lists(st.binary(min_size=1, max_size=200), max_size=4))
+    offset = draw(st.integers(0, 1 << 40))
+    length = offset + sum(map(len, payload)) + draw(st.integers(0, 1000))
+    return m.SegmentRead(offset, length, draw(st.booleans()), draw(names), payload)
+
+
+bodies = st.one_of(
+    append_blocks(),
+    segment_reads(),
+    st.builds(m.SetupAppend, writer_ids, names),
+    st.builds(m.AppendSetup, writer_ids, st.integers(-1, 1 << 50), i64, st.booleans(), names),
+    st.builds(m.DataAppended, writer_ids, st.integers(-1, 1 << 50), i64, st.booleans(), names),
+    st.builds(m.ReadSegment, i64, st.integers(1, 4 << 20), st.integers(0, 60_000), names),
+    st.builds(m.Hello, st.integers(0, 9), st.integers(0, 9), st.text(max_size=20)),
+    st.builds(m.CreateStream, scope=st.text(max_size=20), stream=st.text(max_size=20),
+              initial_segments=st.integers(1, 100)),
+    st.builds(m.Heartbeat, role=st.text(max_size=9), id=st.text(max_size=9), pid=st.integers(0, 1 << 30),
+              endpoint=st.text(max_size=30), state=st.text(max_size=9),
+              containers=st.lists(st.integers(0, 1000), max_size=5)),
+    st.builds(m.SegmentInfo, segment=st.text(max_size=30), length=i64, start_offset=i64,
+              sealed=st.booleans()),
+)
+
+
+def _normal(body):
+    if isinstance(body, m.AppendBlock):
+        return body._replace(payload=bytes(codec._view(body.payload)))
+    if isinstance(body, m.SegmentRead):
+        return body._replace(payload=b"".join(bytes(codec._view(p)) for p in body.payload))
+    return body
+
+
+@settings(max_examples=400, deadline=None)
+@given(bodies, rids)
+def test_every_message_round_trips(body, rid):
+    frames = codec.encode(body, rid)
+    header, decoded = codec.decode([bytes(codec._view(f)) for f in frames])
+    assert header.request_id == rid
+    assert _normal(decoded) == _normal(body)
+
+
+@settings(max_examples=600, deadline=None)
+@given(bodies, rids, st.data())
+def test_any_truncation_gives_invalid_message(body, rid, data):
+    frames = [bytes(codec._view(f)) for f in codec.encode(body, rid)]
+    candidates = [i for i, f in enumerate(frames) if f]
+    index = data.draw(st.sampled_from(candidates))
+    cut = data.draw(st.integers(0, len(frames[index]) - 1))
+    broken = list(frames)
+    broken[index] = frames[index][:cut]
+    with pytest.raises((InvalidMessage, UnsupportedVersion)):
+        codec.decode(broken)
+
+
+@settings(max_examples=200, deadline=None)
+@given(bodies, rids, st.data())
+def test_missing_or_extra_frames_give_invalid_message(body, rid, data):
+    frames = [bytes(codec._view(f)) for f in codec.encode(body, rid)]
+    if data.draw(st.booleans()) and len(frames) > 1:
+        del frames[data.draw(st.integers(1, len(frames) - 1))]
+    else:
+        frames.append(b"extra")
+    with pytest.raises((InvalidMessage, UnsupportedVersion)):
+        codec.decode(frames)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(st.binary(max_size=120), min_size=0, max_size=4))
+def test_garbage_never_raises_anything_but_typed_errors(frames):
+    try:
+        codec.decode(frames)
+    except (InvalidMessage, UnsupportedVersion):
+        pass
+
+
+@settings(max_examples=800, deadline=None)
+@given(bodies, rids, st.data())
+def test_corrupted_bytes_never_raise_anything_but_typed_errors(body, rid, data):
+    frames = [bytearray(codec._view(f)) for f in codec.encode(body, rid)]
+    for _ in range(data.draw(st.integers(1, 8))):
+        index = data.draw(st.integers(0, len(frames) - 1))
+        if frames[index]:
+            pos = data.draw(st.integers(0, len(frames[index]) - 1))
+            frames[index][pos] = data.draw(st.integers(0, 255))
+    try:
+        codec.decode([bytes(f) for f in frames])
+    except (InvalidMessage, UnsupportedVersion):
+        pass
+
+
+def test_limits_are_checked_before_bodies():
+    head = codec.encode_header(m.MsgType.READ_SEGMENT, 1)
+    with pytest.raises(InvalidMessage, match="max_bytes"):
+        codec.decode([head + codec.READ_SEGMENT.pack(0, 1 << 30, 0, 5) + b"a/b/0"])
+    with pytest.raises(InvalidMessage, match="event_count"):
+        codec.decode([head[:1] + bytes([m.MsgType.APPEND_BLOCK]) + head[2:]
+                      + codec.APPEND_BLOCK.pack(b"w" * 16, 0, 0, 0, -1, 0, 5) + b"a/b/0", b""])
+    with pytest.raises(InvalidMessage, match="payload_bytes"):
+        codec.decode(codec.encode(m.AppendBlock(b"w" * 16, 0, 9, 10, -1, b"a/b/0", b"xx"), 1))
+    with pytest.raises(UnsupportedVersion):
+        codec.decode([codec.encode_header(m.MsgType.HELLO, 1, version=200)])

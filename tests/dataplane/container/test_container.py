@@ -1,0 +1,156 @@
+"""The container state machine, driven directly (no sockets): validation, deduplication,
+group commit, sealing, reads, replay."""
+
+from __future__ import annotations
+
+import pytest
+
+from streamvault.client.protocol import codec
+from streamvault.client.protocol import messages as m
+from streamvault.client.protocol.errors import (
+    ConditionalCheckFailed,
+    InvalidEventNumber,
+    InvalidMessage,
+    NoSuchSegment,
+    SegmentSealed,
+)
+from streamvault.dataplane.container import Container
+from streamvault.dataplane.log.local_log import WriteBuffer
+
+PEER = b"peer-1"
+W1, W2 = b"1" * 16, b"2" * 16
+SEG = b"s/t/0"
+
+
+def framed(*events: bytes) -> bytes:
+    return b"".join(len(e).to_bytes(4, "little") + e for e in events)
+
+
+class Harness:
+    """A container whose records go to an in-memory 'log' (a list of record payloads)."""
+
+    def __init__(self) -> None:
+        self.container = Container(0, frame_payload_bytes=64 * 1024)
+        self.records: list[bytes] = []
+        self.replies: list[tuple[bytes, object]] = []
+
+    def reply(self, frames) -> object:
+        return codec.decode(frames)[1] if frames is not None else None
+
+    def commit(self) -> list[object]:
+        """Build and 'durably write' every queued record; return the decoded replies."""
+        out = []
+        while (built := self.container.build_frame(lambda n: WriteBuffer(n, pooled=False))):
+            buffer, size, token = built
+            self.records.append(bytes(buffer.payload[:size]))
+            effects, _ = self.container.committed(token, 1, 4096 * len(self.records))
+            out += [codec.decode(frames)[1] for _, frames in effects]
+            buffer.close()
+        return out
+
+    def create(self, name: bytes = SEG) -> None:
+        assert self.container.create_segment(PEER, 1, name) is None
+        assert self.commit() == [m.Done(changed=True)]
+        self.container.setup_append(PEER, 2, m.SetupAppend(W1, name))
+        self.container.setup_append(PEER, 3, m.SetupAppend(W2, name))
+
+    def append(self, writer: bytes, first: int, last: int, events: list[bytes], *,
+               expected: int = -1, name: bytes = SEG):
+        data = framed(*events)
+        block = m.AppendBlock(writer, first, last, len(events), expected, name, data)
+        return self.reply(self.container.append(PEER, 9, block, len(data)))
+
+
+def test_blocks_are_acknowledged_only_after_commit_with_cumulative_acks():
+    h = Harness()
+    h.create()
+    assert h.append(W1, 0, 1, [b"a", b"b"]) is None
+    assert h.append(W1, 2, 2, [b"c"]) is None
+    assert h.container.segments[SEG].length == 0, "nothing is visible before it is durable"
+    acks = h.commit()
+    assert acks == [m.DataAppended(W1, 2, 15, False, SEG)], "merged into one op, one ack"
+    assert h.container.segments[SEG].length == 15
+    assert len(h.records) == 2  # the CREATE record and one APPEND record
+
+
+def test_duplicates_are_acknowledged_without_being_written():
+    h = Harness()
+    h.create()
+    h.append(W1, 0, 4, [b"x"] * 5)
+    assert h.append(W1, 0, 4, [b"x"] * 5) is None, "a resend of an in-flight block waits"
+    acks = h.commit()
+    assert [a.duplicate for a in acks] == [False, True]
+    dup = h.append(W1, 0, 4, [b"x"] * 5)
+    assert isinstance(dup, m.DataAppended) and dup.duplicate and dup.last_event_number == 4
+    assert h.container.segments[SEG].length == 25
+    with pytest.raises(InvalidEventNumber):
+        h.append(W1, 3, 7, [b"x"] * 5)  # overlaps the stored number
+    with pytest.raises(InvalidEventNumber):
+        h.append(W1, 9, 8, [b"x"])
+    assert h.append(W2, 0, 0, [b"y"]) is None, "writers are deduplicated independently"
+
+
+def test_append_needs_setup_and_an_existing_unsealed_segment():
+    h = Harness()
+    h.create()
+    with pytest.raises(InvalidMessage, match="without SetupAppend"):
+        h.container.append(b"other", 1, m.AppendBlock(W1, 0, 0, 1, -1, SEG, framed(b"a")), 5)
+    with pytest.raises(NoSuchSegment):
+        h.append(W1, 0, 0, [b"a"], name=b"s/t/9")
+    h.append(W1, 0, 0, [b"a"])
+    assert h.container.seal_segment(PEER, 4, SEG) is None
+    with pytest.raises(SegmentSealed):
+        h.append(W1, 1, 1, [b"b"])
+    replies = h.commit()
+    assert replies[-1] == m.SegmentInfo(SEG.decode(), 5, 0, True)
+    with pytest.raises(SegmentSealed):
+        h.container.setup_append(PEER, 5, m.SetupAppend(W1, SEG))
+
+
+def test_conditional_append_checks_the_offset_including_queued_data():
+    h = Harness()
+    h.create()
+    h.append(W1, 0, 0, [b"abc"], expected=0)
+    with pytest.raises(ConditionalCheckFailed) as err:
+        h.append(W1, 1, 1, [b"d"], expected=0)
+    assert err.value.fields["current_offset"] == 7
+    assert h.append(W1, 1, 1, [b"d"], expected=7) is None
+    h.commit()
+    assert h.container.segments[SEG].length == 12
+
+
+def test_reads_see_only_durable_data_and_tail_reads_wait():
+    h = Harness()
+    h.create()
+    h.append(W1, 0, 0, [b"hello"])
+    plan = h.container.read(PEER, 7, m.ReadSegment(0, 1024, 1000, SEG), now=0.0)
+    assert plan is None, "a read at the durable tail waits"
+    h.container.build_frame(lambda n: WriteBuffer(n, pooled=False))
+    token = h.container.in_flight[0]
+    _, plans = h.container.committed(token, 3, 8192)
+    assert len(plans) == 1 and plans[0].offset == 0 and plans[0].segment_length == 9
+    assert sum(p.length for p in plans[0].pieces) == 9
+    assert plans[0].pieces[0].ledger_id == 3
+    parked = h.container.read(PEER, 8, m.ReadSegment(9, 1024, 1000, SEG), now=0.0)
+    assert parked is None
+    expired = h.container.expire_reads(now=2.0)
+    assert len(expired) == 1 and expired[0].pieces == [] and expired[0].request_id == 8
+
+
+def test_replaying_the_records_rebuilds_the_same_state():
+    h = Harness()
+    h.create()
+    h.create(b"s/t/1")
+    for i in range(10):
+        h.append(W1, i, i, [b"e%d" % i])
+        h.append(W2, 100 + i, 100 + i, [b"f%d" % i], name=b"s/t/1")
+        h.commit()
+    h.container.delete_segment(PEER, 1, b"s/t/1")
+    h.commit()
+    fresh = Container(0)
+    for index, record in enumerate(h.records, start=1):
+        fresh.replay(memoryview(record), 1, 4096 * index)
+    assert set(fresh.segments) == {SEG}
+    seg, old = fresh.segments[SEG], h.container.segments[SEG]
+    assert (seg.length, seg.writers, seg.sealed) == (old.length, old.writers, old.sealed)
+    assert seg.plan(0, 1 << 20) == old.plan(0, 1 << 20)

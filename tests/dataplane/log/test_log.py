@@ -1,0 +1,248 @@
+"""The durable log on real files: records, group commit, recovery, torn tails, corruption,
+rollover."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streamvault.client.protocol.errors import DataCorruption, StorageError
+from streamvault.dataplane.log import Committer, LocalDurableLog, LocalFileStore, LogConfig
+from streamvault.dataplane.log.framing import (
+    BLOCK_BYTES,
+    RECORD_HEADER_BYTES,
+    check_record,
+    parse_header,
+    record_bytes,
+    seal_record,
+)
+from streamvault.dataplane.log.ledger import ledger_path
+from streamvault.dataplane.log.local_log import WriteBuffer
+from streamvault.dataplane.log.metadata import BadVersion, LogMetadata
+from streamvault.dataplane.log.probe import MODE_BUFFERED, durability_mode
+
+SMALL = LogConfig(ledger_bytes=64 * 1024 * 1024, frame_payload_bytes=64 * 1024, buffers=4)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=9000), st.integers(0, 1 << 40), st.integers(0, 1 << 40),
+       st.integers(0, 1 << 30), st.integers(-1, 1 << 40))
+def test_record_round_trip_and_any_bit_flip_is_detected(payload, ledger, entry, epoch, lac):
+    buffer = WriteBuffer(len(payload) + 1, pooled=False)
+    try:
+        buffer.payload[: len(payload)] = payload
+        total = seal_record(buffer.view, len(payload), ledger_id=ledger, entry_id=entry,
+                            epoch=epoch, lac=lac)
+        assert total == record_bytes(len(payload)) and total % BLOCK_BYTES == 0
+        data = bytearray(buffer.view[:total])
+    finally:
+        buffer.close()
+    header = parse_header(memoryview(data), 0)
+    assert header is not None and header.ledger_id == ledger and header.entry_id == entry
+    assert check_record(memoryview(data), 0, header)
+    assert bytes(data[RECORD_HEADER_BYTES : RECORD_HEADER_BYTES + len(payload)]) == payload
+    flip = (entry * 7919 + len(payload)) % (RECORD_HEADER_BYTES + len(payload))
+    data[flip] ^= 0x10
+    header = parse_header(memoryview(data), 0)
+    assert header is None or not check_record(memoryview(data), 0, header)
+
+
+class LogHarness:
+    """A container's log with its own committer; completions collected in order."""
+
+    def __init__(self, root: Path, config: LogConfig = SMALL) -> None:
+        self.root = root
+        self.config = config
+        self.done: list = []
+        self.released = 0
+        self.cond = threading.Condition()
+        self.fatal: list[BaseException] = []
+        self.committer = Committer(self._deliver, self.fatal.append)
+        self.log = LocalDurableLog(str(root / "log"), key="c0",
+                                   store=LocalFileStore(str(root / "coord")),
+                                   committer=self.committer, mode=durability_mode(str(root)),
+                                   config=config)
+
+    def _deliver(self, done: list) -> None:
+        with self.cond:
+            self.done.extend(done)
+            self.cond.notify_all()
+
+    def recover(self) -> list[bytes]:
+        out = [bytes(payload) for _, payload in self.log.recover()]
+        self.log.start()
+        self.committer.start()
+        return out
+
+    def append(self, payloads: list[bytes]) -> None:
+        target = len(self.done) + len(payloads)
+        for payload in payloads:
+            while (buffer := self.log.acquire_buffer(len(payload))) is None:
+                self._wait(self.released + 1)
+            buffer.payload[: len(payload)] = payload
+            self.log.submit(buffer, len(payload), payload)
+        self._wait(target)
+
+    def _wait(self, count: int) -> None:
+        with self.cond:
+            assert self.cond.wait_for(lambda: len(self.done) >= count or self.fatal, timeout=30)
+            assert not self.fatal, self.fatal
+            completed = self.done[self.released :]
+            self.released = len(self.done)
+        for log_, buffer, _, _ in completed:
+            log_.release(buffer)
+
+    def close(self) -> None:
+        self.committer.stop()
+        self.log.close()
+
+
+def _payloads(count: int, seed: int = 0) -> list[bytes]:
+    return [bytes([(seed + i) % 256]) * (1 + (i * 997) % 20_000) for i in range(count)]
+
+
+def test_records_come_back_in_order_after_reopen(tmp_path):
+    harness = LogHarness(tmp_path)
+    assert harness.recover() == []
+    written = _payloads(50)
+    harness.append(written)
+    assert [d[2] for d in harness.done] == written, "completions must come in submission order"
+    harness.close()
+    again = LogHarness(tmp_path)
+    assert again.recover() == written
+    again.close()
+
+
+def _open_ledger_file(root: Path) -> Path:
+    files = sorted((root / "log").glob("ledger-*.log"))
+    return files[-1]
+
+
+def _crash_after(tmp_path, count: int) -> tuple[list[bytes], Path]:
+    harness = LogHarness(tmp_path)
+    harness.recover()
+    written = _payloads(count)
+    harness.append(written)
+    path = _open_ledger_file(tmp_path)
+    harness.committer.stop()  # "crash": no close, the ledger stays open in metadata
+    os.close(harness.log._lock_fd)  # what process death does to the owner lock
+    return written, path
+
+
+def _record_positions(path: Path, count: int) -> list[int]:
+    data = memoryview(path.read_bytes())
+    positions, pos = [], 0
+    for _ in range(count):
+        header = parse_header(data, pos)
+        assert header is not None
+        positions.append(pos)
+        pos += record_bytes(header.payload_bytes)
+    return positions
+
+
+@pytest.mark.parametrize("damage", ["zeroed", "garbage", "short"])
+def test_torn_final_record_is_cut_and_recovery_is_idempotent(tmp_path, damage):
+    written, path = _crash_after(tmp_path, 10)
+    last = _record_positions(path, 10)[-1]
+    with open(path, "r+b") as f:
+        f.seek(last + (RECORD_HEADER_BYTES if damage == "short" else 0))
+        f.write(b"\0" * 64 if damage != "garbage" else os.urandom(64))
+    for _ in range(2):  # recovering twice gives the same log
+        harness = LogHarness(tmp_path)
+        assert harness.recover() == written[:9]
+        harness.close()
+
+
+def test_corruption_of_a_record_that_a_later_record_confirmed_stops_recovery(tmp_path):
+    written, path = _crash_after(tmp_path, 10)
+    positions = _record_positions(path, 10)
+    with open(path, "r+b") as f:  # a bit flip in the middle of durable data
+        f.seek(positions[3] + RECORD_HEADER_BYTES + 5)
+        byte = f.read(1)
+        f.seek(positions[3] + RECORD_HEADER_BYTES + 5)
+        f.write(bytes([byte[0] ^ 1]))
+    harness = LogHarness(tmp_path)
+    with pytest.raises(DataCorruption, match="confirms it durable"):
+        harness.recover()
+    harness.log.close()
+
+
+def test_corruption_in_a_closed_ledger_stops_recovery(tmp_path):
+    written, path = _crash_after(tmp_path, 5)
+    harness = LogHarness(tmp_path)
+    assert harness.recover() == written  # closes ledger 1 at entry 4, opens ledger 2
+    harness.close()
+    with open(path, "r+b") as f:
+        f.seek(_record_positions(path, 5)[4] + RECORD_HEADER_BYTES)
+        f.write(b"X")
+    broken = LogHarness(tmp_path)
+    with pytest.raises(DataCorruption, match="closed at entry 4"):
+        broken.recover()
+    broken.log.close()
+
+
+def test_ledgers_roll_over_and_all_records_survive(tmp_path):
+    config = LogConfig(ledger_bytes=64 * 1024 * 1024, frame_payload_bytes=1024 * 1024, buffers=4)
+    harness = LogHarness(tmp_path, config)
+    harness.recover()
+    written = [bytes([i]) * (1024 * 1024 - 100) for i in range(140)]  # > 2 ledgers
+    harness.append(written)
+    harness.close()
+    assert len(list((tmp_path / "log").glob("ledger-*.log"))) >= 3
+    again = LogHarness(tmp_path, config)
+    assert again.recover() == written
+    again.close()
+
+
+def test_two_owners_of_one_log_are_refused(tmp_path):
+    first = LogHarness(tmp_path)
+    first.recover()
+    with pytest.raises(StorageError, match="owned by another process"):
+        LogHarness(tmp_path)
+    first.close()
+
+
+def test_metadata_changes_only_by_compare_and_set(tmp_path):
+    store = LocalFileStore(str(tmp_path))
+    assert store.get("k") == (None, 0)
+    version = store.cas("k", LogMetadata(epoch=1), 0)
+    with pytest.raises(BadVersion):
+        store.cas("k", LogMetadata(epoch=2), 0)
+    store.cas("k", LogMetadata(epoch=2), version)
+    assert store.get("k")[0].epoch == 2
+
+
+def test_unreferenced_ledger_files_are_collected(tmp_path):
+    harness = LogHarness(tmp_path)
+    harness.recover()
+    harness.append(_payloads(3))
+    harness.close()
+    orphan = Path(ledger_path(str(tmp_path / "log"), 999))
+    orphan.write_bytes(b"\0" * BLOCK_BYTES)
+    again = LogHarness(tmp_path)
+    assert len(again.recover()) == 3
+    assert not orphan.exists()
+    again.close()
+
+
+def test_durability_mode_is_probed_and_can_be_forced_to_buffered(tmp_path, monkeypatch):
+    assert durability_mode(str(tmp_path), allow_direct=False) == MODE_BUFFERED
+    monkeypatch.setattr(os, "O_DIRECT", 0)  # a platform without O_DIRECT
+    assert durability_mode(str(tmp_path)) == MODE_BUFFERED
+
+
+def test_buffered_mode_log_recovers_like_direct_mode(tmp_path, monkeypatch):
+    harness = LogHarness(tmp_path)
+    harness.log.mode = MODE_BUFFERED
+    harness.recover()
+    written = _payloads(20)
+    harness.append(written)
+    harness.close()
+    again = LogHarness(tmp_path)
+    assert again.recover() == written
+    again.close()

@@ -1,0 +1,74 @@
+"""The standalone supervisor as an operator sees it: status, process titles, Ctrl-C, and
+the fixed container count."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+from support.cluster import Standalone
+
+
+def _status_json(controller: str) -> list[dict]:
+    out = subprocess.run([sys.executable, "-m", "streamvault.tools.cli", "status", "--json",
+                          "--controller", controller], capture_output=True, text=True, timeout=60,
+                         check=True)
+    return json.loads(out.stdout)
+
+
+def test_status_lists_every_process_with_role_pid_endpoint_state(standalone):
+    processes = _status_json(standalone.controller)
+    roles = sorted(p["role"] for p in processes)
+    assert roles == ["controller", "host", "standalone", "worker", "worker"], processes
+    for p in processes:
+        assert {"role", "pid", "endpoint", "state"} <= p.keys()
+        assert p["state"] == "up", p
+        assert psutil.pid_exists(p["pid"])
+    workers = [p for p in processes if p["role"] == "worker"]
+    assert all(p["endpoint"].startswith("tcp://127.0.0.1:") for p in workers)
+    assert sorted(c for w in workers for c in w["containers"]) == list(range(8))
+    assert all(w["info"]["durability_mode"] in ("o_direct+fdatasync", "buffered+fdatasync")
+               for w in workers)
+    assert set(standalone.group_pids()) >= {p["pid"] for p in processes}
+
+
+def test_each_process_has_a_title_naming_its_role(standalone):
+    titles = set()
+    for pid in standalone.group_pids():
+        try:
+            titles.add(" ".join(psutil.Process(pid).cmdline()).strip())
+        except psutil.NoSuchProcess:
+            continue
+    expected = {"streamvault standalone 0", "streamvault controller 0", "streamvault host 0",
+                "streamvault worker 0", "streamvault worker 1"}
+    assert expected <= titles, titles
+
+
+def test_sigint_stops_every_process_cleanly(tmp_path):
+    cluster = Standalone(tmp_path / "data").start()
+    pids = cluster.group_pids()
+    os.killpg(cluster.proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    assert cluster.proc.wait(timeout=30) == 0, cluster.logs()
+    deadline = time.monotonic() + 30
+    while any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+              for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [p for p in pids if psutil.pid_exists(p)
+                and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    cluster.proc = None
+
+
+def test_restart_with_another_container_count_is_refused(tmp_path):
+    cluster = Standalone(tmp_path / "data").start()
+    cluster.stop()
+    out = subprocess.run([sys.executable, "-m", "streamvault.tools.cli", "standalone",
+                          "--data-dir", str(tmp_path / "data"), "--port", str(cluster.port),
+                          "--containers", "6", "--ephemeral-ports"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert "created with 8 containers" in out.stderr
