@@ -1,0 +1,225 @@
+"""Append throughput and ack latency of one Python writer (DESIGN.md §4, issue: foundation).
+
+Back of the envelope: 100-byte events framed to 104 bytes; 1 M events/s is ~104 MB/s of log
+writes, far below the disk's O_DIRECT bandwidth, and with one fdatasync per group commit
+(~0.2 ms here) a commit cycle every millisecond carries ~1000 events. The limit is CPU: two
+cores shared by the writer process and the worker, so the client must frame per block and
+the server must not touch events one by one.
+
+Runs (each `--seconds`, repeated `--runs` times, median reported):
+- `write_events`: lists of `--batch` events per call, one routing key per call;
+- `write_event`: one event per call.
+Latency is from the call until its future completes (acked = durable, fdatasync'd).
+Beside them, in the same session: the bare append path's limit and Redis 7 with
+`appendfsync always` (perf/baselines.py), and the disk's fdatasync rate.
+
+    python perf/bench_append.py [--controller URL] [--seconds 5] [--runs 3] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from streamvault.client import StreamManager, WriterConfig  # noqa: E402
+
+CONFIG: WriterConfig | None = None
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"p50_ms": 0.0, "p95_ms": 0.0, "p99_ms": 0.0, "max_ms": 0.0}
+    ordered = sorted(values)
+    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e3  # noqa: E731
+    return {"p50_ms": pick(0.5), "p95_ms": pick(0.95), "p99_ms": pick(0.99),
+            "max_ms": ordered[-1] * 1e3}
+
+
+def start_standalone(data_dir: str, workers: int) -> tuple[subprocess.Popen, str]:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamvault.tools.cli", "standalone", "--data-dir", data_dir,
+         "--port", str(port), "--ephemeral-ports", "--log-level", "WARNING",
+         *(["--workers", str(workers)] if workers else [])],
+        stdout=subprocess.PIPE, text=True, start_new_session=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if "streamvault ready" not in line:
+        proc.kill()
+        raise SystemExit(f"standalone did not start: {line!r}")
+    return proc, f"tcp://127.0.0.1:{port}"
+
+
+def run_write_events(mgr, scope: str, stream: str, seconds: float, batch: int,
+                     size: int, keys: int) -> dict:
+    events = [os.urandom(size) for _ in range(batch)]
+    latencies: list[float] = []
+    with mgr.create_writer(scope, stream, config=CONFIG) as writer:
+        writer.write_events(events[:10], routing_key="warmup").result(30)
+        calls = 0
+        start = time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            t0 = time.perf_counter()
+            future = writer.write_events(events, routing_key=f"k{calls % keys}")
+            future.add_done_callback(lambda f, t0=t0: latencies.append(time.perf_counter() - t0))
+            calls += 1
+        writer.flush()
+        elapsed = time.perf_counter() - start
+    total = calls * batch
+    return {"api": "write_events", "events": total, "events_per_s": total / elapsed,
+            "mb_per_s": total * size / elapsed / 1e6, **percentiles(latencies)}
+
+
+def run_write_event(mgr, scope: str, stream: str, seconds: float, size: int, keys: int,
+                    sample_every: int = 64) -> dict:
+    payload = os.urandom(size)
+    latencies: list[float] = []
+    key_names = [f"k{i}" for i in range(keys)]
+    with mgr.create_writer(scope, stream, config=CONFIG) as writer:
+        writer.write_event(payload, routing_key="warmup").result(30)
+        write = writer.write_event
+        count = 0
+        now = time.perf_counter
+        start = now()
+        deadline = start + seconds
+        while True:
+            for i in range(sample_every - 1):
+                write(payload, key_names[i % keys])
+            t0 = now()
+            future = write(payload, key_names[0])
+            future.add_done_callback(lambda f, t0=t0: latencies.append(now() - t0))
+            count += sample_every
+            if t0 >= deadline:
+                break
+        writer.flush()
+        elapsed = now() - start
+    return {"api": "write_event", "events": count, "events_per_s": count / elapsed,
+            "mb_per_s": count * size / elapsed / 1e6, **percentiles(latencies)}
+
+
+def median_of(runs: list[dict]) -> dict:
+    out = dict(runs[0])
+    for key in ("events_per_s", "mb_per_s", "p50_ms", "p95_ms", "p99_ms", "max_ms"):
+        out[key] = statistics.median(r[key] for r in runs)
+    out["runs"] = [round(r["events_per_s"]) for r in runs]
+    return out
+
+
+def machine() -> dict:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        commit = subprocess.run(["git", "-C", str(HERE), "rev-parse", "--short", "HEAD"],
+                                capture_output=True, text=True, timeout=5).stdout.strip()
+    except OSError:
+        commit = ""
+    return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(),
+            "commit": commit or "unknown"}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--controller", help="use a running cluster instead of starting one")
+    ap.add_argument("--workers", type=int, default=0)
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--event-bytes", type=int, default=100)
+    ap.add_argument("--batch", type=int, default=1000, help="events per write_events call")
+    ap.add_argument("--segments", type=int, default=1)
+    ap.add_argument("--keys", type=int, default=1, help="routing keys cycled over")
+    ap.add_argument("--buffer-mib", type=float, default=0,
+                    help="writer buffer_bytes_max in MiB (default: the writer's default)")
+    ap.add_argument("--no-baselines", action="store_true")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    global CONFIG
+    if args.buffer_mib:
+        buffer = int(args.buffer_mib * 1024 * 1024)
+        CONFIG = WriterConfig(buffer_bytes_max=buffer, in_flight_bytes_max=max(buffer // 2, 512 * 1024),
+                              batch_bytes_max=min(512 * 1024, buffer // 4))
+    tmp = tempfile.mkdtemp(prefix="sv-bench-")
+    proc = None
+    controller = args.controller
+    try:
+        if controller is None:
+            proc, controller = start_standalone(os.path.join(tmp, "data"), args.workers)
+        with StreamManager(controller) as mgr:
+            scope, stream = "bench", f"append{os.getpid()}"
+            mgr.create_scope(scope)
+            mgr.create_stream(scope, stream, initial_segments=args.segments)
+            workers = [p for p in mgr.status().processes if p.role == "worker"]
+            mode = workers[0].info.get("durability_mode", "?") if workers else "?"
+            results = {"write_events": [], "write_event": []}
+            for _ in range(args.runs):  # interleaved, so drift hits both alike
+                results["write_events"].append(run_write_events(
+                    mgr, scope, stream, args.seconds, args.batch, args.event_bytes, args.keys))
+                results["write_event"].append(run_write_event(
+                    mgr, scope, stream, args.seconds, args.event_bytes, args.keys))
+        ours = [median_of(results["write_events"]), median_of(results["write_event"])]
+    finally:
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    baselines: list[dict] = []
+    if not args.no_baselines:
+        import baselines as peers
+
+        baselines = peers.run_all(None, seconds=min(args.seconds, 3.0))
+    report = {"machine": machine(), "durability_mode": mode, "replication": 1,
+              "event_bytes": args.event_bytes, "batch": args.batch, "segments": args.segments,
+              "workers": len(workers), "streamvault": ours, "baselines": baselines}
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_report(report)
+    return 0
+
+
+def print_report(report: dict) -> None:
+    m = report["machine"]
+    print(f"machine: {m['cpu']} x{m['cores']}, python {m['python']}, commit {m['commit']}")
+    print(f"streamvault: RF={report['replication']}, durability={report['durability_mode']}, "
+          f"workers={report['workers']}, segments={report['segments']}, "
+          f"{report['event_bytes']} B events, write_events batch={report['batch']}")
+    print(f"{'api':<14}{'events/s':>12}{'MB/s':>8}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
+          f"{'max ms':>9}  runs")
+    for r in report["streamvault"]:
+        print(f"{r['api']:<14}{r['events_per_s']:>12,.0f}{r['mb_per_s']:>8.1f}{r['p50_ms']:>9.2f}"
+              f"{r['p95_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['max_ms']:>9.2f}  {r['runs']}")
+    if report["baselines"]:
+        print("baselines (same session):")
+        for b in report["baselines"]:
+            print("  " + json.dumps(b, sort_keys=True))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
