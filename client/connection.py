@@ -39,7 +39,9 @@ def next_request_id() -> int:
 
 
 class Channel:
-    def __init__(self, ctx: zmq.Context, endpoint: str, *, client_name: str = "streamvault") -> None:
+    def __init__(
+        self, ctx: zmq.Context, endpoint: str, *, client_name: str = "streamvault"
+    ) -> None:
         self.ctx = ctx
         self.endpoint = endpoint
         self.client_name = client_name
@@ -76,8 +78,10 @@ class Channel:
         while True:
             remaining_ms = int((deadline - time.monotonic()) * 1000)
             if remaining_ms <= 0 or not sock.poll(remaining_ms, zmq.POLLIN):
-                raise RequestTimeout(f"{type(body).__name__} to {self.endpoint}: no reply in time",
-                                     endpoint=self.endpoint)
+                raise RequestTimeout(
+                    f"{type(body).__name__} to {self.endpoint}: no reply in time",
+                    endpoint=self.endpoint,
+                )
             frames = sock.recv_multipart(copy=False)
             try:
                 header, reply = codec.decode(frames)
@@ -96,9 +100,15 @@ class Channel:
             self.server = None
 
 
-def call_with_retry(fn: Callable[[], T], *, deadline_s: float, what: str,
-                    backoff_s: float = 0.05, backoff_max_s: float = 1.0,
-                    attempts_max: int = 1000) -> T:
+def call_with_retry(
+    fn: Callable[[], T],
+    *,
+    deadline_s: float,
+    what: str,
+    backoff_s: float = 0.05,
+    backoff_max_s: float = 1.0,
+    attempts_max: int = 1000,
+) -> T:
     """Call `fn` until it returns, a non-retryable error, or the deadline/attempt limit."""
     deadline = time.monotonic() + deadline_s
     delay = backoff_s
@@ -114,8 +124,9 @@ def call_with_retry(fn: Callable[[], T], *, deadline_s: float, what: str,
         time.sleep(min(remaining, delay * (0.5 + random.random() / 2)))
         delay = min(backoff_max_s, delay * 2)
     assert last is not None
-    raise type(last)(f"{what}: gave up after retries until the deadline: {last.message}",
-                     **last.fields)
+    raise type(last)(
+        f"{what}: gave up after retries until the deadline: {last.message}", **last.fields
+    )
 
 
 class SegmentClient:
@@ -126,8 +137,9 @@ class SegmentClient:
     deadline.
     """
 
-    def __init__(self, ctx: zmq.Context, endpoint_for: Callable[..., str], *,
-                 attempt_timeout_s: float = 5.0) -> None:
+    def __init__(
+        self, ctx: zmq.Context, endpoint_for: Callable[..., str], *, attempt_timeout_s: float = 5.0
+    ) -> None:
         self.ctx = ctx
         self.endpoint_for = endpoint_for
         self.attempt_timeout_s = attempt_timeout_s
@@ -148,7 +160,9 @@ class SegmentClient:
                 refresh = True
                 raise
 
-        return call_with_retry(attempt, deadline_s=deadline_s, what=f"{type(body).__name__} {segment}")
+        return call_with_retry(
+            attempt, deadline_s=deadline_s, what=f"{type(body).__name__} {segment}"
+        )
 
     def close(self) -> None:
         for channel in self._channels.values():

@@ -20,8 +20,9 @@ ATTEMPT_TIMEOUT_S = 10.0
 
 
 class ControllerClient:
-    def __init__(self, endpoint: str, *, ctx: zmq.Context | None = None,
-                 timeout_s: float = 60.0) -> None:
+    def __init__(
+        self, endpoint: str, *, ctx: zmq.Context | None = None, timeout_s: float = 60.0
+    ) -> None:
         self.endpoint = endpoint
         self.timeout_s = timeout_s
         self.ctx = ctx or zmq.Context.instance()
@@ -36,8 +37,9 @@ class ControllerClient:
             with self._lock:
                 return self._channel.request(body, timeout_s=min(ATTEMPT_TIMEOUT_S, deadline_s))
 
-        return call_with_retry(attempt, deadline_s=deadline_s,
-                               what=f"controller {type(body).__name__}")
+        return call_with_retry(
+            attempt, deadline_s=deadline_s, what=f"controller {type(body).__name__}"
+        )
 
     def container_map(self, *, refresh: bool = False) -> m.ContainerMap:
         current = self._map
@@ -55,8 +57,9 @@ class ControllerClient:
             cmap = self.container_map(refresh=True)
             endpoint = cmap.endpoints.get(container)
         if endpoint is None:
-            raise ServiceUnavailable(f"no worker serves container {container} yet",
-                                     container=container)
+            raise ServiceUnavailable(
+                f"no worker serves container {container} yet", container=container
+            )
         return endpoint
 
     def close(self) -> None:

@@ -21,7 +21,9 @@ DEFAULT_CONTROLLER = "tcp://127.0.0.1:9090"
 
 
 class StreamManager:
-    def __init__(self, controller_uri: str = DEFAULT_CONTROLLER, *, timeout_s: float = 60.0) -> None:
+    def __init__(
+        self, controller_uri: str = DEFAULT_CONTROLLER, *, timeout_s: float = 60.0
+    ) -> None:
         self.controller_uri = controller_uri
         self.ctx = zmq.Context()
         self._controller = ControllerClient(controller_uri, ctx=self.ctx, timeout_s=timeout_s)
@@ -40,15 +42,21 @@ class StreamManager:
         return self._controller.call(m.ListScopes()).names
 
     # streams -------------------------------------------------------------------------
-    def create_stream(self, scope: str, stream: str, config: object = None, *,
-                      initial_segments: int | None = None) -> bool:
+    def create_stream(
+        self, scope: str, stream: str, config: object = None, *, initial_segments: int | None = None
+    ) -> bool:
         check_name("scope", scope)
         check_name("stream", stream)
-        count = initial_segments if initial_segments is not None else getattr(
-            config, "initial_segments", 1)
+        count = (
+            initial_segments
+            if initial_segments is not None
+            else getattr(config, "initial_segments", 1)
+        )
         if not isinstance(count, int) or not 1 <= count <= SEGMENTS_PER_STREAM_MAX:
-            raise InvalidArgument(f"initial_segments={count!r} not in 1..{SEGMENTS_PER_STREAM_MAX}",
-                                  field="initial_segments")
+            raise InvalidArgument(
+                f"initial_segments={count!r} not in 1..{SEGMENTS_PER_STREAM_MAX}",
+                field="initial_segments",
+            )
         body = m.CreateStream(scope=scope, stream=stream, initial_segments=count)
         return self._controller.call(body).changed
 
@@ -65,21 +73,33 @@ class StreamManager:
         return self._controller.call(m.DeleteStream(scope=scope, stream=stream)).changed
 
     # writers and readers ---------------------------------------------------------------
-    def create_writer(self, scope: str, stream: str, *, writer_id: str | None = None,
-                      config: WriterConfig | None = None) -> EventStreamWriter:
-        return EventStreamWriter(self.controller_uri, scope, stream, writer_id=writer_id,
-                                 config=config, ctx=self.ctx)
+    def create_writer(
+        self,
+        scope: str,
+        stream: str,
+        *,
+        writer_id: str | None = None,
+        config: WriterConfig | None = None,
+    ) -> EventStreamWriter:
+        return EventStreamWriter(
+            self.controller_uri, scope, stream, writer_id=writer_id, config=config, ctx=self.ctx
+        )
 
-    def create_reader_group(self, scope: str, group: str, streams: list[str], *,
-                            from_tail: bool = False) -> ReaderGroup:
+    def create_reader_group(
+        self, scope: str, group: str, streams: list[str], *, from_tail: bool = False
+    ) -> ReaderGroup:
         check_name("reader group", group)
         if isinstance(streams, str) or not streams:
-            raise InvalidArgument("streams must be a non-empty list of stream names",
-                                  field="streams")
+            raise InvalidArgument(
+                "streams must be a non-empty list of stream names", field="streams"
+            )
         for stream in streams:
             check_name("stream", stream)
-        self._controller.call(m.CreateReaderGroup(scope=scope, group=group, streams=list(streams),
-                                                  from_tail=from_tail))
+        self._controller.call(
+            m.CreateReaderGroup(
+                scope=scope, group=group, streams=list(streams), from_tail=from_tail
+            )
+        )
         return self.get_reader_group(scope, group)
 
     def get_reader_group(self, scope: str, group: str) -> ReaderGroup:

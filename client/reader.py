@@ -56,8 +56,18 @@ class EventRead(NamedTuple):
 
 
 class _SegmentRead:
-    __slots__ = ("segment", "name", "position", "fetch_offset", "pending", "events",
-                 "request_id", "sent_at", "end_seen", "retry_at")
+    __slots__ = (
+        "segment",
+        "name",
+        "position",
+        "fetch_offset",
+        "pending",
+        "events",
+        "request_id",
+        "sent_at",
+        "end_seen",
+        "retry_at",
+    )
 
     def __init__(self, segment: str, offset: int) -> None:
         self.segment = segment
@@ -73,15 +83,23 @@ class _SegmentRead:
 
 
 class EventStreamReader:
-    def __init__(self, controller_endpoint: str, scope: str, group: str, reader_id: str, *,
-                 ctx: zmq.Context | None = None) -> None:
+    def __init__(
+        self,
+        controller_endpoint: str,
+        scope: str,
+        group: str,
+        reader_id: str,
+        *,
+        ctx: zmq.Context | None = None,
+    ) -> None:
         self.scope, self.group, self.reader_id = scope, group, reader_id
         self.ctx = ctx or zmq.Context.instance()
         self._controller = ControllerClient(controller_endpoint, ctx=self.ctx)
         info = self._controller.call(m.GetReaderGroup(scope=scope, group=group))
         self._client = SegmentClient(self.ctx, self._controller.endpoint_for)
         self._sync: StateSynchronizer[rgs.GroupState] = StateSynchronizer(
-            self._client, info.state_segment, encode=rgs.encode_state, decode=rgs.decode_state)
+            self._client, info.state_segment, encode=rgs.encode_state, decode=rgs.decode_state
+        )
         self._sync.update(lambda s: rgs.add_reader(s, reader_id))
         self._owned: dict[str, _SegmentRead] = {}
         self._by_request: dict[int, _SegmentRead] = {}
@@ -139,11 +157,14 @@ class EventStreamReader:
             if name not in mine:
                 self._drop(name)
         excess = len(mine) - rgs.fair_share(state)
-        for name in sorted(mine)[:max(0, excess)]:
+        for name in sorted(mine)[: max(0, excess)]:
             seg = self._owned.get(name)
             offset = seg.position if seg is not None else None
-            state = self._sync.update(lambda s, n=name, o=offset: rgs.release(
-                s, self.reader_id, n, o if o is not None else _slot(s, n).offset))
+            state = self._sync.update(
+                lambda s, n=name, o=offset: rgs.release(
+                    s, self.reader_id, n, o if o is not None else _slot(s, n).offset
+                )
+            )
             self._drop(name)
         state = self._sync.update(lambda s: rgs.acquire(s, self.reader_id))
         for slot in rgs.owned(state, self.reader_id):

@@ -16,12 +16,14 @@ from streamvault.client.synchronizer import StateSynchronizer
 
 
 class ReaderGroup:
-    def __init__(self, controller: ControllerClient, info: m.ReaderGroupInfo,
-                 ctx: zmq.Context) -> None:
+    def __init__(
+        self, controller: ControllerClient, info: m.ReaderGroupInfo, ctx: zmq.Context
+    ) -> None:
         self.scope, self.group, self.streams = info.scope, info.group, list(info.streams)
         self._client = SegmentClient(ctx, controller.endpoint_for)
         self._sync: StateSynchronizer[rgs.GroupState] = StateSynchronizer(
-            self._client, info.state_segment, encode=rgs.encode_state, decode=rgs.decode_state)
+            self._client, info.state_segment, encode=rgs.encode_state, decode=rgs.decode_state
+        )
 
     def state(self) -> rgs.GroupState:
         state = self._sync.fetch_updates()

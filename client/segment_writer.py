@@ -21,11 +21,29 @@ pack_header = EVENT_HEADER.pack
 
 
 class Block:
-    __slots__ = ("first", "last", "count", "parts", "payload", "size", "futures",
-                 "numbers", "request_id", "sent_at")
+    __slots__ = (
+        "first",
+        "last",
+        "count",
+        "parts",
+        "payload",
+        "size",
+        "futures",
+        "numbers",
+        "request_id",
+        "sent_at",
+    )
 
-    def __init__(self, first: int, last: int, count: int, parts: list[Any], size: int,
-                 futures: list[Future], numbers: list[int] | None) -> None:
+    def __init__(
+        self,
+        first: int,
+        last: int,
+        count: int,
+        parts: list[Any],
+        size: int,
+        futures: list[Future],
+        numbers: list[int] | None,
+    ) -> None:
         self.first, self.last, self.count = first, last, count
         self.parts = parts
         self.payload: Any = None
@@ -61,9 +79,26 @@ class Block:
 
 
 class SegmentWriter:
-    __slots__ = ("segment", "name", "parts", "count", "bytes", "future", "since", "numbers",
-                 "ready", "in_flight", "in_flight_bytes", "endpoint", "state", "last_stored",
-                 "error", "setup_request_id", "next_route_at", "max_sequence")
+    __slots__ = (
+        "segment",
+        "name",
+        "parts",
+        "count",
+        "bytes",
+        "future",
+        "since",
+        "numbers",
+        "ready",
+        "in_flight",
+        "in_flight_bytes",
+        "endpoint",
+        "state",
+        "last_stored",
+        "error",
+        "setup_request_id",
+        "next_route_at",
+        "max_sequence",
+    )
 
     def __init__(self, segment: str) -> None:
         self.segment = segment

@@ -23,8 +23,14 @@ UPDATE_ATTEMPTS_MAX = 64
 
 
 class StateSynchronizer(Generic[S]):
-    def __init__(self, client: SegmentClient, segment: str, *, encode: Callable[[S], bytes],
-                 decode: Callable[[bytes], S]) -> None:
+    def __init__(
+        self,
+        client: SegmentClient,
+        segment: str,
+        *,
+        encode: Callable[[S], bytes],
+        decode: Callable[[bytes], S],
+    ) -> None:
         self.client = client
         self.segment = segment
         self.name = segment.encode()
@@ -40,8 +46,10 @@ class StateSynchronizer(Generic[S]):
         """Read every update appended since the last call; return the newest state."""
         pending = b""
         while True:
-            reply = self.client.call(self.segment, m.ReadSegment(self.offset + len(pending),
-                                                                 READ_BYTES_MAX, 0, self.name))
+            reply = self.client.call(
+                self.segment,
+                m.ReadSegment(self.offset + len(pending), READ_BYTES_MAX, 0, self.name),
+            )
             data = pending + b"".join(bytes(p) for p in reply.payload)
             found, used = events.split_events(data, self.offset)
             for _, event in found:
@@ -57,9 +65,18 @@ class StateSynchronizer(Generic[S]):
             self._setup = True
         self.event_number += 1
         block = events.frame_events([self._encode(state)])
-        ack = self.client.call(self.segment, m.AppendBlock(
-            self.writer_id, self.event_number, self.event_number, 1, expected_offset, self.name,
-            block))
+        ack = self.client.call(
+            self.segment,
+            m.AppendBlock(
+                self.writer_id,
+                self.event_number,
+                self.event_number,
+                1,
+                expected_offset,
+                self.name,
+                block,
+            ),
+        )
         assert isinstance(ack, m.DataAppended)
 
     def initialize(self, state: S) -> bool:
@@ -84,5 +101,6 @@ class StateSynchronizer(Generic[S]):
             except ConditionalCheckFailed:
                 continue
             return self.fetch_updates() or new
-        raise InternalError(f"synchronizer {self.segment}: update lost {UPDATE_ATTEMPTS_MAX} "
-                            "races in a row")
+        raise InternalError(
+            f"synchronizer {self.segment}: update lost {UPDATE_ATTEMPTS_MAX} races in a row"
+        )

@@ -51,7 +51,11 @@ from streamvault.client.protocol.errors import (
     StreamVaultError,
     error_from_code,
 )
-from streamvault.client.protocol.limits import EVENT_BYTES_MAX, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN
+from streamvault.client.protocol.limits import (
+    EVENT_BYTES_MAX,
+    PROTOCOL_VERSION,
+    PROTOCOL_VERSION_MIN,
+)
 from streamvault.client.routing import Router
 from streamvault.client.segment_writer import Block, SegmentWriter
 
@@ -78,8 +82,9 @@ class WriterConfig:
 
     def __post_init__(self) -> None:
         if not 0 < self.batch_bytes_max <= self.in_flight_bytes_max <= self.buffer_bytes_max:
-            raise ValueError("WriterConfig: need 0 < batch_bytes_max <= in_flight_bytes_max "
-                             "<= buffer_bytes_max")
+            raise ValueError(
+                "WriterConfig: need 0 < batch_bytes_max <= in_flight_bytes_max <= buffer_bytes_max"
+            )
 
 
 def writer_id_bytes(writer_id: str | None) -> bytes:
@@ -91,8 +96,16 @@ def writer_id_bytes(writer_id: str | None) -> bytes:
 
 
 class _Conn:
-    __slots__ = ("endpoint", "sock", "monitor", "state", "hello_rid", "since", "segments",
-                 "next_route_check")
+    __slots__ = (
+        "endpoint",
+        "sock",
+        "monitor",
+        "state",
+        "hello_rid",
+        "since",
+        "segments",
+        "next_route_check",
+    )
 
     def __init__(self, ctx: zmq.Context, endpoint: str) -> None:
         self.endpoint = endpoint
@@ -116,9 +129,16 @@ class _Conn:
 class EventStreamWriter:
     """Writes events to one stream. Use as a context manager, or call `close()`."""
 
-    def __init__(self, controller_endpoint: str, scope: str, stream: str, *,
-                 writer_id: str | None = None, config: WriterConfig | None = None,
-                 ctx: zmq.Context | None = None) -> None:
+    def __init__(
+        self,
+        controller_endpoint: str,
+        scope: str,
+        stream: str,
+        *,
+        writer_id: str | None = None,
+        config: WriterConfig | None = None,
+        ctx: zmq.Context | None = None,
+    ) -> None:
         self.scope, self.stream = scope, stream
         self.config = config or WriterConfig()
         self.ctx = ctx or zmq.Context.instance()
@@ -131,8 +151,9 @@ class EventStreamWriter:
             raise StreamSealed(f"writer: stream {scope}/{stream} is {info.state}", stream=stream)
         self._segments = [SegmentWriter(s.segment) for s in info.segments]
         self._by_name = {sw.name: sw for sw in self._segments}
-        self._router: Router[SegmentWriter] = Router([s.key_low for s in info.segments],
-                                                     self._segments)
+        self._router: Router[SegmentWriter] = Router(
+            [s.key_low for s in info.segments], self._segments
+        )
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._buffered = 0
@@ -150,19 +171,23 @@ class EventStreamWriter:
         self._thread.start()
         if self._stable_id and not self._all_setup.wait(self.config.setup_timeout_s):
             self.close(timeout=0)
-            raise RequestTimeout(f"writer {scope}/{stream}: segments not reachable in "
-                                 f"{self.config.setup_timeout_s}s")
+            raise RequestTimeout(
+                f"writer {scope}/{stream}: segments not reachable in {self.config.setup_timeout_s}s"
+            )
         with self._lock:
             self._next_number = max([sw.last_stored for sw in self._segments] + [-1]) + 1
 
     # --- public API (any thread) ---------------------------------------------------------
-    def write_event(self, data: bytes, routing_key: str | None = None, *,
-                    sequence: int | None = None) -> Future:
+    def write_event(
+        self, data: bytes, routing_key: str | None = None, *, sequence: int | None = None
+    ) -> Future:
         """Append one event; the future completes when it is durable."""
         size = len(data)
         if size > EVENT_BYTES_MAX:
-            raise EventTooLarge(f"write_event: event_bytes={size} > event_bytes_max="
-                                f"{EVENT_BYTES_MAX}", event_bytes=size)
+            raise EventTooLarge(
+                f"write_event: event_bytes={size} > event_bytes_max={EVENT_BYTES_MAX}",
+                event_bytes=size,
+            )
         with self._lock:
             sw = self._admit(routing_key, size + 4, sequence)
             if sequence is not None:
@@ -171,7 +196,10 @@ class EventStreamWriter:
                 if sequence <= sw.max_sequence:
                     raise InvalidEventNumber(
                         f"write_event: sequence={sequence} <= previous {sw.max_sequence} for "
-                        f"segment {sw.segment}", sequence=sequence, previous=sw.max_sequence)
+                        f"segment {sw.segment}",
+                        sequence=sequence,
+                        previous=sw.max_sequence,
+                    )
                 sw.max_sequence = sequence
                 future = sw.add(events.pack_event_header(size) + data, size + 4, 1, sequence)
             else:
@@ -182,8 +210,9 @@ class EventStreamWriter:
             self._waker.wake()
         return future
 
-    def write_events(self, items: Sequence[bytes] | np.ndarray, routing_key: str | None = None
-                     ) -> Future:
+    def write_events(
+        self, items: Sequence[bytes] | np.ndarray, routing_key: str | None = None
+    ) -> Future:
         """Append many events (a list of bytes, or a 2-D uint8 array of fixed-size events) to
         the segment of `routing_key`, in order; one future for all of them."""
         if isinstance(items, np.ndarray):
@@ -207,8 +236,11 @@ class EventStreamWriter:
         return future
 
     def _write_chunks(self, items: Sequence[bytes] | np.ndarray, routing_key: str | None) -> Future:
-        sizes = np.fromiter((len(e) + 4 for e in items), dtype=np.int64, count=len(items)) \
-            if not isinstance(items, np.ndarray) else np.full(items.shape[0], items.shape[1] + 4)
+        sizes = (
+            np.fromiter((len(e) + 4 for e in items), dtype=np.int64, count=len(items))
+            if not isinstance(items, np.ndarray)
+            else np.full(items.shape[0], items.shape[1] + 4)
+        )
         ends = np.cumsum(sizes)
         future: Future | None = None
         start = 0
@@ -233,8 +265,9 @@ class EventStreamWriter:
         if self._sequence_mode is None:
             self._sequence_mode = mode
         elif self._sequence_mode != mode:
-            raise InvalidArgument("write: pass sequence= on every event of a writer or on none",
-                                  field="sequence")
+            raise InvalidArgument(
+                "write: pass sequence= on every event of a writer or on none", field="sequence"
+            )
         sw = self._router.route(routing_key)
         if sw.error is not None:
             raise sw.error
@@ -250,10 +283,9 @@ class EventStreamWriter:
 
     def _after_add(self, sw: SegmentWriter) -> bool:
         """Whether the I/O thread should be woken for this segment now."""
-        if sw.ready or (not sw.in_flight and self._io_idle):
-            if self._io_idle:
-                self._io_idle = False
-                return True
+        if self._io_idle and (sw.ready or not sw.in_flight):
+            self._io_idle = False
+            return True
         return False
 
     def flush(self, timeout: float | None = None) -> None:
@@ -274,8 +306,10 @@ class EventStreamWriter:
                     return
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
-                    raise RequestTimeout(f"flush: {self._buffered} bytes still unacknowledged",
-                                         unacknowledged_bytes=self._buffered)
+                    raise RequestTimeout(
+                        f"flush: {self._buffered} bytes still unacknowledged",
+                        unacknowledged_bytes=self._buffered,
+                    )
                 self._changed.wait(0.5 if remaining is None else min(remaining, 0.5))
 
     def close(self, timeout: float | None = None) -> None:
@@ -319,8 +353,11 @@ class EventStreamWriter:
                 self._pump()
         except BaseException as exc:  # the writer cannot continue: fail everything pending
             log.exception("writer %s/%s I/O thread failed", self.scope, self.stream)
-            self._fail_all(exc if isinstance(exc, StreamVaultError)
-                           else StreamVaultError(f"writer I/O thread failed: {exc!r}"))
+            self._fail_all(
+                exc
+                if isinstance(exc, StreamVaultError)
+                else StreamVaultError(f"writer I/O thread failed: {exc!r}")
+            )
         finally:
             for conn in self._conns.values():
                 conn.close()
@@ -341,8 +378,9 @@ class EventStreamWriter:
             conn = self._conns[endpoint] = _Conn(self.ctx, endpoint)
             self._poller.register(conn.sock, zmq.POLLIN)
             self._poller.register(conn.monitor, zmq.POLLIN)
-            conn.hello_rid = self._send(conn, m.Hello(PROTOCOL_VERSION_MIN, PROTOCOL_VERSION,
-                                                      "streamvault-writer"))
+            conn.hello_rid = self._send(
+                conn, m.Hello(PROTOCOL_VERSION_MIN, PROTOCOL_VERSION, "streamvault-writer")
+            )
         return conn
 
     def _drop_conn(self, conn: _Conn) -> set[SegmentWriter]:
@@ -354,8 +392,9 @@ class EventStreamWriter:
 
     def _reset_conn(self, conn: _Conn, why: str) -> None:
         """Replace a connection's socket: nothing queued on the old one is delivered later."""
-        log.info("writer %s/%s: connection to %s reset (%s)", self.scope, self.stream,
-                 conn.endpoint, why)
+        log.info(
+            "writer %s/%s: connection to %s reset (%s)", self.scope, self.stream, conn.endpoint, why
+        )
         segments = self._drop_conn(conn)
         fresh = self._conn(conn.endpoint)
         fresh.segments = segments
@@ -492,8 +531,11 @@ class EventStreamWriter:
                 sw.next_route_at = now + 0.1
                 self._route(sw, refresh=refresh)
         for conn in list(self._conns.values()):
-            if conn.state == "hello" and now >= conn.next_route_check \
-                    and now - conn.since >= self.config.reroute_after_s:
+            if (
+                conn.state == "hello"
+                and now >= conn.next_route_check
+                and now - conn.since >= self.config.reroute_after_s
+            ):
                 conn.next_route_check = now + self.config.reroute_after_s
                 for sw in list(conn.segments):
                     self._route(sw, refresh=True)
@@ -502,8 +544,11 @@ class EventStreamWriter:
                     if sw.in_flight and now - sw.in_flight[0].sent_at > self.config.ack_timeout_s:
                         self._reset_conn(conn, "ack timeout")
                         break
-            if conn.endpoint in self._conns and not conn.segments and \
-                    now - conn.since > self.config.reroute_after_s:
+            if (
+                conn.endpoint in self._conns
+                and not conn.segments
+                and now - conn.since > self.config.reroute_after_s
+            ):
                 self._drop_conn(conn)
 
     def _route(self, sw: SegmentWriter, *, refresh: bool = False) -> None:
@@ -539,8 +584,11 @@ class EventStreamWriter:
             for sw in self._segments:
                 if sw.state != "ready":
                     continue
-                if sw.count and (not sw.in_flight or sw.bytes >= cfg.batch_bytes_max
-                                 or now - sw.since >= cfg.batch_wait_s):
+                if sw.count and (
+                    not sw.in_flight
+                    or sw.bytes >= cfg.batch_bytes_max
+                    or now - sw.since >= cfg.batch_wait_s
+                ):
                     self._next_number = sw.cut(self._next_number)[1]
                 conn = self._conns.get(sw.endpoint)
                 if conn is None or conn.state != "ready":
@@ -557,8 +605,9 @@ class EventStreamWriter:
             block.request_id = rid
             block.sent_at = now
             self._requests[rid] = sw
-            msg = m.AppendBlock(self.writer_id, block.first, block.last, block.count,
-                                m.NO_OFFSET, sw.name, payload)
+            msg = m.AppendBlock(
+                self.writer_id, block.first, block.last, block.count, m.NO_OFFSET, sw.name, payload
+            )
             conn.sock.send_multipart(codec.encode(msg, rid), copy=False)
 
 

@@ -62,8 +62,15 @@ class ControllerConfig:
         return os.path.join(self.data_dir, "controller", "metadata.db")
 
 
-_MUTATIONS = (m.CreateScope, m.DeleteScope, m.CreateStream, m.SealStream, m.DeleteStream,
-              m.CreateReaderGroup, m.DeleteReaderGroup)
+_MUTATIONS = (
+    m.CreateScope,
+    m.DeleteScope,
+    m.CreateStream,
+    m.SealStream,
+    m.DeleteStream,
+    m.CreateReaderGroup,
+    m.DeleteReaderGroup,
+)
 
 
 class Controller:
@@ -93,8 +100,9 @@ class Controller:
         container = container_for(segment, self.container_count)
         endpoint = self.registry.container_endpoints().get(container)
         if endpoint is None:
-            raise ServiceUnavailable(f"no worker serves container {container} yet",
-                                     container=container)
+            raise ServiceUnavailable(
+                f"no worker serves container {container} yet", container=container
+            )
         return endpoint
 
     def _workflows(self) -> Workflows:
@@ -103,7 +111,8 @@ class Controller:
             store = MetadataStore(self.config.metadata_path)
             segments = SegmentClient(self.ctx, self.endpoint_for)
             wf = self._local.workflows = Workflows(
-                store, segments, call_deadline_s=self.config.workflow_call_deadline_s)
+                store, segments, call_deadline_s=self.config.workflow_call_deadline_s
+            )
         return wf
 
     # --- loop --------------------------------------------------------------------------
@@ -126,7 +135,9 @@ class Controller:
             while self.done:
                 peer, rid, reply = self.done.popleft()
                 self.queued -= 1
-                self._send(peer, reply if isinstance(reply, list) else codec.encode_reply(reply, rid))
+                self._send(
+                    peer, reply if isinstance(reply, list) else codec.encode_reply(reply, rid)
+                )
             self._maybe_resume()
         self._shutdown()
 
@@ -176,11 +187,14 @@ class Controller:
             return None
         if isinstance(msg, m.Hello):
             if msg.max_version < PROTOCOL_VERSION_MIN or msg.min_version > PROTOCOL_VERSION:
-                raise UnsupportedVersion("hello: no common protocol version",
-                                         min_version=PROTOCOL_VERSION_MIN,
-                                         max_version=PROTOCOL_VERSION)
-            reply = m.HelloReply(min(msg.max_version, PROTOCOL_VERSION), "controller", "0",
-                                 self.incarnation)
+                raise UnsupportedVersion(
+                    "hello: no common protocol version",
+                    min_version=PROTOCOL_VERSION_MIN,
+                    max_version=PROTOCOL_VERSION,
+                )
+            reply = m.HelloReply(
+                min(msg.max_version, PROTOCOL_VERSION), "controller", "0", self.incarnation
+            )
             return codec.encode(reply, rid)
         return codec.encode_reply(self._read(msg), rid)
 
@@ -204,26 +218,45 @@ class Controller:
             if state is None or state == "CREATING":
                 if not store.scope_exists(msg.scope):
                     raise NoSuchScope(f"scope {msg.scope} does not exist", scope=msg.scope)
-                raise NoSuchStream(f"stream {msg.scope}/{msg.stream} does not exist",
-                                   stream=msg.stream)
-            ranges = [m.SegmentRange(segment_name(msg.scope, msg.stream, r.segment_id),
-                                     r.key_low, r.key_high)
-                      for r in store.segments(msg.scope, msg.stream)]
+                raise NoSuchStream(
+                    f"stream {msg.scope}/{msg.stream} does not exist", stream=msg.stream
+                )
+            ranges = [
+                m.SegmentRange(
+                    segment_name(msg.scope, msg.stream, r.segment_id), r.key_low, r.key_high
+                )
+                for r in store.segments(msg.scope, msg.stream)
+            ]
             return m.StreamInfo(msg.scope, msg.stream, state, ranges)
         if isinstance(msg, m.GetReaderGroup):
             row = store.reader_group(msg.scope, msg.group)
             if row is None or row.state != ACTIVE:
-                raise NoSuchReaderGroup(f"reader group {msg.scope}/{msg.group} does not exist",
-                                        group=msg.group)
-            return m.ReaderGroupInfo(row.scope, row.group, row.streams, row.from_tail,
-                                     Workflows.state_segment(row.scope, row.group))
+                raise NoSuchReaderGroup(
+                    f"reader group {msg.scope}/{msg.group} does not exist", group=msg.group
+                )
+            return m.ReaderGroupInfo(
+                row.scope,
+                row.group,
+                row.streams,
+                row.from_tail,
+                Workflows.state_segment(row.scope, row.group),
+            )
         raise InvalidMessage(f"controller: unexpected message {type(msg).__name__}")
 
     def _processes(self) -> list[m.ProcessInfo]:
-        me = m.ProcessInfo(role="controller", id="0", pid=os.getpid(), endpoint=self.endpoint,
-                           state="up", info={"container_count": self.container_count})
-        return [p for p in self.registry.processes() if p.role == "standalone"] + [me] + [
-            p for p in self.registry.processes() if p.role != "standalone"]
+        me = m.ProcessInfo(
+            role="controller",
+            id="0",
+            pid=os.getpid(),
+            endpoint=self.endpoint,
+            state="up",
+            info={"container_count": self.container_count},
+        )
+        return (
+            [p for p in self.registry.processes() if p.role == "standalone"]
+            + [me]
+            + [p for p in self.registry.processes() if p.role != "standalone"]
+        )
 
     def _submit(self, peer: bytes, rid: int, msg: Any) -> None:
         if self.queued >= self.config.workflows_queued_max:

@@ -53,8 +53,7 @@ class MetadataStore:
 
     def __init__(self, path: str) -> None:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        self.db = sqlite3.connect(path, timeout=30, isolation_level=None,
-                                  check_same_thread=True)
+        self.db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=True)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
@@ -69,19 +68,28 @@ class MetadataStore:
     def container_count(self, requested: int) -> int:
         """The cluster's fixed container count; set on first start, checked afterwards."""
         with self._tx():
-            row = self.db.execute("SELECT value FROM cluster WHERE key='container_count'").fetchone()
+            row = self.db.execute(
+                "SELECT value FROM cluster WHERE key='container_count'"
+            ).fetchone()
             if row is None:
-                self.db.execute("INSERT INTO cluster VALUES ('container_count', ?)", (str(requested),))
+                self.db.execute(
+                    "INSERT INTO cluster VALUES ('container_count', ?)", (str(requested),)
+                )
                 return requested
         stored = int(row[0])
         if requested and requested != stored:
-            raise InvalidArgument(f"container_count={requested} but this cluster was created with "
-                                  f"{stored}; the count is fixed at creation", field="containers")
+            raise InvalidArgument(
+                f"container_count={requested} but this cluster was created with "
+                f"{stored}; the count is fixed at creation",
+                field="containers",
+            )
         return stored
 
     # scopes ----------------------------------------------------------------------------
     def scope_exists(self, scope: str) -> bool:
-        return self.db.execute("SELECT 1 FROM scopes WHERE scope=?", (scope,)).fetchone() is not None
+        return (
+            self.db.execute("SELECT 1 FROM scopes WHERE scope=?", (scope,)).fetchone() is not None
+        )
 
     def create_scope(self, scope: str) -> bool:
         with self._tx():
@@ -97,8 +105,9 @@ class MetadataStore:
 
     # streams ---------------------------------------------------------------------------
     def stream_state(self, scope: str, stream: str) -> str | None:
-        row = self.db.execute("SELECT state FROM streams WHERE scope=? AND stream=?",
-                              (scope, stream)).fetchone()
+        row = self.db.execute(
+            "SELECT state FROM streams WHERE scope=? AND stream=?", (scope, stream)
+        ).fetchone()
         return None if row is None else row[0]
 
     def list_streams(self, scope: str, *, internal: bool = False) -> list[str]:
@@ -108,13 +117,16 @@ class MetadataStore:
     def insert_stream(self, scope: str, stream: str, segments: list[SegmentRow]) -> None:
         with self._tx():
             self.db.execute("INSERT INTO streams VALUES (?, ?, ?)", (scope, stream, CREATING))
-            self.db.executemany("INSERT INTO segments VALUES (?, ?, ?, ?, ?)",
-                                [(scope, stream, *s) for s in segments])
+            self.db.executemany(
+                "INSERT INTO segments VALUES (?, ?, ?, ?, ?)",
+                [(scope, stream, *s) for s in segments],
+            )
 
     def set_stream_state(self, scope: str, stream: str, state: str) -> None:
         with self._tx():
-            self.db.execute("UPDATE streams SET state=? WHERE scope=? AND stream=?",
-                            (state, scope, stream))
+            self.db.execute(
+                "UPDATE streams SET state=? WHERE scope=? AND stream=?", (state, scope, stream)
+            )
 
     def remove_stream(self, scope: str, stream: str) -> None:
         with self._tx():
@@ -122,40 +134,55 @@ class MetadataStore:
             self.db.execute("DELETE FROM streams WHERE scope=? AND stream=?", (scope, stream))
 
     def segments(self, scope: str, stream: str) -> list[SegmentRow]:
-        rows = self.db.execute("SELECT segment_id, key_low, key_high FROM segments WHERE scope=? "
-                               "AND stream=? ORDER BY key_low", (scope, stream))
+        rows = self.db.execute(
+            "SELECT segment_id, key_low, key_high FROM segments WHERE scope=? "
+            "AND stream=? ORDER BY key_low",
+            (scope, stream),
+        )
         return [SegmentRow(*r) for r in rows]
 
     def unfinished_streams(self) -> list[tuple[str, str, str]]:
-        rows = self.db.execute("SELECT scope, stream, state FROM streams WHERE state IN (?, ?, ?)",
-                               (CREATING, SEALING, DELETING))
+        rows = self.db.execute(
+            "SELECT scope, stream, state FROM streams WHERE state IN (?, ?, ?)",
+            (CREATING, SEALING, DELETING),
+        )
         return [tuple(r) for r in rows]
 
     # reader groups ---------------------------------------------------------------------
     def reader_group(self, scope: str, group: str) -> ReaderGroupRow | None:
-        row = self.db.execute("SELECT scope, grp, streams, from_tail, state FROM reader_groups "
-                              "WHERE scope=? AND grp=?", (scope, group)).fetchone()
+        row = self.db.execute(
+            "SELECT scope, grp, streams, from_tail, state FROM reader_groups "
+            "WHERE scope=? AND grp=?",
+            (scope, group),
+        ).fetchone()
         if row is None:
             return None
         return ReaderGroupRow(row[0], row[1], json.loads(row[2]), bool(row[3]), row[4])
 
-    def insert_reader_group(self, scope: str, group: str, streams: list[str], from_tail: bool) -> None:
+    def insert_reader_group(
+        self, scope: str, group: str, streams: list[str], from_tail: bool
+    ) -> None:
         with self._tx():
-            self.db.execute("INSERT INTO reader_groups VALUES (?, ?, ?, ?, ?)",
-                            (scope, group, json.dumps(streams), int(from_tail), CREATING))
+            self.db.execute(
+                "INSERT INTO reader_groups VALUES (?, ?, ?, ?, ?)",
+                (scope, group, json.dumps(streams), int(from_tail), CREATING),
+            )
 
     def set_reader_group_state(self, scope: str, group: str, state: str) -> None:
         with self._tx():
-            self.db.execute("UPDATE reader_groups SET state=? WHERE scope=? AND grp=?",
-                            (state, scope, group))
+            self.db.execute(
+                "UPDATE reader_groups SET state=? WHERE scope=? AND grp=?", (state, scope, group)
+            )
 
     def remove_reader_group(self, scope: str, group: str) -> None:
         with self._tx():
             self.db.execute("DELETE FROM reader_groups WHERE scope=? AND grp=?", (scope, group))
 
     def unfinished_reader_groups(self) -> list[ReaderGroupRow]:
-        rows = self.db.execute("SELECT scope, grp, streams, from_tail, state FROM reader_groups "
-                               "WHERE state != ?", (ACTIVE,))
+        rows = self.db.execute(
+            "SELECT scope, grp, streams, from_tail, state FROM reader_groups WHERE state != ?",
+            (ACTIVE,),
+        )
         return [ReaderGroupRow(r[0], r[1], json.loads(r[2]), bool(r[3]), r[4]) for r in rows]
 
 

@@ -41,7 +41,11 @@ class Registry:
         out: dict[int, str] = {}
         with self._lock:
             for beat, seen in self._entries.values():
-                if beat.role == "worker" and beat.state == "up" and now - seen <= self.stale_after_s:
+                if (
+                    beat.role == "worker"
+                    and beat.state == "up"
+                    and now - seen <= self.stale_after_s
+                ):
                     for container in beat.containers:
                         out[container] = beat.endpoint
         return out
@@ -54,10 +58,18 @@ class Registry:
         for beat, seen in entries:
             age = now - seen
             state = beat.state if age <= self.stale_after_s else "unresponsive"
-            out.append(m.ProcessInfo(role=beat.role, id=beat.id, pid=beat.pid,
-                                     endpoint=beat.endpoint, state=state,
-                                     containers=beat.containers, info=beat.info,
-                                     age_s=round(age, 3)))
+            out.append(
+                m.ProcessInfo(
+                    role=beat.role,
+                    id=beat.id,
+                    pid=beat.pid,
+                    endpoint=beat.endpoint,
+                    state=state,
+                    containers=beat.containers,
+                    info=beat.info,
+                    age_s=round(age, 3),
+                )
+            )
         order = {"standalone": 0, "controller": 1, "host": 2, "worker": 3}
         out.sort(key=lambda p: (order.get(p.role, 9), p.id.zfill(8)))
         return out

@@ -46,7 +46,9 @@ log = logging.getLogger(__name__)
 
 
 class Workflows:
-    def __init__(self, store: MetadataStore, segments: SegmentClient, *, call_deadline_s: float) -> None:
+    def __init__(
+        self, store: MetadataStore, segments: SegmentClient, *, call_deadline_s: float
+    ) -> None:
         self.store = store
         self.segments = segments
         self.call_deadline_s = call_deadline_s
@@ -68,8 +70,9 @@ class Workflows:
             return False
         streams = self.store.list_streams(scope, internal=True)
         if streams:
-            raise ScopeNotEmpty(f"delete scope {scope}: it still has streams {streams[:5]}",
-                                scope=scope)
+            raise ScopeNotEmpty(
+                f"delete scope {scope}: it still has streams {streams[:5]}", scope=scope
+            )
         return self.store.delete_scope(scope)
 
     # streams ---------------------------------------------------------------------------
@@ -77,27 +80,39 @@ class Workflows:
         check_name("stream", stream, internal_ok=internal)
         self._require_scope(scope)
         if not 1 <= count <= SEGMENTS_PER_STREAM_MAX:
-            raise InvalidArgument(f"initial_segments={count} not in 1..{SEGMENTS_PER_STREAM_MAX}",
-                                  field="initial_segments")
+            raise InvalidArgument(
+                f"initial_segments={count} not in 1..{SEGMENTS_PER_STREAM_MAX}",
+                field="initial_segments",
+            )
         state = self.store.stream_state(scope, stream)
         if state == DELETING:
             self.delete_stream(scope, stream)
             state = None
         if state is None:
-            rows = [SegmentRow(segment_id(epoch=0, number=i), i / count,
-                               1.0 if i == count - 1 else (i + 1) / count) for i in range(count)]
+            rows = [
+                SegmentRow(
+                    segment_id(epoch=0, number=i),
+                    i / count,
+                    1.0 if i == count - 1 else (i + 1) / count,
+                )
+                for i in range(count)
+            ]
             self.store.insert_stream(scope, stream, rows)
         elif state != CREATING:
             return False
         for row in self.store.segments(scope, stream):
-            self._call(segment_name(scope, stream, row.segment_id),
-                       m.CreateSegment(segment=segment_name(scope, stream, row.segment_id)))
+            self._call(
+                segment_name(scope, stream, row.segment_id),
+                m.CreateSegment(segment=segment_name(scope, stream, row.segment_id)),
+            )
         self.store.set_stream_state(scope, stream, ACTIVE)
         log.info("stream %s/%s created segments=%d", scope, stream, count)
         return True
 
     def _segment_names(self, scope: str, stream: str) -> list[str]:
-        return [segment_name(scope, stream, r.segment_id) for r in self.store.segments(scope, stream)]
+        return [
+            segment_name(scope, stream, r.segment_id) for r in self.store.segments(scope, stream)
+        ]
 
     def seal_stream(self, scope: str, stream: str) -> bool:
         state = self.store.stream_state(scope, stream)
@@ -117,8 +132,9 @@ class Workflows:
         if state is None:
             return False
         if state in (ACTIVE, CREATING, SEALING):
-            raise StreamNotSealed(f"delete stream {scope}/{stream}: seal it first (state {state})",
-                                  stream=stream)
+            raise StreamNotSealed(
+                f"delete stream {scope}/{stream}: seal it first (state {state})", stream=stream
+            )
         self.store.set_stream_state(scope, stream, DELETING)
         for name in self._segment_names(scope, stream):
             self._call(name, m.DeleteSegment(segment=name))
@@ -127,7 +143,9 @@ class Workflows:
         return True
 
     # reader groups -----------------------------------------------------------------------
-    def create_reader_group(self, scope: str, group: str, streams: list[str], from_tail: bool) -> bool:
+    def create_reader_group(
+        self, scope: str, group: str, streams: list[str], from_tail: bool
+    ) -> bool:
         check_name("reader group", group)
         self._require_scope(scope)
         row = self.store.reader_group(scope, group)
@@ -137,8 +155,10 @@ class Workflows:
             for stream in streams:
                 check_name("stream", stream)
                 if self.store.stream_state(scope, stream) not in (ACTIVE, SEALED):
-                    raise NoSuchStream(f"reader group {group}: stream {scope}/{stream} does not "
-                                       "exist", stream=stream)
+                    raise NoSuchStream(
+                        f"reader group {group}: stream {scope}/{stream} does not exist",
+                        stream=stream,
+                    )
             self.store.insert_reader_group(scope, group, streams, from_tail)
         else:
             streams, from_tail = row.streams, row.from_tail
@@ -152,8 +172,12 @@ class Workflows:
                     info = self._call(name, m.GetSegmentInfo(segment=name))
                     offset = info.length  # type: ignore[attr-defined]
                 slots.append(rgs.SegmentSlot(name, offset))
-        sync = StateSynchronizer(self.segments, self.state_segment(scope, group),
-                                 encode=rgs.encode_state, decode=rgs.decode_state)
+        sync = StateSynchronizer(
+            self.segments,
+            self.state_segment(scope, group),
+            encode=rgs.encode_state,
+            decode=rgs.decode_state,
+        )
         sync.initialize(rgs.GroupState(streams=list(streams), segments=slots))
         self.store.set_reader_group_state(scope, group, ACTIVE)
         log.info("reader group %s/%s created streams=%s", scope, group, streams)
@@ -183,8 +207,12 @@ class Workflows:
         for scope, stream, state in self.store.unfinished_streams():
             log.info("resuming %s of stream %s/%s", state, scope, stream)
             if state == CREATING:
-                self.create_stream(scope, stream, len(self.store.segments(scope, stream)),
-                                   internal=stream.startswith("_"))
+                self.create_stream(
+                    scope,
+                    stream,
+                    len(self.store.segments(scope, stream)),
+                    internal=stream.startswith("_"),
+                )
             elif state == SEALING:
                 self.seal_stream(scope, stream)
             else:

@@ -49,8 +49,10 @@ class HostConfig:
         if self.workers < 1:
             raise ValueError(f"workers={self.workers} must be >= 1")
         if self.container_count < self.workers:
-            raise ValueError(f"container_count={self.container_count} < workers={self.workers}: "
-                             "a worker would own no container")
+            raise ValueError(
+                f"container_count={self.container_count} < workers={self.workers}: "
+                "a worker would own no container"
+            )
 
 
 class _Slot:
@@ -71,8 +73,11 @@ class Host:
         self.slots = []
         for i in range(config.workers):
             containers = [c for c in range(config.container_count) if c % config.workers == i]
-            bind = (f"tcp://127.0.0.1:{config.worker_port_base + i}" if config.worker_port_base
-                    else "tcp://127.0.0.1:*")
+            bind = (
+                f"tcp://127.0.0.1:{config.worker_port_base + i}"
+                if config.worker_port_base
+                else "tcp://127.0.0.1:*"
+            )
             cpu = cpus[i % len(cpus)] if config.pin_cpus else None
             self.slots.append(_Slot(i, containers, cpu, bind))
         self.stopping = False
@@ -81,11 +86,28 @@ class Host:
 
     def _command(self, slot: _Slot) -> list[str]:
         cfg = self.config
-        cmd = [sys.executable, "-m", "streamvault.tools.cli", "worker", "--id", str(slot.worker_id),
-               "--data-dir", cfg.data_dir, "--containers", ",".join(map(str, slot.containers)),
-               "--container-count", str(cfg.container_count), "--bind", slot.bind,
-               "--controller", cfg.controller, "--parent-pid", str(os.getpid()),
-               "--log-level", cfg.log_level]
+        cmd = [
+            sys.executable,
+            "-m",
+            "streamvault.tools.cli",
+            "worker",
+            "--id",
+            str(slot.worker_id),
+            "--data-dir",
+            cfg.data_dir,
+            "--containers",
+            ",".join(map(str, slot.containers)),
+            "--container-count",
+            str(cfg.container_count),
+            "--bind",
+            slot.bind,
+            "--controller",
+            cfg.controller,
+            "--parent-pid",
+            str(os.getpid()),
+            "--log-level",
+            cfg.log_level,
+        ]
         if slot.cpu is not None:
             cmd += ["--cpu", str(slot.cpu)]
         if not cfg.allow_direct_io:
@@ -94,8 +116,13 @@ class Host:
 
     def _spawn(self, slot: _Slot) -> None:
         slot.proc = subprocess.Popen(self._command(slot))
-        log.info("host=%s worker=%d started pid=%d containers=%s", self.config.host_id,
-                 slot.worker_id, slot.proc.pid, slot.containers)
+        log.info(
+            "host=%s worker=%d started pid=%d containers=%s",
+            self.config.host_id,
+            slot.worker_id,
+            slot.proc.pid,
+            slot.containers,
+        )
 
     def run(self) -> int:
         for slot in self.slots:
@@ -125,16 +152,33 @@ class Host:
             slot.restarts += 1
             delay = min(RESTART_BACKOFF_MAX_S, 0.1 * 2 ** min(slot.restarts - 1, 6))
             slot.restart_at = now + delay
-            log.warning("host=%s worker=%d pid=%d exited code=%s; restart %d in %.1fs",
-                        self.config.host_id, slot.worker_id, proc.pid, code, slot.restarts, delay)
+            log.warning(
+                "host=%s worker=%d pid=%d exited code=%s; restart %d in %.1fs",
+                self.config.host_id,
+                slot.worker_id,
+                proc.pid,
+                code,
+                slot.restarts,
+                delay,
+            )
         elif now >= slot.restart_at:
             self._spawn(slot)
 
     def _beat(self) -> None:
-        workers = [{"id": s.worker_id, "pid": s.proc.pid if s.proc else 0,
-                    "restarts": s.restarts} for s in self.slots]
-        self.heartbeat.beat(m.Heartbeat(role="host", id=self.config.host_id, pid=os.getpid(),
-                                        endpoint="", state="up", info={"workers": workers}))
+        workers = [
+            {"id": s.worker_id, "pid": s.proc.pid if s.proc else 0, "restarts": s.restarts}
+            for s in self.slots
+        ]
+        self.heartbeat.beat(
+            m.Heartbeat(
+                role="host",
+                id=self.config.host_id,
+                pid=os.getpid(),
+                endpoint="",
+                state="up",
+                info={"workers": workers},
+            )
+        )
 
     def request_stop(self) -> None:
         self.stopping = True

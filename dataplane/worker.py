@@ -131,9 +131,14 @@ class Worker:
         started = time.monotonic()
         for cid in cfg.containers:
             container = Container(cid, frame_payload_bytes=cfg.log.frame_payload_bytes)
-            dlog = LocalDurableLog(log_dir(cfg.data_dir, cid), key=f"container-{cid:04d}",
-                                   store=store, committer=self.committer, mode=self.mode,
-                                   config=cfg.log)
+            dlog = LocalDurableLog(
+                log_dir(cfg.data_dir, cid),
+                key=f"container-{cid:04d}",
+                store=store,
+                committer=self.committer,
+                mode=self.mode,
+                config=cfg.log,
+            )
             records = 0
             for location, payload in dlog.recover():
                 container.replay(payload, location.ledger_id, location.record_pos)
@@ -141,8 +146,14 @@ class Worker:
             dlog.start()
             self.containers[cid] = container
             self.logs[cid] = dlog
-            log.info("worker=%d container=%d recovered records=%d segments=%d epoch=%d",
-                     cfg.worker_id, cid, records, len(container.segments), dlog.epoch)
+            log.info(
+                "worker=%d container=%d recovered records=%d segments=%d epoch=%d",
+                cfg.worker_id,
+                cid,
+                records,
+                len(container.segments),
+                dlog.epoch,
+            )
         self.committer.start()
         self.router = transport.server_socket(self.ctx)
         self.router.bind(cfg.bind)
@@ -150,9 +161,14 @@ class Worker:
         if cfg.controller:
             self._controller = transport.HeartbeatSender(self.ctx, cfg.controller)
         self.state = "up"
-        log.info("worker=%d up endpoint=%s containers=%s durability_mode=%s recovery_s=%.3f",
-                 cfg.worker_id, self.endpoint, list(cfg.containers), self.mode,
-                 time.monotonic() - started)
+        log.info(
+            "worker=%d up endpoint=%s containers=%s durability_mode=%s recovery_s=%.3f",
+            cfg.worker_id,
+            self.endpoint,
+            list(cfg.containers),
+            self.mode,
+            time.monotonic() - started,
+        )
 
     # --- loop ----------------------------------------------------------------------------
     def serve_forever(self) -> None:
@@ -258,16 +274,23 @@ class Worker:
         self.invalid_counts[peer] = count
         self._send(peer, codec.encode_exception(rid, exc))
         if count >= INVALID_MESSAGES_BEFORE_DISCONNECT:
-            log.warning("worker=%d peer=%s sent %d invalid messages: no longer answered",
-                        self.config.worker_id, peer.hex(), count)
+            log.warning(
+                "worker=%d peer=%s sent %d invalid messages: no longer answered",
+                self.config.worker_id,
+                peer.hex(),
+                count,
+            )
             self.ignored_peers.add(peer)
 
     def _container(self, name: bytes) -> Container:
         cid = container_for(name, self.config.container_count)
         container = self.containers.get(cid)
         if container is None:
-            raise WrongHost(f"segment {name.decode()} is in container {cid}, not on worker "
-                            f"{self.config.worker_id}", container=cid)
+            raise WrongHost(
+                f"segment {name.decode()} is in container {cid}, not on worker "
+                f"{self.config.worker_id}",
+                container=cid,
+            )
         return container
 
     def _dispatch(self, peer: bytes, rid: int, header: m.Header, msg: Any) -> list[Any] | None:
@@ -303,7 +326,9 @@ class Worker:
             raise UnsupportedVersion(
                 f"hello: client versions {msg.min_version}..{msg.max_version} do not meet "
                 f"{PROTOCOL_VERSION_MIN}..{PROTOCOL_VERSION}",
-                min_version=PROTOCOL_VERSION_MIN, max_version=PROTOCOL_VERSION)
+                min_version=PROTOCOL_VERSION_MIN,
+                max_version=PROTOCOL_VERSION,
+            )
         version = min(msg.max_version, PROTOCOL_VERSION)
         reply = m.HelloReply(version, "worker", str(self.config.worker_id), self.incarnation)
         return codec.encode(reply, rid)
@@ -319,8 +344,9 @@ class Worker:
         for plan in plans:
             dlog = self.logs[container_for(plan.segment, self.config.container_count)]
             payload = [dlog.read(p.ledger_id, p.position, p.length) for p in plan.pieces]
-            reply = m.SegmentRead(plan.offset, plan.segment_length, plan.end_of_segment,
-                                  plan.segment, payload)
+            reply = m.SegmentRead(
+                plan.offset, plan.segment_length, plan.end_of_segment, plan.segment, payload
+            )
             self._send(plan.peer, codec.encode(reply, plan.request_id))
 
     def _flush(self) -> None:
@@ -347,8 +373,9 @@ class Worker:
                 self._send_plans(plans)
 
     def _fail_stop(self) -> None:
-        log.critical("worker=%d fail-stop after storage error: %r", self.config.worker_id,
-                     self.fatal)
+        log.critical(
+            "worker=%d fail-stop after storage error: %r", self.config.worker_id, self.fatal
+        )
         logging.shutdown()
         os._exit(EXIT_STORAGE_FAILURE)
 
@@ -357,15 +384,27 @@ class Worker:
         counters: dict[str, int] = collections.Counter()
         for container in self.containers.values():
             counters.update(container.counters)
-        return {"durability_mode": self.mode, "dropped_sends": self.dropped_sends,
-                "commit_cycles": self.committer.cycles, "commit_syncs": self.committer.syncs,
-                **counters}
+        return {
+            "durability_mode": self.mode,
+            "dropped_sends": self.dropped_sends,
+            "commit_cycles": self.committer.cycles,
+            "commit_syncs": self.committer.syncs,
+            **counters,
+        }
 
     def _heartbeat(self) -> None:
         assert self._controller is not None
-        self._controller.beat(m.Heartbeat(
-            role="worker", id=str(self.config.worker_id), pid=os.getpid(), endpoint=self.endpoint,
-            state=self.state, containers=list(self.config.containers), info=self.status_info()))
+        self._controller.beat(
+            m.Heartbeat(
+                role="worker",
+                id=str(self.config.worker_id),
+                pid=os.getpid(),
+                endpoint=self.endpoint,
+                state=self.state,
+                containers=list(self.config.containers),
+                info=self.status_info(),
+            )
+        )
 
     # --- stop ----------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -407,5 +446,3 @@ def run(config: WorkerConfig) -> int:
     worker.open()
     worker.serve_forever()
     return 0
-
-

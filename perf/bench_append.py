@@ -27,7 +27,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -44,8 +43,12 @@ def percentiles(values: list[float]) -> dict[str, float]:
         return {"p50_ms": 0.0, "p95_ms": 0.0, "p99_ms": 0.0, "max_ms": 0.0}
     ordered = sorted(values)
     pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e3  # noqa: E731
-    return {"p50_ms": pick(0.5), "p95_ms": pick(0.95), "p99_ms": pick(0.99),
-            "max_ms": ordered[-1] * 1e3}
+    return {
+        "p50_ms": pick(0.5),
+        "p95_ms": pick(0.95),
+        "p99_ms": pick(0.99),
+        "max_ms": ordered[-1] * 1e3,
+    }
 
 
 def start_standalone(data_dir: str, workers: int) -> tuple[subprocess.Popen, str]:
@@ -55,10 +58,24 @@ def start_standalone(data_dir: str, workers: int) -> tuple[subprocess.Popen, str
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamvault.tools.cli", "standalone", "--data-dir", data_dir,
-         "--port", str(port), "--ephemeral-ports", "--log-level", "WARNING",
-         *(["--workers", str(workers)] if workers else [])],
-        stdout=subprocess.PIPE, text=True, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "streamvault.tools.cli",
+            "standalone",
+            "--data-dir",
+            data_dir,
+            "--port",
+            str(port),
+            "--ephemeral-ports",
+            "--log-level",
+            "WARNING",
+            *(["--workers", str(workers)] if workers else []),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if "streamvault ready" not in line:
@@ -67,8 +84,9 @@ def start_standalone(data_dir: str, workers: int) -> tuple[subprocess.Popen, str
     return proc, f"tcp://127.0.0.1:{port}"
 
 
-def run_write_events(mgr, scope: str, stream: str, seconds: float, batch: int,
-                     size: int, keys: int) -> dict:
+def run_write_events(
+    mgr, scope: str, stream: str, seconds: float, batch: int, size: int, keys: int
+) -> dict:
     events = [os.urandom(size) for _ in range(batch)]
     latencies: list[float] = []
     with mgr.create_writer(scope, stream, config=CONFIG) as writer:
@@ -83,12 +101,18 @@ def run_write_events(mgr, scope: str, stream: str, seconds: float, batch: int,
         writer.flush()
         elapsed = time.perf_counter() - start
     total = calls * batch
-    return {"api": "write_events", "events": total, "events_per_s": total / elapsed,
-            "mb_per_s": total * size / elapsed / 1e6, **percentiles(latencies)}
+    return {
+        "api": "write_events",
+        "events": total,
+        "events_per_s": total / elapsed,
+        "mb_per_s": total * size / elapsed / 1e6,
+        **percentiles(latencies),
+    }
 
 
-def run_write_event(mgr, scope: str, stream: str, seconds: float, size: int, keys: int,
-                    sample_every: int = 64) -> dict:
+def run_write_event(
+    mgr, scope: str, stream: str, seconds: float, size: int, keys: int, sample_every: int = 64
+) -> dict:
     payload = os.urandom(size)
     latencies: list[float] = []
     key_names = [f"k{i}" for i in range(keys)]
@@ -110,8 +134,13 @@ def run_write_event(mgr, scope: str, stream: str, seconds: float, size: int, key
                 break
         writer.flush()
         elapsed = now() - start
-    return {"api": "write_event", "events": count, "events_per_s": count / elapsed,
-            "mb_per_s": count * size / elapsed / 1e6, **percentiles(latencies)}
+    return {
+        "api": "write_event",
+        "events": count,
+        "events_per_s": count / elapsed,
+        "mb_per_s": count * size / elapsed / 1e6,
+        **percentiles(latencies),
+    }
 
 
 def median_of(runs: list[dict]) -> dict:
@@ -132,12 +161,20 @@ def machine() -> dict:
     except OSError:
         pass
     try:
-        commit = subprocess.run(["git", "-C", str(HERE), "rev-parse", "--short", "HEAD"],
-                                capture_output=True, text=True, timeout=5).stdout.strip()
+        commit = subprocess.run(
+            ["git", "-C", str(HERE), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
     except OSError:
         commit = ""
-    return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(),
-            "commit": commit or "unknown"}
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "commit": commit or "unknown",
+    }
 
 
 def main() -> int:
@@ -150,8 +187,12 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=1000, help="events per write_events call")
     ap.add_argument("--segments", type=int, default=1)
     ap.add_argument("--keys", type=int, default=1, help="routing keys cycled over")
-    ap.add_argument("--buffer-mib", type=float, default=0,
-                    help="writer buffer_bytes_max in MiB (default: the writer's default)")
+    ap.add_argument(
+        "--buffer-mib",
+        type=float,
+        default=0,
+        help="writer buffer_bytes_max in MiB (default: the writer's default)",
+    )
     ap.add_argument("--no-baselines", action="store_true")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -159,8 +200,11 @@ def main() -> int:
     global CONFIG
     if args.buffer_mib:
         buffer = int(args.buffer_mib * 1024 * 1024)
-        CONFIG = WriterConfig(buffer_bytes_max=buffer, in_flight_bytes_max=max(buffer // 2, 512 * 1024),
-                              batch_bytes_max=min(512 * 1024, buffer // 4))
+        CONFIG = WriterConfig(
+            buffer_bytes_max=buffer,
+            in_flight_bytes_max=max(buffer // 2, 512 * 1024),
+            batch_bytes_max=min(512 * 1024, buffer // 4),
+        )
     tmp = tempfile.mkdtemp(prefix="sv-bench-")
     proc = None
     controller = args.controller
@@ -175,10 +219,14 @@ def main() -> int:
             mode = workers[0].info.get("durability_mode", "?") if workers else "?"
             results = {"write_events": [], "write_event": []}
             for _ in range(args.runs):  # interleaved, so drift hits both alike
-                results["write_events"].append(run_write_events(
-                    mgr, scope, stream, args.seconds, args.batch, args.event_bytes, args.keys))
-                results["write_event"].append(run_write_event(
-                    mgr, scope, stream, args.seconds, args.event_bytes, args.keys))
+                results["write_events"].append(
+                    run_write_events(
+                        mgr, scope, stream, args.seconds, args.batch, args.event_bytes, args.keys
+                    )
+                )
+                results["write_event"].append(
+                    run_write_event(mgr, scope, stream, args.seconds, args.event_bytes, args.keys)
+                )
         ours = [median_of(results["write_events"]), median_of(results["write_event"])]
     finally:
         if proc is not None:
@@ -194,9 +242,17 @@ def main() -> int:
         import baselines as peers
 
         baselines = peers.run_all(None, seconds=min(args.seconds, 3.0))
-    report = {"machine": machine(), "durability_mode": mode, "replication": 1,
-              "event_bytes": args.event_bytes, "batch": args.batch, "segments": args.segments,
-              "workers": len(workers), "streamvault": ours, "baselines": baselines}
+    report = {
+        "machine": machine(),
+        "durability_mode": mode,
+        "replication": 1,
+        "event_bytes": args.event_bytes,
+        "batch": args.batch,
+        "segments": args.segments,
+        "workers": len(workers),
+        "streamvault": ours,
+        "baselines": baselines,
+    }
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -207,14 +263,20 @@ def main() -> int:
 def print_report(report: dict) -> None:
     m = report["machine"]
     print(f"machine: {m['cpu']} x{m['cores']}, python {m['python']}, commit {m['commit']}")
-    print(f"streamvault: RF={report['replication']}, durability={report['durability_mode']}, "
-          f"workers={report['workers']}, segments={report['segments']}, "
-          f"{report['event_bytes']} B events, write_events batch={report['batch']}")
-    print(f"{'api':<14}{'events/s':>12}{'MB/s':>8}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
-          f"{'max ms':>9}  runs")
+    print(
+        f"streamvault: RF={report['replication']}, durability={report['durability_mode']}, "
+        f"workers={report['workers']}, segments={report['segments']}, "
+        f"{report['event_bytes']} B events, write_events batch={report['batch']}"
+    )
+    print(
+        f"{'api':<14}{'events/s':>12}{'MB/s':>8}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
+        f"{'max ms':>9}  runs"
+    )
     for r in report["streamvault"]:
-        print(f"{r['api']:<14}{r['events_per_s']:>12,.0f}{r['mb_per_s']:>8.1f}{r['p50_ms']:>9.2f}"
-              f"{r['p95_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['max_ms']:>9.2f}  {r['runs']}")
+        print(
+            f"{r['api']:<14}{r['events_per_s']:>12,.0f}{r['mb_per_s']:>8.1f}{r['p50_ms']:>9.2f}"
+            f"{r['p95_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['max_ms']:>9.2f}  {r['runs']}"
+        )
     if report["baselines"]:
         print("baselines (same session):")
         for b in report["baselines"]:

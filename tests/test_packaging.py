@@ -8,9 +8,13 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TOP_PACKAGES = {"client": "streamvault.client", "dataplane": "streamvault.dataplane",
-                "controlplane": "streamvault.controlplane", "lts": "streamvault.lts",
-                "tools": "streamvault.tools"}
+TOP_PACKAGES = {
+    "client": "streamvault.client",
+    "dataplane": "streamvault.dataplane",
+    "controlplane": "streamvault.controlplane",
+    "lts": "streamvault.lts",
+    "tools": "streamvault.tools",
+}
 ALLOWED = {
     "client": {"client"},
     "lts": {"lts", "client.protocol"},
@@ -58,8 +62,13 @@ def _imports(path: Path) -> set[str]:
             out.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             out.add(node.module)
-    return {n for n in out if n == "streamvault" or n.startswith("streamvault.")
-            or n.split(".")[0] in ("tests", "perf")}
+    return {
+        n
+        for n in out
+        if n == "streamvault"
+        or n.startswith("streamvault.")
+        or n.split(".")[0] in ("tests", "perf")
+    }
 
 
 def test_dependency_rule_holds():

@@ -35,12 +35,23 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default="./streamvault-data")
     p.add_argument("--port", type=int, default=9090, help="controller port (default 9090)")
     p.add_argument("--workers", type=int, default=0, help="workers (default: usable cores)")
-    p.add_argument("--containers", type=int, default=0,
-                   help="containers, fixed at creation (default 4 x workers)")
-    p.add_argument("--worker-port-base", type=int, default=12345,
-                   help="worker i listens on base+i (default 12345; 0 = ephemeral)")
-    p.add_argument("--ephemeral-ports", action="store_true",
-                   help="put every worker on an ephemeral port (same as --worker-port-base 0)")
+    p.add_argument(
+        "--containers",
+        type=int,
+        default=0,
+        help="containers, fixed at creation (default 4 x workers)",
+    )
+    p.add_argument(
+        "--worker-port-base",
+        type=int,
+        default=12345,
+        help="worker i listens on base+i (default 12345; 0 = ephemeral)",
+    )
+    p.add_argument(
+        "--ephemeral-ports",
+        action="store_true",
+        help="put every worker on an ephemeral port (same as --worker-port-base 0)",
+    )
     p.add_argument("--no-direct-io", action="store_true", help="never use O_DIRECT")
     p.add_argument("--no-pin", action="store_true", help="do not pin workers to cores")
     _common(p)
@@ -103,31 +114,48 @@ def _run(args: argparse.Namespace) -> int:
 
         process.set_title("standalone", "0")
         process.configure_logging(args.log_level, "standalone", "0")
-        return run(StandaloneConfig(
-            data_dir=args.data_dir, port=args.port, workers=args.workers,
-            containers=args.containers,
-            worker_port_base=0 if args.ephemeral_ports else args.worker_port_base,
-            allow_direct_io=not args.no_direct_io, pin_cpus=not args.no_pin,
-            log_level=args.log_level))
+        return run(
+            StandaloneConfig(
+                data_dir=args.data_dir,
+                port=args.port,
+                workers=args.workers,
+                containers=args.containers,
+                worker_port_base=0 if args.ephemeral_ports else args.worker_port_base,
+                allow_direct_io=not args.no_direct_io,
+                pin_cpus=not args.no_pin,
+                log_level=args.log_level,
+            )
+        )
     if args.command == "controller":
         from streamvault.controlplane.controller import ControllerConfig, run
 
         process.die_with_parent(args.parent_pid)
         process.set_title("controller", "0")
         process.configure_logging(args.log_level, "controller", "0")
-        return run(ControllerConfig(data_dir=args.data_dir, bind=args.bind,
-                                    container_count=args.containers))
+        return run(
+            ControllerConfig(
+                data_dir=args.data_dir, bind=args.bind, container_count=args.containers
+            )
+        )
     if args.command == "host":
         from streamvault.dataplane.host import HostConfig, run
 
         process.die_with_parent(args.parent_pid)
         process.set_title("host", args.host_id)
         process.configure_logging(args.log_level, "host", args.host_id)
-        return run(HostConfig(data_dir=args.data_dir, workers=args.workers,
-                              container_count=args.containers, controller=args.controller,
-                              worker_port_base=args.worker_port_base, host_id=args.host_id,
-                              allow_direct_io=not args.no_direct_io, pin_cpus=not args.no_pin,
-                              log_level=args.log_level))
+        return run(
+            HostConfig(
+                data_dir=args.data_dir,
+                workers=args.workers,
+                container_count=args.containers,
+                controller=args.controller,
+                worker_port_base=args.worker_port_base,
+                host_id=args.host_id,
+                allow_direct_io=not args.no_direct_io,
+                pin_cpus=not args.no_pin,
+                log_level=args.log_level,
+            )
+        )
     if args.command == "worker":
         from streamvault.dataplane.worker import WorkerConfig, run
 
@@ -135,10 +163,18 @@ def _run(args: argparse.Namespace) -> int:
         process.set_title("worker", str(args.id))
         process.configure_logging(args.log_level, "worker", str(args.id))
         containers = tuple(int(c) for c in args.containers.split(",") if c)
-        return run(WorkerConfig(worker_id=args.id, data_dir=args.data_dir, containers=containers,
-                                container_count=args.container_count, bind=args.bind,
-                                controller=args.controller, cpu=args.cpu,
-                                allow_direct_io=not args.no_direct_io))
+        return run(
+            WorkerConfig(
+                worker_id=args.id,
+                data_dir=args.data_dir,
+                containers=containers,
+                container_count=args.container_count,
+                bind=args.bind,
+                controller=args.controller,
+                cpu=args.cpu,
+                allow_direct_io=not args.no_direct_io,
+            )
+        )
     raise AssertionError(args.command)
 
 

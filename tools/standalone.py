@@ -55,8 +55,11 @@ def cluster_container_count(data_dir: str, requested: int, workers: int) -> int:
         with open(path) as f:
             stored = int(json.load(f)["container_count"])
         if requested and requested != stored:
-            raise InvalidArgument(f"--containers {requested}: {data_dir} was created with "
-                                  f"{stored} containers, which is fixed", field="containers")
+            raise InvalidArgument(
+                f"--containers {requested}: {data_dir} was created with "
+                f"{stored} containers, which is fixed",
+                field="containers",
+            )
         return stored
     count = requested or 4 * workers
     os.makedirs(data_dir, exist_ok=True)
@@ -87,21 +90,42 @@ class Standalone:
         self.config = config
         self.workers = config.workers or len(os.sched_getaffinity(0))
         self.data_dir = os.path.abspath(config.data_dir)
-        self.container_count = cluster_container_count(self.data_dir, config.containers,
-                                                        self.workers)
+        self.container_count = cluster_container_count(
+            self.data_dir, config.containers, self.workers
+        )
         if self.container_count < self.workers:
-            raise InvalidArgument(f"{self.container_count} containers cannot feed "
-                                  f"{self.workers} workers", field="workers")
+            raise InvalidArgument(
+                f"{self.container_count} containers cannot feed {self.workers} workers",
+                field="workers",
+            )
         self.stopping = False
         me = str(os.getpid())
         base = [sys.executable, "-m", "streamvault.tools.cli"]
         common = ["--data-dir", self.data_dir, "--parent-pid", me, "--log-level", config.log_level]
-        self.controller = _Child("controller", base + [
-            "controller", "--bind", config.controller, "--containers", str(self.container_count),
-            *common])
-        host = base + ["host", "--workers", str(self.workers), "--containers",
-                       str(self.container_count), "--controller", config.controller,
-                       "--worker-port-base", str(config.worker_port_base), *common]
+        self.controller = _Child(
+            "controller",
+            base
+            + [
+                "controller",
+                "--bind",
+                config.controller,
+                "--containers",
+                str(self.container_count),
+                *common,
+            ],
+        )
+        host = base + [
+            "host",
+            "--workers",
+            str(self.workers),
+            "--containers",
+            str(self.container_count),
+            "--controller",
+            config.controller,
+            "--worker-port-base",
+            str(config.worker_port_base),
+            *common,
+        ]
         if not config.allow_direct_io:
             host.append("--no-direct-io")
         if not config.pin_cpus:
@@ -132,9 +156,16 @@ class Standalone:
             ctx.term()
 
     def _beat(self, beat: transport.HeartbeatSender) -> None:
-        beat.beat(m.Heartbeat(role="standalone", id="0", pid=os.getpid(), endpoint="",
-                              state="up", info={"data_dir": self.data_dir,
-                                                "container_count": self.container_count}))
+        beat.beat(
+            m.Heartbeat(
+                role="standalone",
+                id="0",
+                pid=os.getpid(),
+                endpoint="",
+                state="up",
+                info={"data_dir": self.data_dir, "container_count": self.container_count},
+            )
+        )
         beat.drain()
 
     def _wait_ready(self, beat: transport.HeartbeatSender) -> bool:
@@ -166,8 +197,13 @@ class Standalone:
             child.restarts += 1
             delay = min(RESTART_BACKOFF_MAX_S, 0.1 * 2 ** min(child.restarts - 1, 6))
             child.restart_at = now + delay
-            log.warning("standalone: %s pid=%d exited code=%s; restart in %.1fs", child.role,
-                        proc.pid, code, delay)
+            log.warning(
+                "standalone: %s pid=%d exited code=%s; restart in %.1fs",
+                child.role,
+                proc.pid,
+                code,
+                delay,
+            )
         elif not self.stopping and now >= child.restart_at:
             child.start()
 

@@ -24,10 +24,14 @@ def render(processes: list[dict], as_json: bool) -> str:
         return json.dumps(processes, indent=2, sort_keys=True)
     lines = [f"{'role':<11} {'id':<4} {'pid':>8}  {'state':<13} endpoint"]
     for p in processes:
-        lines.append(f"{p['role']:<11} {p['id']:<4} {p['pid']:>8}  {p['state']:<13} {p['endpoint']}")
+        lines.append(
+            f"{p['role']:<11} {p['id']:<4} {p['pid']:>8}  {p['state']:<13} {p['endpoint']}"
+        )
         if p["role"] == "worker":
             info = p["info"]
-            lines.append(f"{'':<11} containers={p['containers']} "
-                         f"durability_mode={info.get('durability_mode', '?')} "
-                         f"appends={info.get('appends', 0)} records={info.get('records', 0)}")
+            lines.append(
+                f"{'':<11} containers={p['containers']} "
+                f"durability_mode={info.get('durability_mode', '?')} "
+                f"appends={info.get('appends', 0)} records={info.get('records', 0)}"
+            )
     return "\n".join(lines)

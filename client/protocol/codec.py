@@ -78,8 +78,14 @@ def _nbytes(frame: Any) -> int:
     return _view(frame).nbytes
 
 
-def encode_header(msg_type: int, request_id: int, *, flags: int = 0, timeout_ms: int = 0,
-                  version: int = PROTOCOL_VERSION) -> bytes:
+def encode_header(
+    msg_type: int,
+    request_id: int,
+    *,
+    flags: int = 0,
+    timeout_ms: int = 0,
+    version: int = PROTOCOL_VERSION,
+) -> bytes:
     return HEADER.pack(version, msg_type, flags, request_id, timeout_ms)
 
 
@@ -91,7 +97,8 @@ def decode_header(frame0: Any) -> m.Header:
     if not PROTOCOL_VERSION_MIN <= header.version <= PROTOCOL_VERSION:
         raise UnsupportedVersion(
             f"header: version {header.version} not in {PROTOCOL_VERSION_MIN}..{PROTOCOL_VERSION}",
-            min_version=PROTOCOL_VERSION_MIN, max_version=PROTOCOL_VERSION,
+            min_version=PROTOCOL_VERSION_MIN,
+            max_version=PROTOCOL_VERSION,
             request_id=header.request_id,
         )
     if header.timeout_ms > REQUEST_TIMEOUT_MS_MAX:
@@ -101,7 +108,9 @@ def decode_header(frame0: Any) -> m.Header:
 
 def _name(view: memoryview, start: int, size: int, what: str) -> bytes:
     if not 0 < size <= SEGMENT_NAME_BYTES_MAX:
-        raise InvalidMessage(f"{what}: segment name length {size} not in 1..{SEGMENT_NAME_BYTES_MAX}")
+        raise InvalidMessage(
+            f"{what}: segment name length {size} not in 1..{SEGMENT_NAME_BYTES_MAX}"
+        )
     if len(view) - start != size:
         raise InvalidMessage(f"{what}: {len(view) - start} name bytes, expected {size}")
     name = bytes(view[start:])
@@ -128,32 +137,63 @@ def encode(body: Any, request_id: int, *, timeout_ms: int = 0, flags: int = 0) -
     """Frames of one message; payload objects are returned as-is for zero-copy sending."""
     if isinstance(body, m.AppendBlock):
         head = encode_header(m.MsgType.APPEND_BLOCK, request_id, flags=flags, timeout_ms=timeout_ms)
-        fields = APPEND_BLOCK.pack(body.writer_id, body.first_event_number,
-                                   body.last_event_number, body.event_count, body.expected_offset,
-                                   _nbytes(body.payload), len(body.segment))
+        fields = APPEND_BLOCK.pack(
+            body.writer_id,
+            body.first_event_number,
+            body.last_event_number,
+            body.event_count,
+            body.expected_offset,
+            _nbytes(body.payload),
+            len(body.segment),
+        )
         return [head + fields + body.segment, body.payload]
     if isinstance(body, m.DataAppended):
         head = encode_header(m.MsgType.DATA_APPENDED, request_id, flags=flags)
-        return [head + DATA_APPENDED.pack(body.writer_id, body.last_event_number,
-                                          body.segment_length, body.duplicate,
-                                          len(body.segment)) + body.segment]
+        return [
+            head
+            + DATA_APPENDED.pack(
+                body.writer_id,
+                body.last_event_number,
+                body.segment_length,
+                body.duplicate,
+                len(body.segment),
+            )
+            + body.segment
+        ]
     if isinstance(body, m.SetupAppend):
         head = encode_header(m.MsgType.SETUP_APPEND, request_id, flags=flags, timeout_ms=timeout_ms)
         return [head + SETUP_APPEND.pack(body.writer_id, len(body.segment)) + body.segment]
     if isinstance(body, m.AppendSetup):
         head = encode_header(m.MsgType.APPEND_SETUP, request_id, flags=flags)
-        return [head + APPEND_SETUP.pack(body.writer_id, body.last_event_number,
-                                         body.segment_length, body.sealed, len(body.segment))
-                + body.segment]
+        return [
+            head
+            + APPEND_SETUP.pack(
+                body.writer_id,
+                body.last_event_number,
+                body.segment_length,
+                body.sealed,
+                len(body.segment),
+            )
+            + body.segment
+        ]
     if isinstance(body, m.ReadSegment):
         head = encode_header(m.MsgType.READ_SEGMENT, request_id, flags=flags, timeout_ms=timeout_ms)
-        return [head + READ_SEGMENT.pack(body.offset, body.max_bytes, body.wait_ms,
-                                         len(body.segment)) + body.segment]
+        return [
+            head
+            + READ_SEGMENT.pack(body.offset, body.max_bytes, body.wait_ms, len(body.segment))
+            + body.segment
+        ]
     if isinstance(body, m.SegmentRead):
         head = encode_header(m.MsgType.SEGMENT_READ, request_id, flags=flags)
         total = sum(_nbytes(part) for part in body.payload)
-        return [head + SEGMENT_READ.pack(body.offset, body.segment_length, body.end_of_segment,
-                                         total, len(body.segment)) + body.segment, *body.payload]
+        return [
+            head
+            + SEGMENT_READ.pack(
+                body.offset, body.segment_length, body.end_of_segment, total, len(body.segment)
+            )
+            + body.segment,
+            *body.payload,
+        ]
     if isinstance(body, m.ErrorReply):
         return encode_error(request_id, body.code, body.message, body.fields)
     if isinstance(body, m.Hello):
@@ -176,8 +216,9 @@ def encode_reply(body: m.Control, request_id: int) -> list[Any]:
     return encode(body, request_id, flags=FLAG_REPLY)
 
 
-def encode_error(request_id: int, code: int, message: str,
-                 fields: dict[str, Any] | None = None) -> list[bytes]:
+def encode_error(
+    request_id: int, code: int, message: str, fields: dict[str, Any] | None = None
+) -> list[bytes]:
     body = _control_encoder.encode({"message": message, "fields": fields or {}})
     return [encode_header(m.MsgType.ERROR, request_id) + ERROR.pack(code) + body]
 
@@ -230,18 +271,21 @@ def _decode_append_setup(view: memoryview, frames: Sequence[Any]) -> m.AppendSet
 def decode_append_block(view: memoryview, frames: Sequence[Any]) -> m.AppendBlock:
     _frame_count(frames, 2, "AppendBlock")
     writer_id, first, last, count, expected, payload_bytes, name_bytes = _fields(
-        view, APPEND_BLOCK, "AppendBlock")
+        view, APPEND_BLOCK, "AppendBlock"
+    )
     if first < 0 or last < 0 or expected < m.NO_OFFSET:
         raise InvalidMessage(
-            f"AppendBlock: negative field (first={first} last={last} expected={expected})")
+            f"AppendBlock: negative field (first={first} last={last} expected={expected})"
+        )
     if not 1 <= count <= BLOCK_EVENTS_MAX:
         raise InvalidMessage(f"AppendBlock: event_count={count} not in 1..{BLOCK_EVENTS_MAX}")
     segment = _name(view, HEADER_BYTES + APPEND_BLOCK.size, name_bytes, "AppendBlock")
     payload = frames[1]
     size = _nbytes(payload)
     if size != payload_bytes:
-        raise InvalidMessage(f"AppendBlock: payload frame has {size} bytes, header says "
-                             f"{payload_bytes}")
+        raise InvalidMessage(
+            f"AppendBlock: payload frame has {size} bytes, header says {payload_bytes}"
+        )
     if size < 4 * count:
         raise InvalidMessage(f"AppendBlock: payload_bytes={size} < 4 * event_count={count}")
     return m.AppendBlock(writer_id, first, last, count, expected, segment, payload)
@@ -280,8 +324,9 @@ def _decode_segment_read(view: memoryview, frames: Sequence[Any]) -> m.SegmentRe
         raise InvalidMessage("SegmentRead: empty payload frame")
     total = sum(sizes)
     if total != payload_bytes:
-        raise InvalidMessage(f"SegmentRead: payload frames hold {total} bytes, header says "
-                             f"{payload_bytes}")
+        raise InvalidMessage(
+            f"SegmentRead: payload frames hold {total} bytes, header says {payload_bytes}"
+        )
     if total > READ_BYTES_MAX or offset + total > length:
         raise InvalidMessage(f"SegmentRead: payload_bytes={total} offset={offset} length={length}")
     return m.SegmentRead(offset, length, bool(flags), segment, payload)

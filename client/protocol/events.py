@@ -37,19 +37,23 @@ def frame_events(events: Sequence[bytes]) -> bytes:
 def frame_array(array: np.ndarray) -> np.ndarray:
     """Frame a 2-D uint8 array (one fixed-size event per row) into a contiguous block."""
     if array.ndim != 2 or array.dtype != np.uint8:
-        raise InvalidArgument("write_events: numpy events must be a 2-D uint8 array",
-                              field="events")
+        raise InvalidArgument(
+            "write_events: numpy events must be a 2-D uint8 array", field="events"
+        )
     count, width = array.shape
     if width > EVENT_BYTES_MAX:
-        raise EventTooLarge(f"write: event_bytes={width} > event_bytes_max={EVENT_BYTES_MAX}",
-                            event_bytes=width)
+        raise EventTooLarge(
+            f"write: event_bytes={width} > event_bytes_max={EVENT_BYTES_MAX}", event_bytes=width
+        )
     out = np.empty((count, EVENT_HEADER_BYTES + width), dtype=np.uint8)
     out[:, :EVENT_HEADER_BYTES] = np.frombuffer(pack_event_header(width), dtype=np.uint8)
     out[:, EVENT_HEADER_BYTES:] = array
     return out.reshape(-1)
 
 
-def split_events(buffer: memoryview | bytes, base_offset: int) -> tuple[list[tuple[int, bytes]], int]:
+def split_events(
+    buffer: memoryview | bytes, base_offset: int
+) -> tuple[list[tuple[int, bytes]], int]:
     """Split whole events off the front of `buffer`.
 
     Returns ([(segment offset of the event's header, event bytes)], bytes consumed); a

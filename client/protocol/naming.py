@@ -33,8 +33,9 @@ def check_name(kind: str, name: object, *, internal_ok: bool = False) -> str:
             field=kind,
         )
     if name.startswith("_") and not internal_ok:
-        raise InvalidArgument(f"{kind} name {name!r}: names starting with '_' are reserved",
-                              field=kind)
+        raise InvalidArgument(
+            f"{kind} name {name!r}: names starting with '_' are reserved", field=kind
+        )
     return name
 
 

@@ -71,11 +71,32 @@ class _Waiter(NamedTuple):
 
 
 class _Append:
-    __slots__ = ("seg", "writer", "first", "last", "count", "offset", "length", "payloads",
-                 "acks", "data_pos")
+    __slots__ = (
+        "seg",
+        "writer",
+        "first",
+        "last",
+        "count",
+        "offset",
+        "length",
+        "payloads",
+        "acks",
+        "data_pos",
+    )
 
-    def __init__(self, seg: Segment, writer: bytes, first: int, last: int, count: int,
-                 offset: int, payload: Any, length: int, peer: Peer, rid: int) -> None:
+    def __init__(
+        self,
+        seg: Segment,
+        writer: bytes,
+        first: int,
+        last: int,
+        count: int,
+        offset: int,
+        payload: Any,
+        length: int,
+        peer: Peer,
+        rid: int,
+    ) -> None:
         self.seg, self.writer, self.first, self.last, self.count = seg, writer, first, last, count
         self.offset, self.length, self.payloads = offset, length, [payload]
         self.acks = {peer: rid}
@@ -127,29 +148,43 @@ class Container:
         self.sessions: dict[Peer, set[tuple[bytes, int]]] = {}
         self.waiting: set[Segment] = set()
         self.waiter_count = 0
-        self.counters = {"flush_queue_empty": 0, "flush_bytes_max": 0, "records": 0,
-                         "appends": 0, "append_bytes": 0, "duplicates": 0}
+        self.counters = {
+            "flush_queue_empty": 0,
+            "flush_bytes_max": 0,
+            "records": 0,
+            "appends": 0,
+            "append_bytes": 0,
+            "duplicates": 0,
+        }
 
     # --- requests --------------------------------------------------------------------
     def _segment(self, name: bytes) -> Segment:
         seg = self.segments.get(name)
         if seg is None or seg.deleting:
-            raise NoSuchSegment(f"segment {name.decode(errors='replace')} does not exist",
-                                segment=name)
+            raise NoSuchSegment(
+                f"segment {name.decode(errors='replace')} does not exist", segment=name
+            )
         return seg
 
     def setup_append(self, peer: Peer, rid: int, req: m.SetupAppend) -> list[Any]:
         seg = self._segment(req.segment)
         if seg.pending_sealed:
-            raise SegmentSealed(f"setup append: segment {req.segment.decode()} is sealed",
-                                segment=req.segment)
+            raise SegmentSealed(
+                f"setup append: segment {req.segment.decode()} is sealed", segment=req.segment
+            )
         sessions = self.sessions.setdefault(peer, set())
-        if len(sessions) >= SESSIONS_PER_PEER_MAX and (req.writer_id, seg.segment_id) not in sessions:
-            raise InvalidArgument(f"setup append: more than {SESSIONS_PER_PEER_MAX} sessions on "
-                                  "one connection", field="writer_id")
+        if (
+            len(sessions) >= SESSIONS_PER_PEER_MAX
+            and (req.writer_id, seg.segment_id) not in sessions
+        ):
+            raise InvalidArgument(
+                f"setup append: more than {SESSIONS_PER_PEER_MAX} sessions on one connection",
+                field="writer_id",
+            )
         sessions.add((req.writer_id, seg.segment_id))
-        reply = m.AppendSetup(req.writer_id, seg.last_event(req.writer_id), seg.length,
-                              seg.sealed, req.segment)
+        reply = m.AppendSetup(
+            req.writer_id, seg.last_event(req.writer_id), seg.length, seg.sealed, req.segment
+        )
         return codec.encode(reply, rid)
 
     def append(self, peer: Peer, rid: int, req: m.AppendBlock, size: int) -> list[Any] | None:
@@ -157,24 +192,32 @@ class Container:
         seg = self._segment(req.segment)
         writer = req.writer_id
         if (writer, seg.segment_id) not in self.sessions.get(peer, ()):
-            raise InvalidMessage(f"append to {req.segment.decode()} without SetupAppend",
-                                 segment=req.segment)
+            raise InvalidMessage(
+                f"append to {req.segment.decode()} without SetupAppend", segment=req.segment
+            )
         if seg.pending_sealed:
-            raise SegmentSealed(f"append: segment {req.segment.decode()} is sealed",
-                                segment=req.segment)
+            raise SegmentSealed(
+                f"append: segment {req.segment.decode()} is sealed", segment=req.segment
+            )
         if size > BLOCK_BYTES_MAX:
-            raise EventTooLarge(f"append: block_bytes={size} > block_bytes_max={BLOCK_BYTES_MAX}",
-                                block_bytes=size)
+            raise EventTooLarge(
+                f"append: block_bytes={size} > block_bytes_max={BLOCK_BYTES_MAX}", block_bytes=size
+            )
         first, last = req.first_event_number, req.last_event_number
         if last < first or last - first + 1 < req.event_count:
             raise InvalidEventNumber(
                 f"append: event numbers {first}..{last} cannot hold {req.event_count} events "
-                f"in increasing order", first=first, last=last, count=req.event_count)
+                f"in increasing order",
+                first=first,
+                last=last,
+                count=req.event_count,
+            )
         committed_last = seg.last_event(writer)
         if last <= committed_last:
             self.counters["duplicates"] += 1
-            return codec.encode(m.DataAppended(writer, committed_last, seg.length, True,
-                                               req.segment), rid)
+            return codec.encode(
+                m.DataAppended(writer, committed_last, seg.length, True, req.segment), rid
+            )
         pending_last = seg.pending_last_event(writer)
         if last <= pending_last:  # a resend of a block not yet durable: ack after it is
             self.counters["duplicates"] += 1
@@ -183,25 +226,30 @@ class Container:
         if first <= pending_last:
             raise InvalidEventNumber(
                 f"append: block {first}..{last} overlaps the stored event number {pending_last}",
-                first=first, last=last, stored=pending_last)
+                first=first,
+                last=last,
+                stored=pending_last,
+            )
         if req.expected_offset != m.NO_OFFSET and req.expected_offset != seg.pending_length:
             raise ConditionalCheckFailed(
                 f"append: expected_offset={req.expected_offset} != length={seg.pending_length}",
-                current_offset=seg.pending_length, segment=req.segment)
+                current_offset=seg.pending_length,
+                segment=req.segment,
+            )
         offset = seg.pending_length
         seg.pending_length = offset + size
         seg.pending_writers[writer] = last
         op = self._last_op.get(seg.segment_id)
-        if (isinstance(op, _Append) and op.writer == writer
-                and op.length + size <= MERGE_BYTES_MAX):
+        if isinstance(op, _Append) and op.writer == writer and op.length + size <= MERGE_BYTES_MAX:
             op.last = last
             op.count += req.event_count
             op.length += size
             op.payloads.append(req.payload)
             op.acks[peer] = rid
         else:
-            op = _Append(seg, writer, first, last, req.event_count, offset, req.payload, size,
-                         peer, rid)
+            op = _Append(
+                seg, writer, first, last, req.event_count, offset, req.payload, size, peer, rid
+            )
             self.queue.append(op)
             self._last_op[seg.segment_id] = op
         self.queued_bytes += size
@@ -260,11 +308,15 @@ class Container:
     def read(self, peer: Peer, rid: int, req: m.ReadSegment, now: float) -> ReadPlan | None:
         seg = self._segment(req.segment)
         if req.offset < seg.start_offset:
-            raise SegmentTruncated(f"read {req.segment.decode()}: offset {req.offset} < start "
-                                   f"{seg.start_offset}", start_offset=seg.start_offset)
+            raise SegmentTruncated(
+                f"read {req.segment.decode()}: offset {req.offset} < start {seg.start_offset}",
+                start_offset=seg.start_offset,
+            )
         if req.offset > seg.pending_length:
-            raise InvalidArgument(f"read {req.segment.decode()}: offset {req.offset} > length "
-                                  f"{seg.pending_length}", field="offset")
+            raise InvalidArgument(
+                f"read {req.segment.decode()}: offset {req.offset} > length {seg.pending_length}",
+                field="offset",
+            )
         if req.offset < seg.length or seg.sealed or req.wait_ms == 0:
             return self._plan(seg, peer, rid, req.offset, req.max_bytes)
         if self.waiter_count >= WAITERS_MAX:
@@ -285,8 +337,9 @@ class Container:
             keep = []
             for w in seg.waiters:
                 if w.deadline <= now:
-                    plans.append(ReadPlan(w.peer, w.request_id, seg.name, w.offset, seg.length,
-                                          False, []))
+                    plans.append(
+                        ReadPlan(w.peer, w.request_id, seg.name, w.offset, seg.length, False, [])
+                    )
                 else:
                     keep.append(w)
             self.waiter_count -= len(seg.waiters) - len(keep)
@@ -343,10 +396,17 @@ class Container:
     @staticmethod
     def _put(out: memoryview, pos: int, op: _Append | _Admin | _Note) -> int:
         if isinstance(op, _Append):
-            pos = ops.put_append_head(out, pos, segment_id=op.seg.segment_id, writer_id=op.writer,
-                                      first_event=op.first, last_event=op.last,
-                                      event_count=op.count, offset=op.offset,
-                                      data_bytes=op.length)
+            pos = ops.put_append_head(
+                out,
+                pos,
+                segment_id=op.seg.segment_id,
+                writer_id=op.writer,
+                first_event=op.first,
+                last_event=op.last,
+                event_count=op.count,
+                offset=op.offset,
+                data_bytes=op.length,
+            )
             op.data_pos = pos
             for payload in op.payloads:
                 view = codec._view(payload)
@@ -363,8 +423,9 @@ class Container:
             return ops.put_delete(out, pos, op.seg.segment_id)
         return pos
 
-    def committed(self, token: list[Any], ledger_id: int, record_pos: int
-                  ) -> tuple[list[Effect], list[ReadPlan]]:
+    def committed(
+        self, token: list[Any], ledger_id: int, record_pos: int
+    ) -> tuple[list[Effect], list[ReadPlan]]:
         """Apply a durable record (the oldest in flight) and return what to send."""
         assert self.in_flight and self.in_flight[0] is token, "records complete in order"
         self.in_flight.popleft()
@@ -374,8 +435,9 @@ class Container:
         for op in token:
             if isinstance(op, _Append):
                 seg = op.seg
-                self._apply_append(seg, op.writer, op.last, op.offset, op.length, ledger_id,
-                                   base + op.data_pos)
+                self._apply_append(
+                    seg, op.writer, op.last, op.offset, op.length, ledger_id, base + op.data_pos
+                )
                 if seg.pending_writers.get(op.writer) == op.last:
                     del seg.pending_writers[op.writer]
                 ack = m.DataAppended(op.writer, op.last, op.offset + op.length, False, seg.name)
@@ -391,8 +453,16 @@ class Container:
                 effects.append((op.peer, op.frames))
         return effects, self._wake(touched)
 
-    def _apply_append(self, seg: Segment, writer: bytes, last: int, offset: int, length: int,
-                      ledger_id: int, position: int) -> None:
+    def _apply_append(
+        self,
+        seg: Segment,
+        writer: bytes,
+        last: int,
+        offset: int,
+        length: int,
+        ledger_id: int,
+        position: int,
+    ) -> None:
         assert offset == seg.length, (offset, seg.length)
         seg.index_add(offset, ledger_id, position)
         seg.length = offset + length
@@ -442,11 +512,19 @@ class Container:
                 continue
             seg = self.by_id.get(op.segment_id)
             if seg is None:
-                raise DataCorruption(f"container {self.container_id}: log names unknown segment "
-                                     f"id {op.segment_id}")
+                raise DataCorruption(
+                    f"container {self.container_id}: log names unknown segment id {op.segment_id}"
+                )
             if op.kind == ops.OP_APPEND:
-                self._apply_append(seg, op.writer_id, op.last_event, op.offset, op.data_bytes,
-                                   ledger_id, base + op.data_pos)
+                self._apply_append(
+                    seg,
+                    op.writer_id,
+                    op.last_event,
+                    op.offset,
+                    op.data_bytes,
+                    ledger_id,
+                    base + op.data_pos,
+                )
                 seg.pending_length = seg.length
             elif op.kind == ops.OP_SEAL:
                 seg.sealed = seg.pending_sealed = True

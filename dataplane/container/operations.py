@@ -58,13 +58,23 @@ def put_create(buf: memoryview, pos: int, segment_id: int, name: bytes) -> int:
     return pos + len(name)
 
 
-def put_append_head(buf: memoryview, pos: int, *, segment_id: int, writer_id: bytes,
-                    first_event: int, last_event: int, event_count: int, offset: int,
-                    data_bytes: int) -> int:
+def put_append_head(
+    buf: memoryview,
+    pos: int,
+    *,
+    segment_id: int,
+    writer_id: bytes,
+    first_event: int,
+    last_event: int,
+    event_count: int,
+    offset: int,
+    data_bytes: int,
+) -> int:
     """Write an APPEND's header; the caller copies `data_bytes` of data at the returned pos."""
     OP_HEAD.pack_into(buf, pos, OP_APPEND, APPEND.size + data_bytes)
-    APPEND.pack_into(buf, pos + OP_HEAD.size, segment_id, writer_id, first_event, last_event,
-                     event_count, offset)
+    APPEND.pack_into(
+        buf, pos + OP_HEAD.size, segment_id, writer_id, first_event, last_event, event_count, offset
+    )
     return pos + APPEND_OVERHEAD
 
 

@@ -57,8 +57,10 @@ class Segment:
         offsets = self._offsets
         if offsets:
             last = len(offsets) - 1
-            if (self._ledgers[last] == ledger_id
-                    and self._positions[last] + (offset - offsets[last]) == position):
+            if (
+                self._ledgers[last] == ledger_id
+                and self._positions[last] + (offset - offsets[last]) == position
+            ):
                 return
         offsets.append(offset)
         self._ledgers.append(ledger_id)
@@ -83,8 +85,9 @@ class Segment:
                 if pieces:
                     break
                 size = max_bytes - total
-            pieces.append(Piece(self._ledgers[index], self._positions[index] + (start - entry_start),
-                                size))
+            pieces.append(
+                Piece(self._ledgers[index], self._positions[index] + (start - entry_start), size)
+            )
             total += size
             index += 1
         return pieces

@@ -52,8 +52,9 @@ def record_bytes(payload_bytes: int) -> int:
     return align_up(RECORD_HEADER_BYTES + payload_bytes)
 
 
-def seal_record(buf: memoryview, payload_bytes: int, *, ledger_id: int, entry_id: int,
-                epoch: int, lac: int) -> int:
+def seal_record(
+    buf: memoryview, payload_bytes: int, *, ledger_id: int, entry_id: int, epoch: int, lac: int
+) -> int:
     """Fill in the header of the record whose payload already sits at
     buf[RECORD_HEADER_BYTES:RECORD_HEADER_BYTES + payload_bytes], zero the padding, and
     return the record's total (aligned) size."""
@@ -62,8 +63,9 @@ def seal_record(buf: memoryview, payload_bytes: int, *, ledger_id: int, entry_id
     assert len(buf) >= total, (len(buf), total)
     end = RECORD_HEADER_BYTES + payload_bytes
     buf[end:total] = bytes(total - end)
-    RECORD_HEADER.pack_into(buf, 0, RECORD_MAGIC, RECORD_VERSION, 0, payload_bytes, ledger_id,
-                            entry_id, epoch, lac, 0)
+    RECORD_HEADER.pack_into(
+        buf, 0, RECORD_MAGIC, RECORD_VERSION, 0, payload_bytes, ledger_id, entry_id, epoch, lac, 0
+    )
     crc = crc32c.crc32c(buf[:_CRC_COVERED])
     crc = crc32c.crc32c(buf[RECORD_HEADER_BYTES:end], crc)
     struct.pack_into("<I", buf, _CRC_COVERED, crc)

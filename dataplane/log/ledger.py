@@ -97,8 +97,9 @@ class ScanEnd(NamedTuple):
     cut_tail: bool  # an invalid (torn) tail followed the last valid record
 
 
-def scan_ledger(path: str, ledger_id: int, *, closed_last_entry_id: int | None,
-                result: list[ScanEnd]) -> Iterator[ScannedRecord]:
+def scan_ledger(
+    path: str, ledger_id: int, *, closed_last_entry_id: int | None, result: list[ScanEnd]
+) -> Iterator[ScannedRecord]:
     """Yield the valid records of a ledger in order; append the ScanEnd to `result`.
 
     The yielded payload views are valid only until the next record is requested; callers
@@ -108,8 +109,11 @@ def scan_ledger(path: str, ledger_id: int, *, closed_last_entry_id: int | None,
         size = os.fstat(f.fileno()).st_size
         if size == 0:
             if closed_last_entry_id is not None and closed_last_entry_id >= 0:
-                raise DataCorruption(f"ledger {ledger_id}: file {path} is empty but closed at "
-                                     f"entry {closed_last_entry_id}", ledger=ledger_id)
+                raise DataCorruption(
+                    f"ledger {ledger_id}: file {path} is empty but closed at "
+                    f"entry {closed_last_entry_id}",
+                    ledger=ledger_id,
+                )
             result.append(ScanEnd(-1, 0, False))
             return
         mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
@@ -134,8 +138,9 @@ def _valid_at(view: memoryview, pos: int, ledger_id: int, entry_id: int | None):
     return header
 
 
-def _scan(view: memoryview, path: str, ledger_id: int, closed_last: int | None,
-          result: list[ScanEnd]) -> Iterator[ScannedRecord]:
+def _scan(
+    view: memoryview, path: str, ledger_id: int, closed_last: int | None, result: list[ScanEnd]
+) -> Iterator[ScannedRecord]:
     pos = 0
     entry_id = 0
     while closed_last is None or entry_id <= closed_last:
@@ -152,7 +157,10 @@ def _scan(view: memoryview, path: str, ledger_id: int, closed_last: int | None,
             raise DataCorruption(
                 f"ledger {ledger_id}: entry {entry_id} at position {pos} of {path} is invalid "
                 f"but the ledger was closed at entry {closed_last}",
-                ledger=ledger_id, entry=entry_id, position=pos)
+                ledger=ledger_id,
+                entry=entry_id,
+                position=pos,
+            )
         result.append(ScanEnd(entry_id - 1, pos, False))
         return
     _check_torn_tail(view, path, ledger_id, pos, entry_id)
@@ -160,8 +168,7 @@ def _scan(view: memoryview, path: str, ledger_id: int, closed_last: int | None,
     result.append(ScanEnd(entry_id - 1, pos, bool(cut)))
 
 
-def _check_torn_tail(view: memoryview, path: str, ledger_id: int, pos: int,
-                     entry_id: int) -> None:
+def _check_torn_tail(view: memoryview, path: str, ledger_id: int, pos: int, entry_id: int) -> None:
     """Raise DataCorruption if any later valid record proves `entry_id` was durable."""
     probe = pos + BLOCK_BYTES
     size = len(view)
@@ -171,5 +178,8 @@ def _check_torn_tail(view: memoryview, path: str, ledger_id: int, pos: int,
             raise DataCorruption(
                 f"ledger {ledger_id}: entry {entry_id} at position {pos} of {path} is invalid "
                 f"but entry {header.entry_id} at {probe} confirms it durable (lac={header.lac})",
-                ledger=ledger_id, entry=entry_id, position=pos)
+                ledger=ledger_id,
+                entry=entry_id,
+                position=pos,
+            )
         probe += BLOCK_BYTES

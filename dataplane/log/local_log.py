@@ -89,8 +89,17 @@ class LogConfig(NamedTuple):
 class LocalDurableLog:
     """A container's durable log on local ledger files (replication factor 1)."""
 
-    def __init__(self, directory: str, *, key: str, store: CoordinationStore,
-                 committer: Committer, mode: str, config: LogConfig = LogConfig()) -> None:
+    def __init__(
+        self,
+        directory: str,
+        *,
+        key: str,
+        store: CoordinationStore,
+        committer: Committer,
+        mode: str,
+        config: LogConfig | None = None,
+    ) -> None:
+        config = config or LogConfig()
         assert config.ledger_bytes >= 4 * RECORD_PAYLOAD_BYTES_MAX
         self.directory = directory
         self.key = key
@@ -99,8 +108,9 @@ class LocalDurableLog:
         self.mode = mode
         self.config = config
         os.makedirs(directory, exist_ok=True)
-        self._lock_fd = os.open(os.path.join(directory, ".owner.lock"), os.O_RDWR | os.O_CREAT,
-                                0o600)
+        self._lock_fd = os.open(
+            os.path.join(directory, ".owner.lock"), os.O_RDWR | os.O_CREAT, 0o600
+        )
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -135,17 +145,29 @@ class LocalDurableLog:
                 continue
             closed_last = info.last_entry_id if info.state == "closed" else None
             if closed_last is not None and closed_last >= 0 and not os.path.exists(path):
-                raise DataCorruption(f"log {self.key}: ledger {info.ledger_id} closed at entry "
-                                     f"{closed_last} but {path} is missing", ledger=info.ledger_id)
+                raise DataCorruption(
+                    f"log {self.key}: ledger {info.ledger_id} closed at entry "
+                    f"{closed_last} but {path} is missing",
+                    ledger=info.ledger_id,
+                )
             ends: list[ScanEnd] = []
-            for record in scan_ledger(path, info.ledger_id, closed_last_entry_id=closed_last,
-                                      result=ends):
-                yield LogLocation(info.ledger_id, record.record_pos, record.entry_id), record.payload
+            for record in scan_ledger(
+                path, info.ledger_id, closed_last_entry_id=closed_last, result=ends
+            ):
+                yield (
+                    LogLocation(info.ledger_id, record.record_pos, record.entry_id),
+                    record.payload,
+                )
             end = ends[0]
             if info.state == "open":
                 if end.cut_tail:
-                    log.warning("log=%s ledger=%d torn tail cut at position=%d after entry=%d",
-                                self.key, info.ledger_id, end.end_pos, end.last_entry_id)
+                    log.warning(
+                        "log=%s ledger=%d torn tail cut at position=%d after entry=%d",
+                        self.key,
+                        info.ledger_id,
+                        end.end_pos,
+                        end.last_entry_id,
+                    )
                 info.state, info.last_entry_id = "closed", end.last_entry_id
         empty = [i.ledger_id for i in meta.ledgers if i.last_entry_id < 0]
         meta.ledgers = [i for i in meta.ledgers if i.last_entry_id >= 0]
@@ -156,8 +178,12 @@ class LocalDurableLog:
             ledger_id = parse_ledger_file_name(name)
             if ledger_id is not None and ledger_id not in known:
                 os.unlink(os.path.join(self.directory, name))  # empty or orphaned ledger
-                log.info("log=%s removed unreferenced ledger=%d (empty=%s)", self.key,
-                         ledger_id, ledger_id in empty)
+                log.info(
+                    "log=%s removed unreferenced ledger=%d (empty=%s)",
+                    self.key,
+                    ledger_id,
+                    ledger_id in empty,
+                )
 
     def start(self) -> None:
         """Open a fresh ledger for writing (after `recover`)."""
@@ -177,16 +203,21 @@ class LocalDurableLog:
         self.meta_version = self.store.cas(self.key, meta, self.meta_version)
         if self.ledger is not None:
             self.ledger.close()
-        self.ledger = LedgerFile(self.directory, ledger_id, size_bytes=self.config.ledger_bytes,
-                                 direct=self.mode == MODE_DIRECT)
+        self.ledger = LedgerFile(
+            self.directory,
+            ledger_id,
+            size_bytes=self.config.ledger_bytes,
+            direct=self.mode == MODE_DIRECT,
+        )
         log.info("log=%s epoch=%d opened ledger=%d", self.key, self.epoch, ledger_id)
 
     # --- write path (main thread) ------------------------------------------------------
     def acquire_buffer(self, payload_bytes: int) -> WriteBuffer | None:
         """A buffer for a record of at least `payload_bytes`, or None at the in-flight limit."""
         if payload_bytes > RECORD_PAYLOAD_BYTES_MAX:
-            raise ValueError(f"log {self.key}: payload_bytes={payload_bytes} > "
-                             f"{RECORD_PAYLOAD_BYTES_MAX}")
+            raise ValueError(
+                f"log {self.key}: payload_bytes={payload_bytes} > {RECORD_PAYLOAD_BYTES_MAX}"
+            )
         if self.in_flight >= self.config.buffers:
             return None
         if payload_bytes > self.config.frame_payload_bytes:
@@ -215,8 +246,14 @@ class LocalDurableLog:
             self._open_next_ledger()
             ledger = self.ledger
         entry_id = ledger.next_entry_id
-        seal_record(buffer.view, payload_bytes, ledger_id=ledger.ledger_id, entry_id=entry_id,
-                    epoch=self.epoch, lac=ledger.synced_entry_id)
+        seal_record(
+            buffer.view,
+            payload_bytes,
+            ledger_id=ledger.ledger_id,
+            entry_id=entry_id,
+            epoch=self.epoch,
+            lac=ledger.synced_entry_id,
+        )
         pos = ledger.write(buffer.view[:total])
         return LogLocation(ledger.ledger_id, pos, entry_id)
 
@@ -237,8 +274,10 @@ class LocalDurableLog:
             self._read_fds.move_to_end(ledger_id)
         data = os.pread(fd, length, position)
         if len(data) != length:
-            raise StorageError(f"log {self.key}: short read of ledger {ledger_id} at {position}: "
-                               f"{len(data)} of {length} bytes")
+            raise StorageError(
+                f"log {self.key}: short read of ledger {ledger_id} at {position}: "
+                f"{len(data)} of {length} bytes"
+            )
         return data
 
     def close(self) -> None:
@@ -259,8 +298,9 @@ Completion = tuple[LocalDurableLog, WriteBuffer, Any, LogLocation]
 class Committer:
     """The group-commit thread of one worker (see module docstring)."""
 
-    def __init__(self, deliver: Callable[[list[Completion]], None],
-                 fatal: Callable[[BaseException], None]) -> None:
+    def __init__(
+        self, deliver: Callable[[list[Completion]], None], fatal: Callable[[BaseException], None]
+    ) -> None:
         self._deliver = deliver
         self._fatal = fatal
         self._queue: list[tuple[LocalDurableLog, WriteBuffer, int, Any]] = []
@@ -274,8 +314,9 @@ class Committer:
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, log_: LocalDurableLog, buffer: WriteBuffer, payload_bytes: int,
-               token: Any) -> None:
+    def submit(
+        self, log_: LocalDurableLog, buffer: WriteBuffer, payload_bytes: int, token: Any
+    ) -> None:
         with self._cond:
             self._queue.append((log_, buffer, payload_bytes, token))
             if len(self._queue) == 1:

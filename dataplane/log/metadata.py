@@ -82,8 +82,10 @@ class LocalFileStore:
             fcntl.flock(lock_fd, fcntl.LOCK_EX)
             _, version = self.get(key)
             if version != expected_version:
-                raise BadVersion(f"coordination cas {key}: version {version} != expected "
-                                 f"{expected_version}", key=key)
+                raise BadVersion(
+                    f"coordination cas {key}: version {version} != expected {expected_version}",
+                    key=key,
+                )
             path = self._path(key)
             tmp = f"{path}.tmp"
             with open(tmp, "wb") as f:

@@ -47,6 +47,5 @@ def probe_direct_io(directory: str) -> bool:
 def durability_mode(directory: str, *, allow_direct: bool = True) -> str:
     mode = MODE_DIRECT if allow_direct and probe_direct_io(directory) else MODE_BUFFERED
     if mode == MODE_BUFFERED:
-        log.warning("durability_mode=%s dir=%s (O_DIRECT unavailable or disabled)", mode,
-                    directory)
+        log.warning("durability_mode=%s dir=%s (O_DIRECT unavailable or disabled)", mode, directory)
     return mode

@@ -111,34 +111,43 @@ def test_each_bad_input_gets_its_typed_error_while_a_good_writer_is_served(strea
         # unknown segment (owned here) and a segment owned by another worker
         cmap = mgr._controller.container_map()
         names = [f"nope/nope/{i}" for i in range(200)]
-        here = next(n for n in names
-                    if cmap.endpoints[container_for(n, cmap.container_count)] == endpoint)
-        elsewhere = next(n for n in names
-                         if cmap.endpoints[container_for(n, cmap.container_count)] != endpoint)
+        here = next(
+            n for n in names if cmap.endpoints[container_for(n, cmap.container_count)] == endpoint
+        )
+        elsewhere = next(
+            n for n in names if cmap.endpoints[container_for(n, cmap.container_count)] != endpoint
+        )
         assert isinstance(raw.request(m.SetupAppend(writer_id, here.encode())), NoSuchSegment)
         assert isinstance(raw.request(m.SetupAppend(writer_id, elsewhere.encode())), WrongHost)
         setup = raw.request(m.SetupAppend(writer_id, seg))
         assert isinstance(setup, m.AppendSetup) and setup.last_event_number == -1
         # an event over the limit, checked on the block size
         big = b"\x00" * (EVENT_BYTES_MAX + 64)
-        assert isinstance(raw.request(m.AppendBlock(writer_id, 0, 0, 1, -1, seg, big)),
-                          EventTooLarge)
+        assert isinstance(
+            raw.request(m.AppendBlock(writer_id, 0, 0, 1, -1, seg, big)), EventTooLarge
+        )
         # event numbers that cannot hold the events in increasing order
-        assert isinstance(raw.request(m.AppendBlock(writer_id, 5, 3, 1, -1, seg, b"\0" * 4)),
-                          InvalidEventNumber)
+        assert isinstance(
+            raw.request(m.AppendBlock(writer_id, 5, 3, 1, -1, seg, b"\0" * 4)), InvalidEventNumber
+        )
         ok = raw.request(m.AppendBlock(writer_id, 0, 9, 10, -1, seg, b"\0\0\0\0" * 10))
         assert isinstance(ok, m.DataAppended) and ok.last_event_number == 9 and not ok.duplicate
         dup = raw.request(m.AppendBlock(writer_id, 0, 9, 10, -1, seg, b"\0\0\0\0" * 10))
         assert isinstance(dup, m.DataAppended) and dup.duplicate
-        assert isinstance(raw.request(m.AppendBlock(writer_id, 5, 14, 10, -1, seg, b"\0" * 40)),
-                          InvalidEventNumber)
+        assert isinstance(
+            raw.request(m.AppendBlock(writer_id, 5, 14, 10, -1, seg, b"\0" * 40)),
+            InvalidEventNumber,
+        )
         # a conditional append with a stale offset
         stale = raw.request(m.AppendBlock(writer_id, 10, 10, 1, 3, seg, b"\0" * 4))
         assert isinstance(stale, ConditionalCheckFailed)
         assert stale.fields["current_offset"] == 40
         # garbage frames, an unknown type, truncated fields
-        for frames in ([b"garbage"], [codec.encode_header(99, 7)],
-                       [codec.encode_header(m.MsgType.APPEND_BLOCK, 8) + b"\x01\x02", b"x"]):
+        for frames in (
+            [b"garbage"],
+            [codec.encode_header(99, 7)],
+            [codec.encode_header(m.MsgType.APPEND_BLOCK, 8) + b"\x01\x02", b"x"],
+        ):
             raw.send(frames)
             assert isinstance(raw.reply(), InvalidMessage)
         # a header of an unsupported version
@@ -219,8 +228,9 @@ def test_append_to_a_sealed_stream_fails_with_segment_sealed(stream):
         mgr.create_writer(scope, name)
     raw = RawPeer(endpoint)
     try:
-        assert isinstance(raw.request(m.SetupAppend(os.urandom(16), segment.encode())),
-                          SegmentSealed)
+        assert isinstance(
+            raw.request(m.SetupAppend(os.urandom(16), segment.encode())), SegmentSealed
+        )
     finally:
         raw.close()
     assert mgr.delete_stream(scope, name)

@@ -9,7 +9,7 @@ import threading
 import time
 
 import psutil
-from support.history import check_exactly_once, expected_counts, event, read_all, unique
+from support.history import check_exactly_once, event, expected_counts, read_all, unique
 
 from streamvault.client import StreamManager
 
@@ -17,11 +17,14 @@ KEYS = 64
 EVENTS = 100_000
 
 
-def _write_in_background(writer, futures: list, total: int, done: threading.Event) -> threading.Thread:
+def _write_in_background(
+    writer, futures: list, total: int, done: threading.Event
+) -> threading.Thread:
     def run() -> None:
         for i in range(total):
-            futures.append(writer.write_event(event(i % KEYS, i // KEYS),
-                                              routing_key=f"key-{i % KEYS}"))
+            futures.append(
+                writer.write_event(event(i % KEYS, i // KEYS), routing_key=f"key-{i % KEYS}")
+            )
             if i % 2000 == 0:
                 time.sleep(0.01)  # spread the writes over the crash
         done.set()

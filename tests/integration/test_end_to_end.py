@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from support.history import check_exactly_once, expected_counts, event, parse, read_all, unique
+from support.history import check_exactly_once, event, expected_counts, parse, read_all, unique
 
 from streamvault.client import StreamManager
 
@@ -19,8 +19,10 @@ def test_100k_events_64_keys_4_segments_read_by_2_readers_exactly_once_in_key_or
         assert mgr.create_scope(scope)
         assert mgr.create_stream(scope, stream, initial_segments=4)
         with mgr.create_writer(scope, stream) as writer:
-            futures = [writer.write_event(event(i % KEYS, i // KEYS), routing_key=f"key-{i % KEYS}")
-                       for i in range(EVENTS)]
+            futures = [
+                writer.write_event(event(i % KEYS, i // KEYS), routing_key=f"key-{i % KEYS}")
+                for i in range(EVENTS)
+            ]
             writer.flush(timeout=120)
         assert all(f.done() and f.exception() is None for f in futures)
         got = read_all(mgr, scope, stream, total=EVENTS)
@@ -37,8 +39,11 @@ def test_write_events_lists_and_numpy_arrays_are_read_back_in_order(shared_stand
         with mgr.create_writer(scope, stream) as writer:
             futures = []
             for batch in range(20):
-                futures.append(writer.write_events([event(0, batch * 1000 + i) for i in range(1000)],
-                                                   routing_key="k0"))
+                futures.append(
+                    writer.write_events(
+                        [event(0, batch * 1000 + i) for i in range(1000)], routing_key="k0"
+                    )
+                )
             rows = np.frombuffer(b"".join(event(1, i) for i in range(12_000)), dtype=np.uint8)
             futures.append(writer.write_events(rows.reshape(12_000, 100), routing_key="k1"))
             for f in futures:

@@ -15,9 +15,21 @@ from support.cluster import Standalone
 
 
 def _status_json(controller: str) -> list[dict]:
-    out = subprocess.run([sys.executable, "-m", "streamvault.tools.cli", "status", "--json",
-                          "--controller", controller], capture_output=True, text=True, timeout=60,
-                         check=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "streamvault.tools.cli",
+            "status",
+            "--json",
+            "--controller",
+            controller,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     return json.loads(out.stdout)
 
 
@@ -32,8 +44,10 @@ def test_status_lists_every_process_with_role_pid_endpoint_state(standalone):
     workers = [p for p in processes if p["role"] == "worker"]
     assert all(p["endpoint"].startswith("tcp://127.0.0.1:") for p in workers)
     assert sorted(c for w in workers for c in w["containers"]) == list(range(8))
-    assert all(w["info"]["durability_mode"] in ("o_direct+fdatasync", "buffered+fdatasync")
-               for w in workers)
+    assert all(
+        w["info"]["durability_mode"] in ("o_direct+fdatasync", "buffered+fdatasync")
+        for w in workers
+    )
     assert set(standalone.group_pids()) >= {p["pid"] for p in processes}
 
 
@@ -44,8 +58,13 @@ def test_each_process_has_a_title_naming_its_role(standalone):
             titles.add(" ".join(psutil.Process(pid).cmdline()).strip())
         except psutil.NoSuchProcess:
             continue
-    expected = {"streamvault standalone 0", "streamvault controller 0", "streamvault host 0",
-                "streamvault worker 0", "streamvault worker 1"}
+    expected = {
+        "streamvault standalone 0",
+        "streamvault controller 0",
+        "streamvault host 0",
+        "streamvault worker 0",
+        "streamvault worker 1",
+    }
     assert expected <= titles, titles
 
 
@@ -55,20 +74,42 @@ def test_sigint_stops_every_process_cleanly(tmp_path):
     os.killpg(cluster.proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
     assert cluster.proc.wait(timeout=30) == 0, cluster.logs()
     deadline = time.monotonic() + 30
-    while any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
-              for p in pids) and time.monotonic() < deadline:
+    while (
+        any(
+            psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+            for p in pids
+        )
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.05)
-    assert not [p for p in pids if psutil.pid_exists(p)
-                and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    assert not [
+        p
+        for p in pids
+        if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+    ]
     cluster.proc = None
 
 
 def test_restart_with_another_container_count_is_refused(tmp_path):
     cluster = Standalone(tmp_path / "data").start()
     cluster.stop()
-    out = subprocess.run([sys.executable, "-m", "streamvault.tools.cli", "standalone",
-                          "--data-dir", str(tmp_path / "data"), "--port", str(cluster.port),
-                          "--containers", "6", "--ephemeral-ports"],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "streamvault.tools.cli",
+            "standalone",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--port",
+            str(cluster.port),
+            "--containers",
+            "6",
+            "--ephemeral-ports",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 2
     assert "created with 8 containers" in out.stderr

@@ -24,8 +24,15 @@ def free_port() -> int:
 
 
 class Standalone:
-    def __init__(self, data_dir: Path, *, workers: int = 2, containers: int = 8,
-                 port: int | None = None, extra: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        workers: int = 2,
+        containers: int = 8,
+        port: int | None = None,
+        extra: list[str] | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.workers = workers
         self.containers = containers
@@ -44,13 +51,27 @@ class Standalone:
         self.runs += 1
         log_path = self.data_dir.parent / f"standalone-{self.port}-{self.runs}.log"
         self.log_paths.append(log_path)
-        cmd = [sys.executable, "-m", "streamvault.tools.cli", "standalone",
-               "--data-dir", str(self.data_dir), "--port", str(self.port),
-               "--workers", str(self.workers), "--containers", str(self.containers),
-               "--ephemeral-ports", "--no-pin", *self.extra]
+        cmd = [
+            sys.executable,
+            "-m",
+            "streamvault.tools.cli",
+            "standalone",
+            "--data-dir",
+            str(self.data_dir),
+            "--port",
+            str(self.port),
+            "--workers",
+            str(self.workers),
+            "--containers",
+            str(self.containers),
+            "--ephemeral-ports",
+            "--no-pin",
+            *self.extra,
+        ]
         with open(log_path, "wb") as log:
-            self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                cmd, stdout=subprocess.PIPE, stderr=log, start_new_session=True
+            )
         deadline = time.monotonic() + timeout_s
         assert self.proc.stdout is not None
         fd = self.proc.stdout.fileno()
@@ -105,7 +126,9 @@ class Standalone:
             code = self.proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             self.kill()
-            raise AssertionError(f"standalone did not stop in {timeout_s}s:\n{self.logs()}")
+            raise AssertionError(
+                f"standalone did not stop in {timeout_s}s:\n{self.logs()}"
+            ) from None
         self._wait_gone(pids)
         self.proc = None
         return code
@@ -113,8 +136,11 @@ class Standalone:
     def _wait_gone(self, pids: list[int], timeout_s: float = 30.0) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            alive = [p for p in pids if psutil.pid_exists(p)
-                     and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+            alive = [
+                p
+                for p in pids
+                if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+            ]
             if not alive:
                 return
             time.sleep(0.05)

@@ -44,14 +44,17 @@ def check_exactly_once(events: Iterable[bytes], expected: dict[int, int]) -> Non
             missing = sorted(set(range(count)) - set(got))
             dups = len(got) - len(set(got))
             reordered = any(a >= b for a, b in zip(got, got[1:], strict=False))
-            problems.append(f"key {key}: {len(got)}/{count} events, missing={missing[:5]} "
-                            f"(+{max(0, len(missing) - 5)}), duplicates={dups}, "
-                            f"reordered={reordered}")
+            problems.append(
+                f"key {key}: {len(got)}/{count} events, missing={missing[:5]} "
+                f"(+{max(0, len(missing) - 5)}), duplicates={dups}, "
+                f"reordered={reordered}"
+            )
     assert not problems, "\n".join(problems[:20])
 
 
-def read_all(manager, scope: str, stream: str, *, total: int, readers: int = 2,
-             deadline_s: float = 120.0) -> list[bytes]:
+def read_all(
+    manager, scope: str, stream: str, *, total: int, readers: int = 2, deadline_s: float = 120.0
+) -> list[bytes]:
     """Read `total` events through a new reader group of `readers` readers (in threads)."""
     group = unique("g")
     manager.create_reader_group(scope, group, [stream])

@@ -22,8 +22,15 @@ def append_blocks(draw):
     count = draw(st.integers(min_value=1, max_value=50))
     first = draw(st.integers(min_value=0, max_value=1 << 40))
     payload = draw(st.binary(min_size=4 * count, max_size=4 * count + 300))
-    return m.AppendBlock(draw(writer_ids), first, first + count - 1 + draw(st.integers(0, 9)),
-                         count, draw(st.integers(-1, 1 << 40)), draw(names), payload)
+    return m.AppendBlock(
+        draw(writer_ids),
+        first,
+        first + count - 1 + draw(st.integers(0, 9)),
+        count,
+        draw(st.integers(-1, 1 << 40)),
+        draw(names),
+        payload,
+    )
 
 
 @st.composite
@@ -42,13 +49,28 @@ bodies = st.one_of(
     st.builds(m.DataAppended, writer_ids, st.integers(-1, 1 << 50), i64, st.booleans(), names),
     st.builds(m.ReadSegment, i64, st.integers(1, 4 << 20), st.integers(0, 60_000), names),
     st.builds(m.Hello, st.integers(0, 9), st.integers(0, 9), st.text(max_size=20)),
-    st.builds(m.CreateStream, scope=st.text(max_size=20), stream=st.text(max_size=20),
-              initial_segments=st.integers(1, 100)),
-    st.builds(m.Heartbeat, role=st.text(max_size=9), id=st.text(max_size=9), pid=st.integers(0, 1 << 30),
-              endpoint=st.text(max_size=30), state=st.text(max_size=9),
-              containers=st.lists(st.integers(0, 1000), max_size=5)),
-    st.builds(m.SegmentInfo, segment=st.text(max_size=30), length=i64, start_offset=i64,
-              sealed=st.booleans()),
+    st.builds(
+        m.CreateStream,
+        scope=st.text(max_size=20),
+        stream=st.text(max_size=20),
+        initial_segments=st.integers(1, 100),
+    ),
+    st.builds(
+        m.Heartbeat,
+        role=st.text(max_size=9),
+        id=st.text(max_size=9),
+        pid=st.integers(0, 1 << 30),
+        endpoint=st.text(max_size=30),
+        state=st.text(max_size=9),
+        containers=st.lists(st.integers(0, 1000), max_size=5),
+    ),
+    st.builds(
+        m.SegmentInfo,
+        segment=st.text(max_size=30),
+        length=i64,
+        start_offset=i64,
+        sealed=st.booleans(),
+    ),
 )
 
 
@@ -123,8 +145,16 @@ def test_limits_are_checked_before_bodies():
     with pytest.raises(InvalidMessage, match="max_bytes"):
         codec.decode([head + codec.READ_SEGMENT.pack(0, 1 << 30, 0, 5) + b"a/b/0"])
     with pytest.raises(InvalidMessage, match="event_count"):
-        codec.decode([head[:1] + bytes([m.MsgType.APPEND_BLOCK]) + head[2:]
-                      + codec.APPEND_BLOCK.pack(b"w" * 16, 0, 0, 0, -1, 0, 5) + b"a/b/0", b""])
+        codec.decode(
+            [
+                head[:1]
+                + bytes([m.MsgType.APPEND_BLOCK])
+                + head[2:]
+                + codec.APPEND_BLOCK.pack(b"w" * 16, 0, 0, 0, -1, 0, 5)
+                + b"a/b/0",
+                b"",
+            ]
+        )
     with pytest.raises(InvalidMessage, match="payload_bytes"):
         codec.decode(codec.encode(m.AppendBlock(b"w" * 16, 0, 9, 10, -1, b"a/b/0", b"xx"), 1))
     with pytest.raises(UnsupportedVersion):

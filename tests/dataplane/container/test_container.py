@@ -40,7 +40,7 @@ class Harness:
     def commit(self) -> list[object]:
         """Build and 'durably write' every queued record; return the decoded replies."""
         out = []
-        while (built := self.container.build_frame(lambda n: WriteBuffer(n, pooled=False))):
+        while built := self.container.build_frame(lambda n: WriteBuffer(n, pooled=False)):
             buffer, size, token = built
             self.records.append(bytes(buffer.payload[:size]))
             effects, _ = self.container.committed(token, 1, 4096 * len(self.records))
@@ -54,8 +54,16 @@ class Harness:
         self.container.setup_append(PEER, 2, m.SetupAppend(W1, name))
         self.container.setup_append(PEER, 3, m.SetupAppend(W2, name))
 
-    def append(self, writer: bytes, first: int, last: int, events: list[bytes], *,
-               expected: int = -1, name: bytes = SEG):
+    def append(
+        self,
+        writer: bytes,
+        first: int,
+        last: int,
+        events: list[bytes],
+        *,
+        expected: int = -1,
+        name: bytes = SEG,
+    ):
         data = framed(*events)
         block = m.AppendBlock(writer, first, last, len(events), expected, name, data)
         return self.reply(self.container.append(PEER, 9, block, len(data)))

@@ -44,10 +44,14 @@ class ContainerOverLog(RuleBasedStateMachine):
         self.done: list = []
         self.cond = threading.Condition()
         self.committer = Committer(self._deliver, lambda exc: None)
-        self.log = LocalDurableLog(str(self.root / "log"), key="c0",
-                                   store=LocalFileStore(str(self.root / "coord")),
-                                   committer=self.committer, mode=durability_mode(str(self.root)),
-                                   config=CONFIG)
+        self.log = LocalDurableLog(
+            str(self.root / "log"),
+            key="c0",
+            store=LocalFileStore(str(self.root / "coord")),
+            committer=self.committer,
+            mode=durability_mode(str(self.root)),
+            config=CONFIG,
+        )
         self.container = Container(0, frame_payload_bytes=CONFIG.frame_payload_bytes)
         for location, payload in self.log.recover():
             self.container.replay(payload, location.ledger_id, location.record_pos)
@@ -85,8 +89,9 @@ class ContainerOverLog(RuleBasedStateMachine):
         for log_, buffer, token, location in done:
             log_.release(buffer)
             if apply:
-                effects, _ = self.container.committed(token, location.ledger_id,
-                                                      location.record_pos)
+                effects, _ = self.container.committed(
+                    token, location.ledger_id, location.record_pos
+                )
                 replies += [frames for _, frames in effects]
         return replies
 
@@ -103,20 +108,21 @@ class ContainerOverLog(RuleBasedStateMachine):
         if isinstance(body, m.DataAppended):
             writer = body.writer_id
             self.acked[writer] = max(self.acked[writer], body.last_event_number)
-            self.unacked[writer] = [b for b in self.unacked[writer]
-                                    if b.last_event_number > self.acked[writer]]
+            self.unacked[writer] = [
+                b for b in self.unacked[writer] if b.last_event_number > self.acked[writer]
+            ]
 
     # --- rules ---------------------------------------------------------------------------
-    @rule(writer=st.sampled_from(WRITERS), count=st.integers(1, 6),
-          size=st.integers(0, 3000))
+    @rule(writer=st.sampled_from(WRITERS), count=st.integers(1, 6), size=st.integers(0, 3000))
     def append(self, writer: bytes, count: int, size: int) -> None:
         if writer in self.must_resend:  # as the client does: resend first after a reconnect
             self.retry(writer)
         first = self.next_number[writer]
         self.next_number[writer] = first + count
         payloads = [b"%s:%d:" % (writer[:1], n) + b"." * size for n in range(first, first + count)]
-        block = m.AppendBlock(writer, first, first + count - 1, count, -1, SEG,
-                              events.frame_events(payloads))
+        block = m.AppendBlock(
+            writer, first, first + count - 1, count, -1, SEG, events.frame_events(payloads)
+        )
         self.sent[writer].append((first, first + count - 1, block.payload))
         self.unacked[writer].append(block)
         reply = self.container.append(PEER, 1, block, len(block.payload))
@@ -169,8 +175,9 @@ class ContainerOverLog(RuleBasedStateMachine):
         seg = self.container.segments[SEG]
         data = b""
         if seg.length:
-            data = b"".join(self.log.read(p.ledger_id, p.position, p.length)
-                            for p in seg.plan(0, seg.length))
+            data = b"".join(
+                self.log.read(p.ledger_id, p.position, p.length) for p in seg.plan(0, seg.length)
+            )
         assert len(data) == seg.length
         found, used = events.split_events(data, 0)
         assert used == len(data), "the segment ends on an event boundary"
@@ -191,6 +198,7 @@ class ContainerOverLog(RuleBasedStateMachine):
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-ContainerOverLog.TestCase.settings = settings(max_examples=40, stateful_step_count=30,
-                                              deadline=None)
+ContainerOverLog.TestCase.settings = settings(
+    max_examples=40, stateful_step_count=30, deadline=None
+)
 TestContainerOverLog = ContainerOverLog.TestCase

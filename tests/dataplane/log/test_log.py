@@ -30,14 +30,20 @@ SMALL = LogConfig(ledger_bytes=64 * 1024 * 1024, frame_payload_bytes=64 * 1024, 
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.binary(max_size=9000), st.integers(0, 1 << 40), st.integers(0, 1 << 40),
-       st.integers(0, 1 << 30), st.integers(-1, 1 << 40))
+@given(
+    st.binary(max_size=9000),
+    st.integers(0, 1 << 40),
+    st.integers(0, 1 << 40),
+    st.integers(0, 1 << 30),
+    st.integers(-1, 1 << 40),
+)
 def test_record_round_trip_and_any_bit_flip_is_detected(payload, ledger, entry, epoch, lac):
     buffer = WriteBuffer(len(payload) + 1, pooled=False)
     try:
         buffer.payload[: len(payload)] = payload
-        total = seal_record(buffer.view, len(payload), ledger_id=ledger, entry_id=entry,
-                            epoch=epoch, lac=lac)
+        total = seal_record(
+            buffer.view, len(payload), ledger_id=ledger, entry_id=entry, epoch=epoch, lac=lac
+        )
         assert total == record_bytes(len(payload)) and total % BLOCK_BYTES == 0
         data = bytearray(buffer.view[:total])
     finally:
@@ -63,10 +69,14 @@ class LogHarness:
         self.cond = threading.Condition()
         self.fatal: list[BaseException] = []
         self.committer = Committer(self._deliver, self.fatal.append)
-        self.log = LocalDurableLog(str(root / "log"), key="c0",
-                                   store=LocalFileStore(str(root / "coord")),
-                                   committer=self.committer, mode=durability_mode(str(root)),
-                                   config=config)
+        self.log = LocalDurableLog(
+            str(root / "log"),
+            key="c0",
+            store=LocalFileStore(str(root / "coord")),
+            committer=self.committer,
+            mode=durability_mode(str(root)),
+            config=config,
+        )
 
     def _deliver(self, done: list) -> None:
         with self.cond:
