@@ -68,7 +68,7 @@ class LogHarness:
         self.released = 0
         self.cond = threading.Condition()
         self.fatal: list[BaseException] = []
-        self.committer = Committer(self._deliver, self.fatal.append)
+        self.committer = Committer(self._deliver, self._on_fatal)
         self.log = LocalDurableLog(
             str(root / "log"),
             key="c0",
@@ -81,6 +81,11 @@ class LogHarness:
     def _deliver(self, done: list) -> None:
         with self.cond:
             self.done.extend(done)
+            self.cond.notify_all()
+
+    def _on_fatal(self, exc: BaseException) -> None:
+        with self.cond:
+            self.fatal.append(exc)
             self.cond.notify_all()
 
     def recover(self) -> list[bytes]:
@@ -256,3 +261,29 @@ def test_buffered_mode_log_recovers_like_direct_mode(tmp_path, monkeypatch):
     again = LogHarness(tmp_path)
     assert again.recover() == written
     again.close()
+
+
+def test_fsync_error_is_fail_stop_and_nothing_of_that_cycle_is_acknowledged(tmp_path, monkeypatch):
+    harness = LogHarness(tmp_path)
+    harness.recover()
+    harness.append(_payloads(3))
+    acknowledged = len(harness.done)
+    calls = []
+
+    def failing_fdatasync(fd: int) -> None:
+        calls.append(fd)
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fdatasync", failing_fdatasync)
+    buffer = harness.log.acquire_buffer(100)
+    buffer.payload[:5] = b"hello"
+    harness.log.submit(buffer, 5, b"hello")
+    with harness.cond:
+        assert harness.cond.wait_for(lambda: harness.fatal, timeout=30)
+    assert calls, "the sync was attempted"
+    assert len(calls) == 1, "a failed fsync is never retried"
+    assert len(harness.done) == acknowledged, "nothing of the failed cycle is acknowledged"
+    assert isinstance(harness.fatal[0], OSError)
+    monkeypatch.undo()
+    harness.committer.stop()
+    harness.log.close()
