@@ -278,9 +278,20 @@ def print_report(report: dict) -> None:
             f"{r['p95_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['max_ms']:>9.2f}  {r['runs']}"
         )
     if report["baselines"]:
+        import baselines as peers
+
         print("baselines (same session):")
-        for b in report["baselines"]:
-            print("  " + json.dumps(b, sort_keys=True))
+        print(peers.render(report["baselines"]))
+        bare = peers.rate_of(report["baselines"], "bare", "events_per_s")
+        redis = peers.rate_of(report["baselines"], "redis-benchmark", "requests_per_s")
+        for r in report["streamvault"]:
+            ratios = []
+            if bare:
+                ratios.append(f"{r['events_per_s'] / bare:.2f}x the bare append path")
+            if redis:
+                ratios.append(f"{r['events_per_s'] / redis:.1f}x Redis XADD (appendfsync always)")
+            if ratios:
+                print(f"{r['api']}: " + ", ".join(ratios))
 
 
 if __name__ == "__main__":
