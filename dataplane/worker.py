@@ -31,6 +31,7 @@ import zmq
 from streamvault.client.protocol import codec, transport
 from streamvault.client.protocol import messages as m
 from streamvault.client.protocol.errors import (
+    DataCorruption,
     InternalError,
     InvalidMessage,
     StreamVaultError,
@@ -100,6 +101,7 @@ class Worker:
         self.stopping = False
         self.committer = Committer(self._deliver, self._on_fatal)
         self.containers: dict[int, Container] = {}
+        self.failed: dict[int, DataCorruption] = {}
         self.logs: dict[int, LocalDurableLog] = {}
         self.peer_seen: dict[bytes, float] = {}
         self.invalid_counts: dict[bytes, int] = {}
@@ -140,9 +142,18 @@ class Worker:
                 config=cfg.log,
             )
             records = 0
-            for location, payload in dlog.recover():
-                container.replay(payload, location.ledger_id, location.record_pos)
-                records += 1
+            try:
+                for location, payload in dlog.recover():
+                    container.replay(payload, location.ledger_id, location.record_pos)
+                    records += 1
+            except DataCorruption as exc:
+                # Stop this container only; the worker goes on serving its other ones, and
+                # every request for this one is answered with the error until an operator
+                # repairs the log (a replica repairs it once the log is replicated).
+                log.critical("worker=%d container=%d stopped: %s", cfg.worker_id, cid, exc)
+                self.failed[cid] = exc
+                dlog.close()
+                continue
             dlog.start()
             self.containers[cid] = container
             self.logs[cid] = dlog
@@ -286,6 +297,9 @@ class Worker:
         cid = container_for(name, self.config.container_count)
         container = self.containers.get(cid)
         if container is None:
+            if cid in self.failed:
+                exc = self.failed[cid]
+                raise DataCorruption(f"container {cid} is stopped: {exc.message}", container=cid)
             raise WrongHost(
                 f"segment {name.decode()} is in container {cid}, not on worker "
                 f"{self.config.worker_id}",
@@ -386,6 +400,7 @@ class Worker:
             counters.update(container.counters)
         return {
             "durability_mode": self.mode,
+            "failed_containers": {str(c): e.message for c, e in self.failed.items()},
             "dropped_sends": self.dropped_sends,
             "commit_cycles": self.committer.cycles,
             "commit_syncs": self.committer.syncs,

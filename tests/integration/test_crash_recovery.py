@@ -9,6 +9,7 @@ import threading
 import time
 
 import psutil
+import pytest
 from support.history import check_exactly_once, event, expected_counts, read_all, unique
 
 from streamvault.client import StreamManager
@@ -112,3 +113,47 @@ def test_clean_stop_and_restart_resumes_where_it_stopped(standalone):
                 writer.write_event(event(i % 8, i // 8), routing_key=f"k{i % 8}")
         got = read_all(mgr, scope, stream, total=10_000)
     check_exactly_once(got, {k: 10_000 // 8 for k in range(8)})
+
+
+def test_corruption_in_the_middle_of_a_log_stops_only_that_container(standalone):
+    """A flipped byte in acknowledged data: that container stops with DataCorruption, the
+    cluster still starts, and every other container keeps serving."""
+    from streamvault.client.protocol.errors import DataCorruption
+    from streamvault.client.protocol.naming import container_for
+    from streamvault.dataplane.log.framing import RECORD_HEADER_BYTES
+
+    scope, bad, good = unique("s"), unique("bad"), unique("good")
+    with StreamManager(standalone.controller) as mgr:
+        mgr.create_scope(scope)
+        mgr.create_stream(scope, bad, initial_segments=1)
+        segment = mgr.get_stream_info(scope, bad).segments[0].segment
+        container = container_for(segment, standalone.containers)
+        candidates = [unique("good") for _ in range(100)]
+        good = next(
+            n
+            for n in candidates
+            if container_for(f"{scope}/{n}/0", standalone.containers) != container
+        )
+        mgr.create_stream(scope, good, initial_segments=1)
+        with mgr.create_writer(scope, bad) as writer:
+            for batch in range(5):
+                writer.write_events([event(0, batch * 100 + i) for i in range(100)]).result(30)
+    standalone.stop()
+    ledgers = sorted((standalone.data_dir / "log" / f"container-{container:04d}").glob("*.log"))
+    with open(ledgers[0], "r+b") as f:  # the payload of entry 0 (the CREATE, long durable)
+        f.seek(RECORD_HEADER_BYTES + 2)
+        byte = f.read(1)
+        f.seek(RECORD_HEADER_BYTES + 2)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    standalone.start()
+    with StreamManager(standalone.controller) as mgr:
+        workers = [p for p in mgr.status().processes if p.role == "worker"]
+        failed = {c: msg for w in workers for c, msg in w.info["failed_containers"].items()}
+        assert list(failed) == [str(container)] and "confirms it durable" in failed[str(container)]
+        writer = mgr.create_writer(scope, bad)
+        with pytest.raises(DataCorruption):
+            writer.write_event(b"x").result(timeout=30)
+        writer.close(timeout=0)
+        with mgr.create_writer(scope, good) as writer:
+            writer.write_event(event(0, 0)).result(timeout=30)
+        assert read_all(mgr, scope, good, total=1, readers=1) == [event(0, 0)]
