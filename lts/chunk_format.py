@@ -1,0 +1,162 @@
+"""The format of a chunk in long-term storage: zstd frames that decode independently, an
+index, and a footer, so that a range read fetches and decompresses only the frames it needs.
+
+    frame 0 | frame 1 | ... | frame n-1 | index | footer
+
+- frame i: one zstd frame (with its content checksum) of raw bytes
+  [i * frame_raw_bytes, min((i + 1) * frame_raw_bytes, raw_bytes));
+- index: per frame, its compressed size (u32) and the CRC32C of its compressed bytes (u32):
+  zstd's own checksum covers the content but not the frame header, so every byte of a
+  frame is covered here;
+- footer (FOOTER, 40 bytes): magic, version, frame_raw_bytes, frame count, raw bytes,
+  index offset, CRC32C of the index, CRC32C of the footer's first 32 bytes.
+
+A damaged footer or index is `DataCorruption`; a damaged frame fails its zstd checksum,
+also `DataCorruption`. Chunks never change after they are written.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from itertools import accumulate
+from typing import NamedTuple
+
+import crc32c
+import zstandard
+
+from streamvault.client.protocol.errors import DataCorruption, InvalidArgument
+
+CHUNK_MAGIC = 0x4B435653  # b"SVCK" little-endian
+CHUNK_VERSION = 1
+FOOTER = struct.Struct("<IHHIIQQII")
+FOOTER_BYTES = FOOTER.size
+FRAME_RAW_BYTES = 256 * 1024
+"""Raw bytes per frame: the unit a range read decompresses."""
+COMPRESSION_LEVEL = 1
+FRAMES_MAX = 1 << 20
+
+
+class ChunkIndex(NamedTuple):
+    raw_bytes: int
+    frame_raw_bytes: int
+    frame_offsets: tuple[int, ...]  # compressed offset of each frame, plus the end
+    frame_crcs: tuple[int, ...]
+    index_offset: int
+
+    @property
+    def frame_count(self) -> int:
+        return len(self.frame_offsets) - 1
+
+    def frames_for(self, offset: int, length: int) -> range:
+        """The frames holding raw bytes [offset, offset + length)."""
+        if length <= 0 or offset >= self.raw_bytes:
+            return range(0)
+        first = offset // self.frame_raw_bytes
+        last = (min(offset + length, self.raw_bytes) - 1) // self.frame_raw_bytes
+        return range(first, last + 1)
+
+
+def encode_chunk(
+    data: bytes | memoryview,
+    *,
+    frame_raw_bytes: int = FRAME_RAW_BYTES,
+    level: int = COMPRESSION_LEVEL,
+) -> bytes:
+    """Compress `data` into one chunk."""
+    if frame_raw_bytes <= 0:
+        raise InvalidArgument(f"frame_raw_bytes={frame_raw_bytes} must be > 0", field="frame")
+    view = memoryview(data).cast("B")
+    compressor = zstandard.ZstdCompressor(level=level, write_checksum=True, write_content_size=True)
+    frames = [
+        compressor.compress(view[pos : pos + frame_raw_bytes])
+        for pos in range(0, len(view), frame_raw_bytes)
+    ]
+    if len(frames) > FRAMES_MAX:
+        raise InvalidArgument(
+            f"chunk of {len(view)} bytes needs {len(frames)} frames > {FRAMES_MAX}", field="data"
+        )
+    index = b"".join(struct.pack("<II", len(f), crc32c.crc32c(f)) for f in frames)
+    index_offset = sum(map(len, frames))
+    head = struct.pack(
+        "<IHHIIQQI",
+        CHUNK_MAGIC,
+        CHUNK_VERSION,
+        0,
+        frame_raw_bytes,
+        len(frames),
+        len(view),
+        index_offset,
+        crc32c.crc32c(index),
+    )
+    footer = head + struct.pack("<I", crc32c.crc32c(head))
+    return b"".join([*frames, index, footer])
+
+
+def parse_tail(tail: bytes, chunk_bytes: int) -> ChunkIndex:
+    """Parse the index and footer from the last bytes of a chunk (`tail` must hold at least
+    the footer; `index_bytes(...)` says how much more is needed for the index)."""
+    if len(tail) < FOOTER_BYTES:
+        raise DataCorruption(f"chunk footer: {len(tail)} bytes < {FOOTER_BYTES}")
+    footer = tail[-FOOTER_BYTES:]
+    magic, version, _, frame_raw, count, raw, index_offset, index_crc, crc = FOOTER.unpack(footer)
+    if magic != CHUNK_MAGIC or crc != crc32c.crc32c(footer[:-4]):
+        raise DataCorruption("chunk footer: bad magic or checksum")
+    if version != CHUNK_VERSION:
+        raise DataCorruption(f"chunk footer: version {version} not {CHUNK_VERSION}")
+    index_len = 8 * count
+    if index_offset + index_len + FOOTER_BYTES != chunk_bytes or frame_raw <= 0:
+        raise DataCorruption(
+            f"chunk footer: index at {index_offset} (+{index_len}) does not "
+            f"fit a chunk of {chunk_bytes} bytes"
+        )
+    if len(tail) < index_len + FOOTER_BYTES:
+        raise ValueError("tail too short for the index")
+    index = tail[-FOOTER_BYTES - index_len : -FOOTER_BYTES] if index_len else b""
+    if crc32c.crc32c(index) != index_crc:
+        raise DataCorruption("chunk index: checksum mismatch")
+    pairs = struct.unpack(f"<{2 * count}I", index)
+    offsets = (0, *accumulate(pairs[0::2]))
+    if offsets[-1] != index_offset or count != -(-raw // frame_raw):
+        raise DataCorruption("chunk index: frame sizes do not add up")
+    return ChunkIndex(raw, frame_raw, offsets, pairs[1::2], index_offset)
+
+
+def read_index(read: Callable[[int, int], bytes], chunk_bytes: int) -> ChunkIndex:
+    """Fetch and parse a chunk's index with at most two range reads."""
+    if chunk_bytes < FOOTER_BYTES:
+        raise DataCorruption(f"chunk of {chunk_bytes} bytes is shorter than its footer")
+    guess = min(chunk_bytes, FOOTER_BYTES + 4096)
+    tail = read(chunk_bytes - guess, guess)
+    count = FOOTER.unpack(tail[-FOOTER_BYTES:])[4]
+    need = FOOTER_BYTES + 8 * count
+    if need > len(tail) and need <= chunk_bytes:
+        tail = read(chunk_bytes - need, need)
+    return parse_tail(tail, chunk_bytes)
+
+
+def read_range(
+    read: Callable[[int, int], bytes], index: ChunkIndex, offset: int, length: int
+) -> bytes:
+    """Raw bytes [offset, offset + length) of a chunk (short at its end), fetching the
+    compressed span of only the frames involved in one range read."""
+    if offset < 0 or length < 0:
+        raise InvalidArgument(f"read_range: offset={offset} length={length}", field="range")
+    frames = index.frames_for(offset, length)
+    if not frames:
+        return b""
+    start = index.frame_offsets[frames.start]
+    span = read(start, index.frame_offsets[frames.stop] - start)
+    decompressor = zstandard.ZstdDecompressor()
+    parts = []
+    for i in frames:
+        frame = span[index.frame_offsets[i] - start : index.frame_offsets[i + 1] - start]
+        if crc32c.crc32c(frame) != index.frame_crcs[i]:
+            raise DataCorruption(f"chunk frame {i}: checksum mismatch")
+        try:
+            parts.append(decompressor.decompress(frame))
+        except zstandard.ZstdError as exc:
+            raise DataCorruption(f"chunk frame {i}: {exc}") from exc
+    raw = b"".join(parts)
+    skip = offset - frames.start * index.frame_raw_bytes
+    return raw[skip : skip + length]
