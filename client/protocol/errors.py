@@ -161,6 +161,18 @@ class StreamSealed(InvalidRequestError):
     code = 426
 
 
+class ChunkNotFound(InvalidRequestError):
+    """An LTS chunk does not exist (never created, or deleted)."""
+
+    code = 430
+
+
+class ChunkExists(InvalidRequestError):
+    """An LTS chunk create found the name taken: chunks are never overwritten."""
+
+    code = 431
+
+
 def _all_subclasses(cls: type[StreamVaultError]) -> list[type[StreamVaultError]]:
     out = [cls]
     for sub in cls.__subclasses__():

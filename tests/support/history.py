@@ -53,10 +53,17 @@ def check_exactly_once(events: Iterable[bytes], expected: dict[int, int]) -> Non
 
 
 def read_all(
-    manager, scope: str, stream: str, *, total: int, readers: int = 2, deadline_s: float = 120.0
+    manager,
+    scope: str,
+    stream: str,
+    *,
+    total: int,
+    readers: int = 2,
+    deadline_s: float = 120.0,
+    group: str | None = None,
 ) -> list[bytes]:
     """Read `total` events through a new reader group of `readers` readers (in threads)."""
-    group = unique("g")
+    group = group or unique("g")
     manager.create_reader_group(scope, group, [stream])
     members = [manager.create_reader(scope, group, f"r{i}") for i in range(readers)]
     results: list[list[bytes]] = [[] for _ in members]
