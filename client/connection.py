@@ -11,7 +11,6 @@ a deadline.
 
 from __future__ import annotations
 
-import itertools
 import random
 import time
 from collections.abc import Callable
@@ -21,6 +20,7 @@ import zmq
 
 from streamvault.client.protocol import codec, transport
 from streamvault.client.protocol import messages as m
+from streamvault.client.protocol.codec import next_request_id
 from streamvault.client.protocol.errors import (
     ConnectionLost,
     InvalidMessage,
@@ -31,11 +31,6 @@ from streamvault.client.protocol.errors import (
 from streamvault.client.protocol.limits import PROTOCOL_VERSION, PROTOCOL_VERSION_MIN
 
 T = TypeVar("T")
-_request_ids = itertools.count(1)
-
-
-def next_request_id() -> int:
-    return next(_request_ids)
 
 
 class Channel:

@@ -70,6 +70,6 @@ class Registry:
                     age_s=round(age, 3),
                 )
             )
-        order = {"standalone": 0, "controller": 1, "host": 2, "worker": 3}
+        order = {"standalone": 0, "controller": 1, "host": 2, "uploader": 3, "worker": 4}
         out.sort(key=lambda p: (order.get(p.role, 9), p.id.zfill(8)))
         return out

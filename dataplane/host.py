@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -24,6 +25,11 @@ import zmq
 
 from streamvault.client.protocol import messages as m
 from streamvault.client.protocol import transport
+from streamvault.dataplane.cache.shared_cache import (
+    SharedCache,
+    cache_path_for,
+    default_cache_bytes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +50,15 @@ class HostConfig:
     pin_cpus: bool = True
     log_level: str = "INFO"
     stop_timeout_s: float = 10.0
+    cache_bytes: int = 0
+    """Shared cache size (0: default_cache_bytes())."""
+    cache_block_bytes: int = 64 * 1024
+    lts: str = ""
+    """Chunk store spec; empty: `file:<data_dir>/lts`."""
+    s3_endpoint: str | None = None
+    flush_bytes: int = 0
+    """Bytes of a segment not yet in LTS that trigger an upload (0: derived from the cache)."""
+    flush_wait_s: float = 30.0
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -83,6 +98,31 @@ class Host:
         self.stopping = False
         self.ctx = zmq.Context()
         self.heartbeat = transport.HeartbeatSender(self.ctx, config.controller)
+        self.lts = config.lts or f"file:{os.path.join(os.path.abspath(config.data_dir), 'lts')}"
+        self.cache_path = cache_path_for(config.data_dir)
+        cache_bytes = config.cache_bytes or default_cache_bytes()
+        self.cache = SharedCache.create(
+            self.cache_path,
+            cache_bytes,
+            regions=config.workers,
+            block_bytes=config.cache_block_bytes,
+        )
+        region_bytes = self.cache.blocks_per_region * self.cache.block_bytes
+        self.flush_bytes = config.flush_bytes or max(64 * 1024, min(8 << 20, region_bytes // 16))
+        self.upload_bytes = max(self.flush_bytes, min(64 << 20, region_bytes // 4))
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.uploader_endpoint = f"tcp://127.0.0.1:{probe.getsockname()[1]}"
+        self.uploader = _Slot(-1, [], None, self.uploader_endpoint)
+        log.info(
+            "host=%s cache=%s bytes=%d blocks/region=%d lts=%s flush_bytes=%d",
+            config.host_id,
+            self.cache_path,
+            cache_bytes,
+            self.cache.blocks_per_region,
+            self.lts,
+            self.flush_bytes,
+        )
 
     def _command(self, slot: _Slot) -> list[str]:
         cfg = self.config
@@ -112,25 +152,75 @@ class Host:
             cmd += ["--cpu", str(slot.cpu)]
         if not cfg.allow_direct_io:
             cmd.append("--no-direct-io")
+        cmd += [
+            "--cache-path",
+            self.cache_path,
+            "--lts",
+            self.lts,
+            "--uploader",
+            self.uploader_endpoint,
+            "--flush-bytes",
+            str(self.flush_bytes),
+            "--upload-bytes",
+            str(self.upload_bytes),
+            "--flush-wait",
+            str(cfg.flush_wait_s),
+        ]
+        if cfg.s3_endpoint:
+            cmd += ["--s3-endpoint", cfg.s3_endpoint]
+        return cmd
+
+    def _uploader_command(self) -> list[str]:
+        cmd = [
+            sys.executable,
+            "-m",
+            "streamvault.tools.cli",
+            "uploader",
+            "--bind",
+            self.uploader_endpoint,
+            "--cache-path",
+            self.cache_path,
+            "--lts",
+            self.lts,
+            "--controller",
+            self.config.controller,
+            "--parent-pid",
+            str(os.getpid()),
+            "--log-level",
+            self.config.log_level,
+        ]
+        if self.config.s3_endpoint:
+            cmd += ["--s3-endpoint", self.config.s3_endpoint]
         return cmd
 
     def _spawn(self, slot: _Slot) -> None:
-        slot.proc = subprocess.Popen(self._command(slot))
+        command = self._uploader_command() if slot is self.uploader else self._command(slot)
+        slot.proc = subprocess.Popen(command)
         log.info(
-            "host=%s worker=%d started pid=%d containers=%s",
+            "host=%s %s started pid=%d",
             self.config.host_id,
-            slot.worker_id,
+            "uploader" if slot is self.uploader else f"worker={slot.worker_id}",
             slot.proc.pid,
-            slot.containers,
         )
 
     def run(self) -> int:
+        try:
+            return self._run()
+        finally:
+            self.cache.close()
+            try:
+                os.unlink(self.cache_path)
+            except FileNotFoundError:
+                pass
+
+    def _run(self) -> int:
+        self._spawn(self.uploader)
         for slot in self.slots:
             self._spawn(slot)
         next_beat = 0.0
         while not self.stopping:
             now = time.monotonic()
-            for slot in self.slots:
+            for slot in [self.uploader, *self.slots]:
                 self._watch(slot, now)
             if now >= next_beat:
                 self._beat()
@@ -169,6 +259,11 @@ class Host:
             {"id": s.worker_id, "pid": s.proc.pid if s.proc else 0, "restarts": s.restarts}
             for s in self.slots
         ]
+        uploader = {
+            "pid": self.uploader.proc.pid if self.uploader.proc else 0,
+            "restarts": self.uploader.restarts,
+            "endpoint": self.uploader_endpoint,
+        }
         self.heartbeat.beat(
             m.Heartbeat(
                 role="host",
@@ -176,7 +271,12 @@ class Host:
                 pid=os.getpid(),
                 endpoint="",
                 state="up",
-                info={"workers": workers},
+                info={
+                    "workers": workers,
+                    "uploader": uploader,
+                    "cache_path": self.cache_path,
+                    "lts": self.lts,
+                },
             )
         )
 
@@ -184,7 +284,7 @@ class Host:
         self.stopping = True
 
     def _stop_workers(self) -> None:
-        procs = [s.proc for s in self.slots if s.proc is not None]
+        procs = [s.proc for s in [*self.slots, self.uploader] if s.proc is not None]
         for proc in procs:
             proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + self.config.stop_timeout_s

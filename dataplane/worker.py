@@ -23,6 +23,7 @@ import os
 import signal
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,14 +40,20 @@ from streamvault.client.protocol.errors import (
     WrongHost,
 )
 from streamvault.client.protocol.limits import (
+    BLOCK_BYTES_MAX,
     INVALID_MESSAGES_BEFORE_DISCONNECT,
     PROTOCOL_VERSION,
     PROTOCOL_VERSION_MIN,
 )
 from streamvault.client.protocol.naming import container_for
+from streamvault.dataplane.cache import BlockRing, SharedCache
+from streamvault.dataplane.cache.segment_cache import SegmentCache
 from streamvault.dataplane.container import Container, ReadPlan
+from streamvault.dataplane.container.tiering import TieringConfig
 from streamvault.dataplane.log import Committer, LocalDurableLog, LocalFileStore, LogConfig
 from streamvault.dataplane.log.probe import durability_mode
+from streamvault.dataplane.storage_writer import StorageWriter
+from streamvault.lts.uri import open_chunk_store
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +68,8 @@ dropped; a writer that comes back repeats SetupAppend (ROUTER_NOTIFY, which woul
 about disconnects, is a draft API in libzmq 4.3)."""
 PEERS_MAX = 10_000
 SWEEP_INTERVAL_S = 10.0
+THROTTLE_DELAY_S_MAX = 0.02
+"""While throttling, the socket is read at most every (1 - credit) x this."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +84,13 @@ class WorkerConfig:
     allow_direct_io: bool = True
     queued_bytes_max: int = 64 * 1024 * 1024
     log: LogConfig = field(default_factory=LogConfig)
+    cache_path: str = ""
+    """The host's shared cache file; this worker writes region `worker_id` of it."""
+    lts: str = ""
+    """Chunk store spec (`file:DIR`, `s3://BUCKET[/PREFIX]`); empty: no LTS (nothing unpins)."""
+    s3_endpoint: str | None = None
+    uploader: str = ""
+    tiering: TieringConfig = field(default_factory=TieringConfig)
 
     def __post_init__(self) -> None:
         if self.container_count <= 0:
@@ -113,6 +129,11 @@ class Worker:
         self.state = "starting"
         self.now = time.monotonic()
         self._controller: transport.HeartbeatSender | None = None
+        self.cache: SharedCache | None = None
+        self.ring: BlockRing | None = None
+        self.segment_cache: SegmentCache | None = None
+        self.storage: StorageWriter | None = None
+        self.posted: collections.deque[Callable[[], None]] = collections.deque()
 
     # --- committer callbacks (committer thread) -------------------------------------------
     def _deliver(self, done: list[Any]) -> None:
@@ -123,6 +144,11 @@ class Worker:
         self.fatal = exc
         self.waker.wake()
 
+    def _post(self, fn: Callable[[], None]) -> None:
+        """Run `fn` on the loop thread (from the storage pool)."""
+        self.posted.append(fn)
+        self.waker.wake()
+
     # --- start ---------------------------------------------------------------------------
     def open(self) -> None:
         cfg = self.config
@@ -130,9 +156,18 @@ class Worker:
         os.makedirs(log_root, exist_ok=True)
         self.mode = durability_mode(log_root, allow_direct=cfg.allow_direct_io)
         store = LocalFileStore(os.path.join(cfg.data_dir, "coordination"))
+        if cfg.cache_path:
+            self.cache = SharedCache.open(cfg.cache_path)
+            self.ring = BlockRing(self.cache, cfg.worker_id % self.cache.regions)
+            self.segment_cache = SegmentCache(self.ring)
         started = time.monotonic()
         for cid in cfg.containers:
-            container = Container(cid, frame_payload_bytes=cfg.log.frame_payload_bytes)
+            container = Container(
+                cid,
+                frame_payload_bytes=cfg.log.frame_payload_bytes,
+                cache=self.segment_cache,
+                tiering=cfg.tiering,
+            )
             dlog = LocalDurableLog(
                 log_dir(cfg.data_dir, cid),
                 key=f"container-{cid:04d}",
@@ -155,6 +190,7 @@ class Worker:
                 dlog.close()
                 continue
             dlog.start()
+            container.finish_recovery(epoch=dlog.epoch, now=time.monotonic())
             self.containers[cid] = container
             self.logs[cid] = dlog
             log.info(
@@ -166,6 +202,17 @@ class Worker:
                 dlog.epoch,
             )
         self.committer.start()
+        if cfg.lts:
+            self.storage = StorageWriter(
+                self.ctx,
+                store=open_chunk_store(cfg.lts, s3_endpoint=cfg.s3_endpoint),
+                uploader=cfg.uploader,
+                containers=self.containers,
+                logs=self.logs,
+                post=self._post,
+            )
+            for container in self.containers.values():
+                self.storage.collect_orphans(container)
         self.router = transport.server_socket(self.ctx)
         self.router.bind(cfg.bind)
         self.endpoint = self.router.getsockopt(zmq.LAST_ENDPOINT).decode()
@@ -186,31 +233,47 @@ class Worker:
         assert self.router is not None
         poller_in = zmq.Poller()
         poller_in.register(self.router, zmq.POLLIN)
-        poller_in.register(self.waker.fd, zmq.POLLIN)
         poller_throttled = zmq.Poller()
-        poller_throttled.register(self.waker.fd, zmq.POLLIN)
-        if self._controller is not None:
-            poller_in.register(self._controller.sock, zmq.POLLIN)
-            poller_throttled.register(self._controller.sock, zmq.POLLIN)
+        for poller in (poller_in, poller_throttled):
+            poller.register(self.waker.fd, zmq.POLLIN)
+            if self._controller is not None:
+                poller.register(self._controller.sock, zmq.POLLIN)
+            if self.storage is not None and self.storage.sock is not None:
+                poller.register(self.storage.sock, zmq.POLLIN)
         next_expire = time.monotonic() + EXPIRE_INTERVAL_S
         next_heartbeat = 0.0
         next_sweep = time.monotonic() + SWEEP_INTERVAL_S
+        next_receive = 0.0
         while not self.stopping:
-            throttled = self._queued_bytes() > self.config.queued_bytes_max
-            poller = poller_throttled if throttled else poller_in
             now = time.monotonic()
-            wait_ms = max(0, int((min(next_expire, next_heartbeat) - now) * 1000))
-            events = dict(poller.poll(wait_ms))
+            credit = self._credit()
+            accept = credit > 0 and self._queued_bytes() <= self.config.queued_bytes_max
+            timers = [next_expire, next_heartbeat]
+            if self.storage is not None:
+                timers.append(self.storage.next_tick)
+            if accept and now < next_receive:
+                timers.append(next_receive)
+                accept = False
+            poller = poller_in if accept else poller_throttled
+            events = dict(poller.poll(max(0, int((min(timers) - now) * 1000))))
             if self.fatal is not None:
                 self._fail_stop()
             if self.waker.fd in events:
                 self.waker.drain()
             if self.router in events:
                 self.now = time.monotonic()
-                self._receive()
+                self._receive(max(1, int(RECEIVE_BATCH_MAX * credit)))
+                if credit < 1.0:  # throttling: acks slow down, nothing is refused
+                    next_receive = self.now + (1.0 - credit) * THROTTLE_DELAY_S_MAX
             self._complete()
             self._flush()
+            self._run_posted()
             now = time.monotonic()
+            if self.storage is not None:
+                if self.storage.sock is not None and self.storage.sock in events:
+                    self.storage.on_readable()
+                self.storage.tick(now)
+                self._collect_garbage()
             if now >= next_expire:
                 for container in self.containers.values():
                     self._send_plans(container.expire_reads(now))
@@ -226,13 +289,39 @@ class Worker:
                     next_heartbeat = now + HEARTBEAT_INTERVAL_S
         self._shutdown()
 
+    def _credit(self) -> float:
+        """1.0 while the cache has room; falls to 0.0 as its pinned share (plus what is
+        queued, plus room for one more block) goes from 75 % to 90 %."""
+        ring = self.ring
+        if ring is None or self.storage is None:
+            return 1.0
+        block = ring.cache.block_bytes
+        reserved = -(-self._queued_bytes() // block) + -(-BLOCK_BYTES_MAX // block)
+        used = (ring.pinned + reserved) / ring.total
+        if used <= ring.throttle_from:
+            return 1.0
+        if used >= ring.stop_at:
+            return 0.0
+        return (ring.stop_at - used) / (ring.stop_at - ring.throttle_from)
+
+    def _run_posted(self) -> None:
+        while self.posted:
+            self.posted.popleft()()
+
+    def _collect_garbage(self) -> None:
+        assert self.storage is not None
+        for container in self.containers.values():
+            if container.garbage:
+                self.storage.delete_chunks(container.garbage)
+                container.garbage = []
+
     def _queued_bytes(self) -> int:
         return sum(c.queued_bytes for c in self.containers.values())
 
-    def _receive(self) -> None:
+    def _receive(self, batch_max: int = RECEIVE_BATCH_MAX) -> None:
         router = self.router
         assert router is not None
-        for _ in range(RECEIVE_BATCH_MAX):
+        for _ in range(batch_max):
             try:
                 frames = router.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
@@ -356,12 +445,50 @@ class Worker:
 
     def _send_plans(self, plans: list[ReadPlan]) -> None:
         for plan in plans:
-            dlog = self.logs[container_for(plan.segment, self.config.container_count)]
-            payload = [dlog.read(p.ledger_id, p.position, p.length) for p in plan.pieces]
-            reply = m.SegmentRead(
-                plan.offset, plan.segment_length, plan.end_of_segment, plan.segment, payload
+            if plan.views:
+                self._send_views(plan)
+            elif plan.lts is not None:
+                assert self.storage is not None, "LTS data without an LTS store"
+                self.storage.read(
+                    plan.lts, lambda data, exc, plan=plan: self._lts_reply(plan, data, exc)
+                )
+            else:
+                dlog = self.logs[container_for(plan.segment, self.config.container_count)]
+                payload = [dlog.read(p.ledger_id, p.position, p.length) for p in plan.pieces]
+                reply = m.SegmentRead(
+                    plan.offset, plan.segment_length, plan.end_of_segment, plan.segment, payload
+                )
+                self._send(plan.peer, codec.encode(reply, plan.request_id))
+
+    def _send_views(self, plan: ReadPlan) -> None:
+        """Cache bytes go out zero-copy; their blocks are lent until ZeroMQ is done."""
+        assert self.router is not None and self.ring is not None
+        reply = m.SegmentRead(
+            plan.offset, plan.segment_length, plan.end_of_segment, plan.segment, plan.views
+        )
+        try:
+            tracker = self.router.send_multipart(
+                [plan.peer, *codec.encode(reply, plan.request_id)],
+                zmq.NOBLOCK,
+                copy=False,
+                track=True,
             )
-            self._send(plan.peer, codec.encode(reply, plan.request_id))
+        except zmq.ZMQError:
+            self.dropped_sends += 1
+            return
+        for block in plan.blocks:
+            self.ring.lend(block, tracker)
+
+    def _lts_reply(self, plan: ReadPlan, data: bytes | None, exc: BaseException | None) -> None:
+        if data is None:
+            err = exc if isinstance(exc, StreamVaultError) else InternalError(repr(exc))
+            self._send(plan.peer, codec.encode_exception(plan.request_id, err))
+            return
+        end = plan.sealed and plan.offset + len(data) >= plan.segment_length
+        reply = m.SegmentRead(
+            plan.offset, plan.segment_length, end, plan.segment, [data] if data else []
+        )
+        self._send(plan.peer, codec.encode(reply, plan.request_id))
 
     def _flush(self) -> None:
         for cid, container in self.containers.items():
@@ -379,8 +506,10 @@ class Worker:
         completions = self.completions
         while completions:
             dlog, buffer, (container, token), location = completions.popleft()
+            effects, plans = container.committed(
+                token, location.ledger_id, location.record_pos, buffer.payload, time.monotonic()
+            )
             dlog.release(buffer)
-            effects, plans = container.committed(token, location.ledger_id, location.record_pos)
             for peer, frames in effects:
                 self._send(peer, frames)
             if plans:
@@ -404,6 +533,10 @@ class Worker:
             "dropped_sends": self.dropped_sends,
             "commit_cycles": self.committer.cycles,
             "commit_syncs": self.committer.syncs,
+            "cache_pinned": round(self.ring.utilization, 4) if self.ring else None,
+            "cache_misses": self.segment_cache.misses if self.segment_cache else 0,
+            "credit": round(self._credit(), 3),
+            **(self.storage.info() if self.storage else {}),
             **counters,
         }
 
@@ -437,6 +570,8 @@ class Worker:
             time.sleep(0.005)
         self._complete()
         self.committer.stop()
+        if self.storage is not None:
+            self.storage.close()
         for dlog in self.logs.values():
             dlog.close()
         if self.router is not None:

@@ -17,6 +17,7 @@ import argparse
 import sys
 
 from streamvault.client.protocol.errors import StreamVaultError
+from streamvault.dataplane.cache.shared_cache import parse_size
 from streamvault.tools import process
 
 DEFAULT_CONTROLLER = "tcp://127.0.0.1:9090"
@@ -54,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-direct-io", action="store_true", help="never use O_DIRECT")
     p.add_argument("--no-pin", action="store_true", help="do not pin workers to cores")
+    _storage_options(p)
     _common(p)
 
     p = sub.add_parser("status", help="show every process of a running cluster")
@@ -76,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--host-id", default="0")
     p.add_argument("--no-direct-io", action="store_true")
     p.add_argument("--no-pin", action="store_true")
+    _storage_options(p)
     _common(p)
 
     p = sub.add_parser("worker", help="run one segment-store worker")
@@ -87,8 +90,44 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--controller", default="")
     p.add_argument("--cpu", type=int, default=None)
     p.add_argument("--no-direct-io", action="store_true")
+    p.add_argument("--cache-path", default="")
+    p.add_argument("--lts", default="")
+    p.add_argument("--s3-endpoint", default=None)
+    p.add_argument("--uploader", default="")
+    p.add_argument("--flush-bytes", type=int, default=8 << 20)
+    p.add_argument("--upload-bytes", type=int, default=64 << 20)
+    p.add_argument("--flush-wait", type=float, default=30.0)
+    _common(p)
+
+    p = sub.add_parser("uploader", help="run a host's LTS uploader")
+    p.add_argument("--bind", required=True)
+    p.add_argument("--cache-path", required=True)
+    p.add_argument("--lts", required=True)
+    p.add_argument("--s3-endpoint", default=None)
+    p.add_argument("--controller", default="")
     _common(p)
     return parser
+
+
+def _storage_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--cache-size",
+        type=parse_size,
+        default=0,
+        help="shared cache bytes, K/M/G suffix allowed (default 25%% of RAM, <= 1G)",
+    )
+    p.add_argument(
+        "--lts",
+        default="",
+        help="long-term storage: file:DIR or s3://BUCKET[/PREFIX] (default file:<data-dir>/lts)",
+    )
+    p.add_argument("--s3-endpoint", default=None, help="S3 endpoint URL (for s3:// LTS)")
+    p.add_argument(
+        "--flush-wait",
+        type=float,
+        default=30.0,
+        help="seconds before a segment's new bytes go to LTS anyway (default 30)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,6 +163,10 @@ def _run(args: argparse.Namespace) -> int:
                 allow_direct_io=not args.no_direct_io,
                 pin_cpus=not args.no_pin,
                 log_level=args.log_level,
+                cache_bytes=args.cache_size,
+                lts=args.lts,
+                s3_endpoint=args.s3_endpoint,
+                flush_wait_s=args.flush_wait,
             )
         )
     if args.command == "controller":
@@ -154,9 +197,29 @@ def _run(args: argparse.Namespace) -> int:
                 allow_direct_io=not args.no_direct_io,
                 pin_cpus=not args.no_pin,
                 log_level=args.log_level,
+                cache_bytes=args.cache_size,
+                lts=args.lts,
+                s3_endpoint=args.s3_endpoint,
+                flush_wait_s=args.flush_wait,
+            )
+        )
+    if args.command == "uploader":
+        from streamvault.dataplane.uploader import UploaderConfig, run
+
+        process.die_with_parent(args.parent_pid)
+        process.set_title("uploader", "0")
+        process.configure_logging(args.log_level, "uploader", "0")
+        return run(
+            UploaderConfig(
+                bind=args.bind,
+                cache_path=args.cache_path,
+                lts=args.lts,
+                s3_endpoint=args.s3_endpoint,
+                controller=args.controller,
             )
         )
     if args.command == "worker":
+        from streamvault.dataplane.container.tiering import TieringConfig
         from streamvault.dataplane.worker import WorkerConfig, run
 
         process.die_with_parent(args.parent_pid)
@@ -173,6 +236,15 @@ def _run(args: argparse.Namespace) -> int:
                 controller=args.controller,
                 cpu=args.cpu,
                 allow_direct_io=not args.no_direct_io,
+                cache_path=args.cache_path,
+                lts=args.lts,
+                s3_endpoint=args.s3_endpoint,
+                uploader=args.uploader,
+                tiering=TieringConfig(
+                    flush_bytes=args.flush_bytes,
+                    flush_wait_s=args.flush_wait,
+                    upload_bytes_max=args.upload_bytes,
+                ),
             )
         )
     raise AssertionError(args.command)

@@ -42,6 +42,10 @@ class StandaloneConfig:
     allow_direct_io: bool = True
     pin_cpus: bool = True
     log_level: str = "INFO"
+    cache_bytes: int = 0  # 0 = the default (25 % of RAM, at most 1 GiB)
+    lts: str = ""  # "" = file:<data-dir>/lts
+    s3_endpoint: str | None = None
+    flush_wait_s: float = 30.0
 
     @property
     def controller(self) -> str:
@@ -128,6 +132,13 @@ class Standalone:
         ]
         if not config.allow_direct_io:
             host.append("--no-direct-io")
+        if config.cache_bytes:
+            host += ["--cache-size", str(config.cache_bytes)]
+        if config.lts:
+            host += ["--lts", config.lts]
+        if config.s3_endpoint:
+            host += ["--s3-endpoint", config.s3_endpoint]
+        host += ["--flush-wait", str(config.flush_wait_s)]
         if not config.pin_cpus:
             host.append("--no-pin")
         self.host = _Child("host", host)

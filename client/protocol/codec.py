@@ -12,6 +12,7 @@ counts, inconsistent lengths. Sizes are checked before bodies are touched.
 
 from __future__ import annotations
 
+import itertools
 import struct
 from collections.abc import Sequence
 from typing import Any, Union
@@ -34,6 +35,14 @@ from streamvault.client.protocol.limits import (
     SEGMENT_NAME_BYTES_MAX,
     TAIL_WAIT_MS_MAX,
 )
+
+_request_ids = itertools.count(1)
+
+
+def next_request_id() -> int:
+    """A process-wide unique request id (replies echo it)."""
+    return next(_request_ids)
+
 
 HEADER = struct.Struct("<BBHQI")
 HEADER_BYTES = HEADER.size

@@ -215,6 +215,29 @@ class GetStatus(Control):
     pass
 
 
+# uploads (worker -> uploader)
+class UploadChunk(Control):
+    """Store bytes [start, end) of a segment, read from shared-cache blocks, as chunk `chunk`.
+
+    Each ref is (region, block, generation, offset in block, length), in segment order."""
+
+    container: int
+    epoch: int
+    segment: str
+    start: int
+    end: int
+    chunk: str
+    refs: list[tuple[int, int, int, int, int]]
+
+
+class ChunkUploaded(Control):
+    chunk: str
+    segment: str
+    start: int
+    end: int
+    stored_bytes: int
+
+
 # replies
 class Done(Control):
     """Reply of an operation that changes state; `changed` is False if it was already so."""
@@ -272,4 +295,5 @@ CONTROL_TYPES: tuple[type[Control], ...] = (
     CreateScope, DeleteScope, ListScopes, CreateStream, GetStream, ListStreams, SealStream,
     DeleteStream, GetContainerMap, CreateReaderGroup, GetReaderGroup, DeleteReaderGroup,
     Heartbeat, GetStatus, Done, Names, StreamInfo, ContainerMap, ReaderGroupInfo, Status,
+    UploadChunk, ChunkUploaded,
 )  # fmt: skip

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 from collections.abc import Callable
+from typing import Any
 
 from streamvault.dataplane.cache.shared_cache import BlockRef, SharedCache
 
 THROTTLE_FROM = 0.75
 STOP_AT = 0.90
+LENT_SCAN_MAX = 256
+"""Evictable blocks looked at per allocation when the oldest are still being sent."""
 
 
 class BlockRing:
@@ -36,22 +39,50 @@ class BlockRing:
         self.stop_at = stop_at
         self._free: deque[int] = deque(range(self.total))
         self._evictable: OrderedDict[int, Callable[[], None]] = OrderedDict()
+        self._lent: dict[int, Any] = {}  # block -> zmq MessageTracker of a reply using it
         self.pinned = 0
         self.evictions = 0
 
     def allocate(self) -> BlockRef | None:
         """A fresh pinned block (evicting the least recently used evictable one if needed),
         or None when every block is pinned."""
-        if self._free:
-            block = self._free.popleft()
-        elif self._evictable:
-            block, on_evict = self._evictable.popitem(last=False)
-            on_evict()  # the owner forgets the block before it is reused
-            self.evictions += 1
-        else:
-            return None
+        block = self._take_free()
+        if block is None:
+            block = self._evict_one()
+            if block is None:
+                return None
         self.pinned += 1
         return self.cache.claim(self.region, block)
+
+    def _busy(self, block: int) -> bool:
+        tracker = self._lent.get(block)
+        if tracker is None:
+            return False
+        if tracker.done:
+            del self._lent[block]
+            return False
+        return True
+
+    def _take_free(self) -> int | None:
+        for _ in range(len(self._free)):
+            block = self._free.popleft()
+            if not self._busy(block):
+                return block
+            self._free.append(block)
+        return None
+
+    def _evict_one(self) -> int | None:
+        for block in list(self._evictable)[:LENT_SCAN_MAX]:
+            if not self._busy(block):
+                on_evict = self._evictable.pop(block)
+                on_evict()  # the owner forgets the block before it is reused
+                self.evictions += 1
+                return block
+        return None
+
+    def lend(self, block: int, tracker: Any) -> None:
+        """A reply refers to `block` until `tracker.done`: do not reuse it before."""
+        self._lent[block] = tracker
 
     def unpin(self, block: int, on_evict: Callable[[], None]) -> None:
         """The block's data is in LTS: it may be evicted; `on_evict` runs when it is."""

@@ -33,6 +33,29 @@ BLOCK_BYTES_DEFAULT = 64 * 1024
 SIZE_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
+def cache_path_for(data_dir: str) -> str:
+    """Where the host of `data_dir` keeps its cache: /dev/shm if there is one."""
+    import hashlib
+
+    key = hashlib.blake2b(os.path.abspath(data_dir).encode(), digest_size=8).hexdigest()
+    if os.path.isdir("/dev/shm"):
+        return f"/dev/shm/streamvault-{key}.cache"
+    return os.path.join(data_dir, "cache.shm")
+
+
+def default_cache_bytes() -> int:
+    """25 % of RAM, at most 1 GiB and at most half of the free space of the cache's file
+    system (the file is allocated up front: a cache that cannot be backed fails at start,
+    never with SIGBUS later)."""
+    import psutil
+
+    size = min(psutil.virtual_memory().total // 4, 1 << 30)
+    if os.path.isdir("/dev/shm"):
+        stats = os.statvfs("/dev/shm")
+        size = min(size, stats.f_bavail * stats.f_frsize // 2)
+    return size
+
+
 def parse_size(text: str) -> int:
     """`64M`, `1G`, `4096` → bytes; InvalidArgument otherwise."""
     raw = text.strip().upper().removesuffix("B").removesuffix("I")
@@ -97,10 +120,19 @@ class SharedCache:
         total = _align(HEADER_BYTES + 8 * regions * blocks, 4096) + regions * blocks * block_bytes
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            os.ftruncate(fd, total)
+            try:
+                os.posix_fallocate(fd, 0, total)  # backed now, or refused now
+            except OSError as exc:
+                os.close(fd)
+                fd = -1
+                os.unlink(path)
+                raise StorageError(
+                    f"cache: cannot allocate {total} bytes at {path}: {exc}"
+                ) from exc
             mm = mmap.mmap(fd, total)
         finally:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
         HEADER.pack_into(mm, 0, CACHE_MAGIC, CACHE_VERSION, 0, block_bytes, regions, blocks)
         return cls(path, mm, block_bytes=block_bytes, regions=regions, blocks_per_region=blocks)
 
@@ -157,8 +189,12 @@ class SharedCache:
         return data
 
     def close(self) -> None:
+        """Unmap, unless views are still out (then the mapping goes with the process)."""
         del self.generations, self.data
-        self.mm.close()
+        try:
+            self.mm.close()
+        except BufferError:
+            pass
 
 
 def _align(value: int, alignment: int) -> int:

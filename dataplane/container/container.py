@@ -36,8 +36,10 @@ from streamvault.client.protocol.errors import (
     StreamVaultError,
 )
 from streamvault.client.protocol.limits import BLOCK_BYTES_MAX
+from streamvault.dataplane.cache.segment_cache import SegmentCache
 from streamvault.dataplane.container import operations as ops
-from streamvault.dataplane.container.segment import Piece, Segment
+from streamvault.dataplane.container.segment import Chunk, Piece, Segment
+from streamvault.dataplane.container.tiering import TieringConfig, UploadTask, due_uploads
 from streamvault.dataplane.log.framing import RECORD_HEADER_BYTES
 
 log = logging.getLogger(__name__)
@@ -52,14 +54,33 @@ WAITERS_MAX = 10_000
 SESSIONS_PER_PEER_MAX = 65_536
 
 
+class LtsRead(NamedTuple):
+    """Bytes [offset, offset + length) of LTS chunk `chunk` (of `stored_bytes`)."""
+
+    chunk: str
+    stored_bytes: int
+    offset: int
+    length: int
+
+
 class ReadPlan(NamedTuple):
+    """Where the bytes of one read reply come from: cache views, log pieces, or LTS."""
+
     peer: Peer
     request_id: int
     segment: bytes
     offset: int
     segment_length: int
-    end_of_segment: bool
+    sealed: bool
     pieces: list[Piece]
+    views: list[Any] = []
+    blocks: list[int] = []  # cache blocks the views are in (lent while they are sent)
+    lts: LtsRead | None = None
+
+    @property
+    def end_of_segment(self) -> bool:
+        size = sum(p.length for p in self.pieces) + sum(len(v) for v in self.views)
+        return self.sealed and self.lts is None and self.offset + size >= self.segment_length
 
 
 class _Waiter(NamedTuple):
@@ -130,18 +151,42 @@ class _Note:
         return 0
 
 
+class _ChunkOp:
+    """Record that bytes [start, end) of a segment are in LTS as chunk `name`."""
+
+    __slots__ = ("seg", "start", "end", "name", "stored_bytes")
+
+    def __init__(self, seg: Segment, start: int, end: int, name: str, stored_bytes: int) -> None:
+        self.seg, self.start, self.end = seg, start, end
+        self.name, self.stored_bytes = name, stored_bytes
+
+    def size(self) -> int:
+        return ops.CHUNK_BYTES + len(self.name.encode())
+
+
 def error_frames(rid: int, exc: StreamVaultError) -> list[Any]:
     return codec.encode_exception(rid, exc)
 
 
 class Container:
-    def __init__(self, container_id: int, *, frame_payload_bytes: int = 1024 * 1024) -> None:
+    def __init__(
+        self,
+        container_id: int,
+        *,
+        frame_payload_bytes: int = 1024 * 1024,
+        cache: SegmentCache | None = None,
+        tiering: TieringConfig | None = None,
+    ) -> None:
         self.container_id = container_id
         self.frame_payload_bytes = frame_payload_bytes
+        self.cache = cache
+        self.tiering = tiering or TieringConfig()
+        self.epoch = 0  # the log's epoch, set after recovery; embedded in chunk names
+        self.garbage: list[str] = []  # LTS chunks of deleted segments, to delete
         self.segments: dict[bytes, Segment] = {}
         self.by_id: dict[int, Segment] = {}
         self.next_segment_id = 1
-        self.queue: list[_Append | _Admin | _Note] = []
+        self.queue: list[_Append | _Admin | _Note | _ChunkOp] = []
         self.queued_bytes = 0
         self._last_op: dict[int, _Append | _Admin] = {}
         self.in_flight: deque[list[Any]] = deque()
@@ -327,9 +372,22 @@ class Container:
         return None
 
     def _plan(self, seg: Segment, peer: Peer, rid: int, offset: int, max_bytes: int) -> ReadPlan:
-        pieces = seg.plan(offset, max_bytes) if offset < seg.length else []
-        end = seg.sealed and offset + sum(p.length for p in pieces) >= seg.length
-        return ReadPlan(peer, rid, seg.name, offset, seg.length, end, pieces)
+        """Serve from the cache if it holds `offset`; else from the log if the bytes are not
+        in LTS yet; else from the LTS chunk holding them."""
+        plan = ReadPlan(peer, rid, seg.name, offset, seg.length, seg.sealed, [])
+        if offset >= seg.length:
+            return plan
+        hits = self.cache.read(self._cache_key(seg), offset, max_bytes) if self.cache else []
+        if hits:
+            return plan._replace(views=[v for v, _ in hits], blocks=[b for _, b in hits])
+        if offset >= seg.storage_length:
+            return plan._replace(pieces=seg.plan(offset, max_bytes))
+        chunk = seg.chunk_for(offset)
+        assert chunk is not None, f"bytes below storage_length {seg.storage_length} not in LTS"
+        length = min(chunk.end - offset, max_bytes)
+        return plan._replace(
+            lts=LtsRead(chunk.name, chunk.stored_bytes, offset - chunk.start, length)
+        )
 
     def expire_reads(self, now: float) -> list[ReadPlan]:
         plans: list[ReadPlan] = []
@@ -415,6 +473,16 @@ class Container:
                 pos = end
             op.payloads = []  # release the received frames
             return pos
+        if isinstance(op, _ChunkOp):
+            return ops.put_chunk(
+                out,
+                pos,
+                op.seg.segment_id,
+                start=op.start,
+                end=op.end,
+                stored_bytes=op.stored_bytes,
+                name=op.name.encode(),
+            )
         if isinstance(op, _Admin):
             if op.kind == ops.OP_CREATE:
                 return ops.put_create(out, pos, op.seg.segment_id, op.seg.name)
@@ -424,9 +492,16 @@ class Container:
         return pos
 
     def committed(
-        self, token: list[Any], ledger_id: int, record_pos: int
+        self,
+        token: list[Any],
+        ledger_id: int,
+        record_pos: int,
+        payload: Any = None,
+        now: float = 0.0,
     ) -> tuple[list[Effect], list[ReadPlan]]:
-        """Apply a durable record (the oldest in flight) and return what to send."""
+        """Apply a durable record (the oldest in flight) and return what to send.
+
+        `payload` is the record's payload (its appended bytes are copied into the cache)."""
         assert self.in_flight and self.in_flight[0] is token, "records complete in order"
         self.in_flight.popleft()
         base = record_pos + RECORD_HEADER_BYTES
@@ -438,6 +513,14 @@ class Container:
                 self._apply_append(
                     seg, op.writer, op.last, op.offset, op.length, ledger_id, base + op.data_pos
                 )
+                if seg.length - op.length == seg.storage_length:
+                    seg.dirty_since = now
+                if self.cache is not None and payload is not None:
+                    self.cache.append(
+                        self._cache_key(seg),
+                        op.offset,
+                        payload[op.data_pos : op.data_pos + op.length],
+                    )
                 if seg.pending_writers.get(op.writer) == op.last:
                     del seg.pending_writers[op.writer]
                 ack = m.DataAppended(op.writer, op.last, op.offset + op.length, False, seg.name)
@@ -449,9 +532,54 @@ class Container:
                 effects.append((op.peer, self._apply_admin(op.kind, op.seg, op.rid)))
                 if op.seg.waiters:
                     touched.append(op.seg)
+            elif isinstance(op, _ChunkOp):
+                self._apply_chunk(op.seg, op.start, op.end, op.name, op.stored_bytes, now)
             else:
                 effects.append((op.peer, op.frames))
         return effects, self._wake(touched)
+
+    def _cache_key(self, seg: Segment) -> int:
+        """A worker's containers share one cache; segment ids are unique per container."""
+        return (self.container_id << 48) | seg.segment_id
+
+    # --- tiering to LTS ----------------------------------------------------------------
+    def uploads_due(self, now: float) -> list[UploadTask]:
+        """Uploads to start now (each segment is marked as uploading)."""
+        return due_uploads(
+            list(self.by_id.values()),
+            now=now,
+            config=self.tiering,
+            cache=self.cache,
+            cache_key=self._cache_key,
+            container_id=self.container_id,
+            epoch=self.epoch,
+        )
+
+    def uploaded(self, segment_id: int, start: int, end: int, name: str, stored_bytes: int) -> None:
+        """The uploader stored [start, end) of a segment as chunk `name`: log that fact."""
+        seg = self.by_id.get(segment_id)
+        if seg is None or seg.deleting or seg.storage_length != start:
+            return  # deleted meanwhile, or a late duplicate: the chunk is an orphan
+        self.queue.append(_ChunkOp(seg, start, end, name, stored_bytes))
+
+    def upload_failed(self, segment_id: int) -> None:
+        seg = self.by_id.get(segment_id)
+        if seg is not None:
+            seg.uploading = 0
+
+    def _apply_chunk(
+        self, seg: Segment, start: int, end: int, name: str, stored_bytes: int, now: float
+    ) -> None:
+        if start != seg.storage_length or end > seg.length:
+            return  # already applied (replay of a duplicate)
+        seg.chunks.append(Chunk(start, end, name, stored_bytes))
+        seg.storage_length = end
+        if seg.uploading <= end:
+            seg.uploading = 0
+        seg.dirty_since = now
+        seg.index_trim(end)
+        if self.cache is not None:
+            self.cache.unpin_below(self._cache_key(seg), end)
 
     def _apply_append(
         self,
@@ -485,6 +613,9 @@ class Container:
         if self.segments.get(seg.name) is seg:
             del self.segments[seg.name]
         self.by_id.pop(seg.segment_id, None)
+        self.garbage.extend(chunk.name for chunk in seg.chunks)
+        if self.cache is not None:
+            self.cache.drop(self._cache_key(seg))
 
     def _wake(self, touched: list[Segment]) -> list[ReadPlan]:
         plans: list[ReadPlan] = []
@@ -526,7 +657,19 @@ class Container:
                     base + op.data_pos,
                 )
                 seg.pending_length = seg.length
+                if self.cache is not None:
+                    data = payload[op.data_pos : op.data_pos + op.data_bytes]
+                    self.cache.append(self._cache_key(seg), op.offset, data)
+            elif op.kind == ops.OP_CHUNK:
+                self._apply_chunk(seg, op.offset, op.data_pos, op.name.decode(), op.data_bytes, 0.0)
             elif op.kind == ops.OP_SEAL:
                 seg.sealed = seg.pending_sealed = True
             elif op.kind == ops.OP_DELETE:
                 self._forget(seg)
+
+    def finish_recovery(self, *, epoch: int, now: float) -> None:
+        """After the last replayed record: the new epoch, and the clock for pending uploads."""
+        self.epoch = epoch
+        for seg in self.by_id.values():
+            if seg.length > seg.storage_length:
+                seg.dirty_since = now

@@ -7,6 +7,8 @@ A record's payload is a sequence of operations, each `op u8 | body_bytes u32 | b
             event_count u32 | segment_offset u64 | data (the rest of the body)
     SEAL    segment_id u64 | length u64
     DELETE  segment_id u64
+    CHUNK   segment_id u64 | start u64 | end u64 | stored_bytes u64 | name_bytes u16 | name
+            (bytes [start, end) of the segment are in LTS as chunk `name`)
 
 An APPEND carries the data and the writer's new last event number in one operation, so the
 writer attribute and the bytes become durable together (deduplication survives crashes).
@@ -26,11 +28,13 @@ CREATE = struct.Struct("<QH")
 APPEND = struct.Struct("<Q16sqqIQ")
 SEAL = struct.Struct("<QQ")
 DELETE = struct.Struct("<Q")
+CHUNK = struct.Struct("<QQQQH")
 
 OP_CREATE = 1
 OP_APPEND = 2
 OP_SEAL = 3
 OP_DELETE = 4
+OP_CHUNK = 5
 
 APPEND_OVERHEAD = OP_HEAD.size + APPEND.size
 """Bytes an APPEND adds on top of its data."""
@@ -39,14 +43,14 @@ APPEND_OVERHEAD = OP_HEAD.size + APPEND.size
 class Op(NamedTuple):
     kind: int
     segment_id: int
-    name: bytes  # CREATE
+    name: bytes  # CREATE, CHUNK
     writer_id: bytes  # APPEND
     first_event: int
     last_event: int
     event_count: int
-    offset: int  # APPEND: segment offset of the data; SEAL: final length
-    data_pos: int  # APPEND: position of the data within the record payload
-    data_bytes: int
+    offset: int  # APPEND: segment offset of the data; SEAL: final length; CHUNK: start
+    data_pos: int  # APPEND: position of the data within the record payload; CHUNK: end
+    data_bytes: int  # APPEND: data length; CHUNK: stored bytes
 
 
 def put_create(buf: memoryview, pos: int, segment_id: int, name: bytes) -> int:
@@ -90,6 +94,24 @@ def put_delete(buf: memoryview, pos: int, segment_id: int) -> int:
     return pos + OP_HEAD.size + DELETE.size
 
 
+def put_chunk(
+    buf: memoryview,
+    pos: int,
+    segment_id: int,
+    *,
+    start: int,
+    end: int,
+    stored_bytes: int,
+    name: bytes,
+) -> int:
+    OP_HEAD.pack_into(buf, pos, OP_CHUNK, CHUNK.size + len(name))
+    CHUNK.pack_into(buf, pos + OP_HEAD.size, segment_id, start, end, stored_bytes, len(name))
+    pos += OP_HEAD.size + CHUNK.size
+    buf[pos : pos + len(name)] = name
+    return pos + len(name)
+
+
+CHUNK_BYTES = OP_HEAD.size + CHUNK.size
 CREATE_BYTES = OP_HEAD.size + CREATE.size
 SEAL_BYTES = OP_HEAD.size + SEAL.size
 DELETE_BYTES = OP_HEAD.size + DELETE.size
@@ -121,6 +143,12 @@ def iter_ops(payload: memoryview) -> Iterator[Op]:
         elif kind == OP_SEAL and body == SEAL.size:
             seg, length = SEAL.unpack_from(payload, start)
             yield Op(kind, seg, b"", b"", 0, 0, 0, length, 0, 0)
+        elif kind == OP_CHUNK and body >= CHUNK.size:
+            seg, chunk_start, chunk_end, stored, name_bytes = CHUNK.unpack_from(payload, start)
+            if CHUNK.size + name_bytes != body:
+                raise DataCorruption(f"log op at {pos}: CHUNK name length mismatch")
+            name = bytes(payload[stop - name_bytes : stop])
+            yield Op(kind, seg, name, b"", 0, 0, 0, chunk_start, chunk_end, stored)
         elif kind == OP_DELETE and body == DELETE.size:
             (seg,) = DELETE.unpack_from(payload, start)
             yield Op(kind, seg, b"", b"", 0, 0, 0, 0, 0, 0)

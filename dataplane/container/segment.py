@@ -20,11 +20,20 @@ class Piece(NamedTuple):
     length: int
 
 
+class Chunk(NamedTuple):
+    """Segment bytes [start, end) stored in LTS as chunk `name` of `stored_bytes`."""
+
+    start: int
+    end: int
+    name: str
+    stored_bytes: int
+
+
 class Segment:
     __slots__ = (
         "segment_id", "name", "length", "pending_length", "sealed", "pending_sealed",
         "deleting", "created", "start_offset", "writers", "pending_writers", "_offsets", "_ledgers",
-        "_positions", "waiters",
+        "_positions", "waiters", "storage_length", "chunks", "uploading", "dirty_since",
     )  # fmt: skip
 
     def __init__(self, segment_id: int, name: bytes) -> None:
@@ -43,6 +52,10 @@ class Segment:
         self._ledgers = array("q")
         self._positions = array("q")
         self.waiters: list = []
+        self.storage_length = 0  # bytes [start_offset, storage_length) are in LTS
+        self.chunks: list[Chunk] = []
+        self.uploading = 0  # end offset of the upload in progress, 0 if none
+        self.dirty_since = 0.0  # when the oldest byte not yet in LTS was committed
 
     def last_event(self, writer_id: bytes) -> int:
         return self.writers.get(writer_id, -1)
@@ -65,6 +78,22 @@ class Segment:
         offsets.append(offset)
         self._ledgers.append(ledger_id)
         self._positions.append(position)
+
+    def index_trim(self, offset: int) -> None:
+        """Forget log extents wholly below `offset` (their bytes are in LTS now)."""
+        keep = bisect_right(self._offsets, offset) - 1
+        if keep > 0:
+            del self._offsets[:keep], self._ledgers[:keep], self._positions[:keep]
+
+    def first_ledger(self) -> int | None:
+        """The oldest ledger still holding bytes of this segment not yet in LTS."""
+        return self._ledgers[0] if self._offsets and self.length > self.storage_length else None
+
+    def chunk_for(self, offset: int) -> Chunk | None:
+        index = bisect_right([c.start for c in self.chunks], offset) - 1
+        if index >= 0 and self.chunks[index].start <= offset < self.chunks[index].end:
+            return self.chunks[index]
+        return None
 
     def plan(self, offset: int, max_bytes: int) -> list[Piece]:
         """Pieces of log holding [offset, min(length, offset + max_bytes)); whole index

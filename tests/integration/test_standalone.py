@@ -36,7 +36,7 @@ def _status_json(controller: str) -> list[dict]:
 def test_status_lists_every_process_with_role_pid_endpoint_state(standalone):
     processes = _status_json(standalone.controller)
     roles = sorted(p["role"] for p in processes)
-    assert roles == ["controller", "host", "standalone", "worker", "worker"], processes
+    assert roles == ["controller", "host", "standalone", "uploader", "worker", "worker"], processes
     for p in processes:
         assert {"role", "pid", "endpoint", "state"} <= p.keys()
         assert p["state"] == "up", p
@@ -64,6 +64,7 @@ def test_each_process_has_a_title_naming_its_role(standalone):
         "streamvault host 0",
         "streamvault worker 0",
         "streamvault worker 1",
+        "streamvault uploader 0",
     }
     assert expected <= titles, titles
 

@@ -32,7 +32,9 @@ class Standalone:
         containers: int = 8,
         port: int | None = None,
         extra: list[str] | None = None,
+        cache_size: str = "64M",
     ) -> None:
+        self.cache_size = cache_size
         self.data_dir = data_dir
         self.workers = workers
         self.containers = containers
@@ -66,6 +68,8 @@ class Standalone:
             str(self.containers),
             "--ephemeral-ports",
             "--no-pin",
+            "--cache-size",
+            self.cache_size,
             *self.extra,
         ]
         with open(log_path, "wb") as log:

@@ -95,3 +95,44 @@ def test_a_file_that_is_not_a_cache_is_refused(tmp_path):
 
     with pytest.raises(StorageError):
         SharedCache.open(str(path))
+
+
+class _Tracker:
+    def __init__(self) -> None:
+        self.done = False
+
+
+def test_a_block_lent_to_a_reply_is_not_reused_until_sent(cache):
+    ring = BlockRing(cache, 0)
+    refs = [ring.allocate() for _ in range(ring.total)]
+    tracker = _Tracker()
+    ring.unpin(refs[0].block, lambda: None)
+    ring.unpin(refs[1].block, lambda: None)
+    ring.lend(refs[0].block, tracker)
+    assert ring.allocate().block == refs[1].block, "the lent block is skipped"
+    assert ring.allocate() is None
+    tracker.done = True
+    ring.unpin(refs[2].block, lambda: None)
+    assert ring.allocate().block == refs[0].block
+
+
+def test_segment_cache_appends_reads_and_unpins(cache):
+    from streamvault.dataplane.cache.segment_cache import SegmentCache
+
+    ring = BlockRing(cache, 0)
+    segments = SegmentCache(ring)
+    data = os.urandom(150 * 1024)  # spans three 64 KiB blocks
+    assert segments.append(7, 0, data[:1000]) and segments.append(7, 1000, data[1000:])
+    assert b"".join(v.tobytes() for v, _ in segments.read(7, 0, 1 << 20)) == data
+    hits = segments.read(7, 70_000, 100)
+    assert b"".join(v.tobytes() for v, _ in hits) == data[70_000:70_100]
+    assert [b for _, b in hits] == [1]
+    assert segments.read(7, len(data), 10) == [] and segments.read(8, 0, 10) == []
+    refs = segments.refs(7, 10, len(data))
+    assert sum(n for _, _, n in refs) == len(data) - 10
+    assert ring.pinned == 3
+    segments.unpin_below(7, 2 * 64 * 1024)
+    assert ring.pinned == 1, "the two full blocks below the point are evictable"
+    assert segments.append(7, len(data), b"more"), "the open extent keeps filling"
+    segments.drop(7)
+    assert ring.pinned == 0 and segments.read(7, 0, 10) == []

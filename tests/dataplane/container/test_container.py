@@ -162,3 +162,29 @@ def test_replaying_the_records_rebuilds_the_same_state():
     seg, old = fresh.segments[SEG], h.container.segments[SEG]
     assert (seg.length, seg.writers, seg.sealed) == (old.length, old.writers, old.sealed)
     assert seg.plan(0, 1 << 20) == old.plan(0, 1 << 20)
+
+
+def test_containers_sharing_a_worker_cache_never_see_each_others_bytes(tmp_path):
+    """Segment ids are per container; the worker's cache is shared by its containers."""
+    from streamvault.dataplane.cache import BlockRing, SharedCache
+    from streamvault.dataplane.cache.segment_cache import SegmentCache
+
+    cache = SharedCache.create(str(tmp_path / "c"), 4 << 20, regions=1, block_bytes=64 * 1024)
+    shared = SegmentCache(BlockRing(cache, 0))
+    harnesses = []
+    for cid, fill in ((0, b"a"), (1, b"b")):
+        h = Harness()
+        h.container = Container(cid, frame_payload_bytes=64 * 1024, cache=shared)
+        h.create()  # both get segment id 1
+        for i in range(3):
+            h.append(W1, i, i, [fill * 1000])
+            built = h.container.build_frame(lambda n: WriteBuffer(n, pooled=False))
+            buffer, size, token = built
+            h.container.committed(token, 1, 4096, buffer.payload, 0.0)
+            buffer.close()
+        harnesses.append(h)
+    for h, fill in zip(harnesses, (b"a", b"b"), strict=True):
+        plan = h.container.read(PEER, 1, m.ReadSegment(0, 1 << 20, 0, SEG), now=0.0)
+        data = b"".join(bytes(v) for v in plan.views)
+        assert data == framed(fill * 1000) * 3
+    cache.close()

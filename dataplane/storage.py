@@ -1,0 +1,142 @@
+"""Long-term storage as the data plane uses it: store a chunk (compress, create, retry),
+read a byte range of a chunk (index cached, decompressed frames cached), collect orphans.
+
+Blocking calls, meant for worker threads (the uploader's pool, a worker's LTS pool): never
+on a worker's event loop. Every retry loop is bounded (attempts and capped backoff).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import random
+import threading
+import time
+
+from streamvault.client.protocol.errors import (
+    ChunkExists,
+    DataCorruption,
+    StorageError,
+    StreamVaultError,
+)
+from streamvault.dataplane.container.tiering import container_prefix, parse_chunk_name
+from streamvault.lts.chunk_format import ChunkIndex, encode_chunk, read_index, read_range
+from streamvault.lts.chunk_store import ChunkStore
+
+log = logging.getLogger(__name__)
+
+STORE_ATTEMPTS_MAX = 6
+STORE_BACKOFF_MAX_S = 2.0
+INDEX_CACHE_MAX = 4096
+"""Chunk indexes kept per process (each a few KiB)."""
+READ_AHEAD_BYTES = 4 * 1024 * 1024
+"""An LTS read decompresses at least this much of the chunk; the rest serves the next reads."""
+READ_THROUGH_BYTES_MAX = 64 * 1024 * 1024
+"""Decompressed LTS bytes kept for read-ahead per process (separate from the shared cache, so
+reads of history never evict tail data)."""
+
+
+def store_chunk(store: ChunkStore, name: str, data: bytes | memoryview) -> int:
+    """Compress and store `data` as chunk `name`; return the stored size. Idempotent: a chunk
+    of that name and size already there is ours (names embed range and epoch)."""
+    encoded = encode_chunk(data)
+    delay = 0.05
+    for attempt in range(1, STORE_ATTEMPTS_MAX + 1):
+        try:
+            store.create(name, encoded)
+            return len(encoded)
+        except ChunkExists:
+            size = store.size(name)
+            if size != len(encoded):
+                raise DataCorruption(
+                    f"upload {name}: a chunk of {size} bytes exists where "
+                    f"{len(encoded)} were to be stored"
+                ) from None
+            return size
+        except StorageError as exc:
+            if attempt == STORE_ATTEMPTS_MAX:
+                raise
+            log.info("upload %s attempt %d failed: %s", name, attempt, exc)
+            time.sleep(delay * (0.5 + random.random() / 2))
+            delay = min(STORE_BACKOFF_MAX_S, delay * 2)
+    raise AssertionError("unreachable")
+
+
+class ChunkReader:
+    """Range reads of chunks with an index cache and a read-through cache of frames."""
+
+    def __init__(self, store: ChunkStore) -> None:
+        self.store = store
+        self._lock = threading.Lock()
+        self._indexes: collections.OrderedDict[str, ChunkIndex] = collections.OrderedDict()
+        self._ranges: collections.OrderedDict[tuple[str, int], bytes] = collections.OrderedDict()
+        self._range_bytes = 0
+
+    def _index(self, name: str, stored_bytes: int) -> ChunkIndex:
+        with self._lock:
+            index = self._indexes.get(name)
+            if index is not None:
+                self._indexes.move_to_end(name)
+                return index
+        index = read_index(lambda o, n: self.store.read(name, o, n), stored_bytes)
+        with self._lock:
+            self._indexes[name] = index
+            while len(self._indexes) > INDEX_CACHE_MAX:
+                self._indexes.popitem(last=False)
+        return index
+
+    def read(self, name: str, stored_bytes: int, offset: int, length: int) -> bytes:
+        """Raw bytes [offset, offset + length) of chunk `name` (clipped at its end)."""
+        index = self._index(name, stored_bytes)
+        frame = index.frame_raw_bytes
+        start = offset - offset % frame
+        cached = self._cached(name, start)
+        if cached is None or offset + length > start + len(cached):
+            span = max(length + (offset - start), READ_AHEAD_BYTES)
+            cached = read_range(lambda o, n: self.store.read(name, o, n), index, start, span)
+            self._remember(name, start, cached)
+        return cached[offset - start : offset - start + length]
+
+    def _cached(self, name: str, start: int) -> bytes | None:
+        with self._lock:
+            data = self._ranges.get((name, start))
+            if data is not None:
+                self._ranges.move_to_end((name, start))
+            return data
+
+    def _remember(self, name: str, start: int, data: bytes) -> None:
+        with self._lock:
+            old = self._ranges.pop((name, start), None)
+            self._range_bytes -= len(old) if old else 0
+            self._ranges[(name, start)] = data
+            self._range_bytes += len(data)
+            while self._range_bytes > READ_THROUGH_BYTES_MAX and len(self._ranges) > 1:
+                _, dropped = self._ranges.popitem(last=False)
+                self._range_bytes -= len(dropped)
+
+    def forget(self, name: str) -> None:
+        with self._lock:
+            self._indexes.pop(name, None)
+            for key in [k for k in self._ranges if k[0] == name]:
+                self._range_bytes -= len(self._ranges.pop(key))
+
+
+def collect_orphans(
+    store: ChunkStore, container_id: int, referenced: set[str], epoch: int
+) -> list[str]:
+    """Delete this container's chunks that no segment refers to and that an owner of an
+    older epoch wrote: it died between upload and metadata, or the segment was deleted.
+    Chunks of the current epoch are never touched (their upload may be in flight; a segment
+    deleted in this epoch has its known chunks deleted at once, the rest wait for the next
+    epoch). Returns the deleted names."""
+    deleted = []
+    for info in store.list(container_prefix(container_id)):
+        parsed = parse_chunk_name(info.name)
+        if parsed is None or info.name in referenced or parsed[4] >= epoch:
+            continue
+        try:
+            if store.delete(info.name):
+                deleted.append(info.name)
+        except StreamVaultError as exc:
+            log.warning("orphan %s not deleted: %s", info.name, exc)
+    return deleted
