@@ -25,6 +25,7 @@ import zmq
 
 from streamvault.client.protocol import messages as m
 from streamvault.client.protocol import transport
+from streamvault.client.protocol.errors import StorageError
 from streamvault.dataplane.cache.shared_cache import (
     SharedCache,
     cache_path_for,
@@ -99,14 +100,25 @@ class Host:
         self.ctx = zmq.Context()
         self.heartbeat = transport.HeartbeatSender(self.ctx, config.controller)
         self.lts = config.lts or f"file:{os.path.join(os.path.abspath(config.data_dir), 'lts')}"
-        self.cache_path = cache_path_for(config.data_dir)
         cache_bytes = config.cache_bytes or default_cache_bytes()
-        self.cache = SharedCache.create(
-            self.cache_path,
-            cache_bytes,
-            regions=config.workers,
-            block_bytes=config.cache_block_bytes,
-        )
+        self.cache_path = cache_path_for(config.data_dir)
+        try:
+            self.cache = SharedCache.create(
+                self.cache_path,
+                cache_bytes,
+                regions=config.workers,
+                block_bytes=config.cache_block_bytes,
+            )
+        except StorageError as exc:  # e.g. a small /dev/shm: a file on the data disk instead
+            fallback = os.path.join(os.path.abspath(config.data_dir), "cache.shm")
+            log.warning("host=%s %s; using %s", config.host_id, exc, fallback)
+            self.cache_path = fallback
+            self.cache = SharedCache.create(
+                self.cache_path,
+                cache_bytes,
+                regions=config.workers,
+                block_bytes=config.cache_block_bytes,
+            )
         region_bytes = self.cache.blocks_per_region * self.cache.block_bytes
         self.flush_bytes = config.flush_bytes or max(64 * 1024, min(8 << 20, region_bytes // 16))
         self.upload_bytes = max(self.flush_bytes, min(64 << 20, region_bytes // 4))

@@ -17,6 +17,12 @@ import psutil
 READY_PREFIX = "streamvault ready: controller="
 
 
+def cache_path_for_data(data_dir: Path) -> str:
+    from streamvault.dataplane.cache.shared_cache import cache_path_for
+
+    return cache_path_for(str(data_dir))
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -119,6 +125,14 @@ class Standalone:
         self.proc.wait(timeout=30)
         self._wait_gone(pids)
         self.proc = None
+        self._remove_cache_file()
+
+    def _remove_cache_file(self) -> None:
+        """A SIGKILLed host cannot remove its shared-memory cache file: do it for it."""
+        try:
+            os.unlink(cache_path_for_data(self.data_dir))
+        except FileNotFoundError:
+            pass
 
     def stop(self, timeout_s: float = 30.0) -> int:
         """SIGTERM the supervisor and wait until every process of the group has exited."""
@@ -135,6 +149,8 @@ class Standalone:
             ) from None
         self._wait_gone(pids)
         self.proc = None
+        cache = Path(cache_path_for_data(self.data_dir))
+        assert not cache.exists(), f"a clean stop leaves no cache file behind: {cache}"
         return code
 
     def _wait_gone(self, pids: list[int], timeout_s: float = 30.0) -> None:
