@@ -60,6 +60,7 @@ class HostConfig:
     flush_bytes: int = 0
     """Bytes of a segment not yet in LTS that trigger an upload (0: derived from the cache)."""
     flush_wait_s: float = 30.0
+    ledger_bytes: int = 128 << 20
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -177,6 +178,8 @@ class Host:
             str(self.upload_bytes),
             "--flush-wait",
             str(cfg.flush_wait_s),
+            "--ledger-size",
+            str(cfg.ledger_bytes),
         ]
         if cfg.s3_endpoint:
             cmd += ["--s3-endpoint", cfg.s3_endpoint]

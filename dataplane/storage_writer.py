@@ -22,10 +22,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from streamvault.client.protocol import codec, transport
 from streamvault.client.protocol import messages as m
 from streamvault.client.protocol.codec import next_request_id
+from streamvault.client.protocol.crashpoints import crash_point
 from streamvault.client.protocol.errors import StreamVaultError, error_from_code
 from streamvault.dataplane.container import Container
 from streamvault.dataplane.container.container import LtsRead
@@ -59,6 +61,8 @@ class StorageWriter:
         self.reader = ChunkReader(store)
         self.pool = ThreadPoolExecutor(max_workers=POOL_THREADS, thread_name_prefix="lts")
         self.sock = transport.client_socket(ctx, uploader) if uploader else None
+        # a dead uploader fails its outstanding uploads at once (they are asked again)
+        self.monitor = self.sock.get_monitor_socket(zmq.EVENT_DISCONNECTED) if self.sock else None
         self.outstanding: dict[int, tuple[Container, UploadTask, float]] = {}
         self.next_tick = 0.0
         self.counters = {
@@ -115,8 +119,7 @@ class StorageWriter:
             return
         dlog = self.logs[cid]
         data = b"".join(
-            dlog.read(p.ledger_id, p.position, p.length)
-            for p in seg.plan(task.start, task.end - task.start)
+            dlog.read(p.ledger_id, p.position, p.length) for p in seg.pieces(task.start, task.end)
         )
         if len(data) != task.end - task.start:  # the index ends early: try again later
             container.upload_failed(task.segment_id)
@@ -131,6 +134,19 @@ class StorageWriter:
                 self.post(lambda exc=exc: self._failed(container, task, exc))
 
         self.pool.submit(job)
+
+    def on_disconnect(self) -> None:
+        assert self.monitor is not None
+        while True:
+            try:
+                recv_monitor_message(self.monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                break
+        for container, task, _ in self.outstanding.values():
+            container.upload_failed(task.segment_id)
+        if self.outstanding:
+            log.info("uploader disconnected: %d uploads will be asked again", len(self.outstanding))
+        self.outstanding.clear()
 
     def on_readable(self) -> None:
         assert self.sock is not None
@@ -153,6 +169,7 @@ class StorageWriter:
                 self._failed(container, task, error_from_code(body.code, body.message, body.fields))
 
     def _done(self, container: Container, task: UploadTask, stored_bytes: int) -> None:
+        crash_point("before_chunk_meta")
         self.counters["uploads"] += 1
         container.uploaded(task.segment_id, task.start, task.end, task.chunk, stored_bytes)
 
@@ -212,6 +229,8 @@ class StorageWriter:
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
         if self.sock is not None:
+            self.sock.disable_monitor()
+            self.monitor.close(0)
             self.sock.close(0)
         self.store.close()
 

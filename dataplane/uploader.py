@@ -26,6 +26,7 @@ import zmq
 
 from streamvault.client.protocol import codec, transport
 from streamvault.client.protocol import messages as m
+from streamvault.client.protocol.crashpoints import crash_point
 from streamvault.client.protocol.errors import (
     InternalError,
     InvalidMessage,
@@ -155,6 +156,7 @@ class Uploader:
         try:
             data = self._gather(msg)
             stored = store_chunk(self.store, msg.chunk, data)
+            crash_point("after_chunk_put_before_meta")
             self.uploaded += 1
             reply = codec.encode_reply(
                 m.ChunkUploaded(msg.chunk, msg.segment, msg.start, msg.end, stored), rid

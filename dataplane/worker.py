@@ -40,7 +40,6 @@ from streamvault.client.protocol.errors import (
     WrongHost,
 )
 from streamvault.client.protocol.limits import (
-    BLOCK_BYTES_MAX,
     INVALID_MESSAGES_BEFORE_DISCONNECT,
     PROTOCOL_VERSION,
     PROTOCOL_VERSION_MIN,
@@ -49,6 +48,7 @@ from streamvault.client.protocol.naming import container_for
 from streamvault.dataplane.cache import BlockRing, SharedCache
 from streamvault.dataplane.cache.segment_cache import SegmentCache
 from streamvault.dataplane.container import Container, ReadPlan
+from streamvault.dataplane.container.recovery import recover as recover_container
 from streamvault.dataplane.container.tiering import TieringConfig
 from streamvault.dataplane.log import Committer, LocalDurableLog, LocalFileStore, LogConfig
 from streamvault.dataplane.log.probe import durability_mode
@@ -167,6 +167,7 @@ class Worker:
                 frame_payload_bytes=cfg.log.frame_payload_bytes,
                 cache=self.segment_cache,
                 tiering=cfg.tiering,
+                checkpoint_bytes=cfg.log.ledger_bytes // 2,
             )
             dlog = LocalDurableLog(
                 log_dir(cfg.data_dir, cid),
@@ -176,11 +177,8 @@ class Worker:
                 mode=self.mode,
                 config=cfg.log,
             )
-            records = 0
             try:
-                for location, payload in dlog.recover():
-                    container.replay(payload, location.ledger_id, location.record_pos)
-                    records += 1
+                recovered = recover_container(container, dlog)
             except DataCorruption as exc:
                 # Stop this container only; the worker goes on serving its other ones, and
                 # every request for this one is answered with the error until an operator
@@ -189,6 +187,7 @@ class Worker:
                 self.failed[cid] = exc
                 dlog.close()
                 continue
+            records = recovered.records
             dlog.start()
             container.finish_recovery(epoch=dlog.epoch, now=time.monotonic())
             self.containers[cid] = container
@@ -240,6 +239,7 @@ class Worker:
                 poller.register(self._controller.sock, zmq.POLLIN)
             if self.storage is not None and self.storage.sock is not None:
                 poller.register(self.storage.sock, zmq.POLLIN)
+                poller.register(self.storage.monitor, zmq.POLLIN)
         next_expire = time.monotonic() + EXPIRE_INTERVAL_S
         next_heartbeat = 0.0
         next_sweep = time.monotonic() + SWEEP_INTERVAL_S
@@ -272,6 +272,8 @@ class Worker:
             if self.storage is not None:
                 if self.storage.sock is not None and self.storage.sock in events:
                     self.storage.on_readable()
+                if self.storage.monitor is not None and self.storage.monitor in events:
+                    self.storage.on_disconnect()
                 self.storage.tick(now)
                 self._collect_garbage()
             if now >= next_expire:
@@ -291,13 +293,13 @@ class Worker:
 
     def _credit(self) -> float:
         """1.0 while the cache has room; falls to 0.0 as its pinned share (plus what is
-        queued, plus room for one more block) goes from 75 % to 90 %."""
+        queued for it) goes from 75 % to 90 %. Checked per message, so at most one message
+        overshoots; bytes the cache cannot take are served from the log until uploaded."""
         ring = self.ring
         if ring is None or self.storage is None:
             return 1.0
-        block = ring.cache.block_bytes
-        reserved = -(-self._queued_bytes() // block) + -(-BLOCK_BYTES_MAX // block)
-        used = (ring.pinned + reserved) / ring.total
+        queued_blocks = -(-self._queued_bytes() // ring.cache.block_bytes)
+        used = (ring.pinned + queued_blocks) / ring.total
         if used <= ring.throttle_from:
             return 1.0
         if used >= ring.stop_at:
@@ -321,7 +323,9 @@ class Worker:
     def _receive(self, batch_max: int = RECEIVE_BATCH_MAX) -> None:
         router = self.router
         assert router is not None
-        for _ in range(batch_max):
+        for count in range(batch_max):
+            if count % 16 == 15 and self._credit() == 0.0:
+                return  # the cache is full: leave the rest in the socket (backpressure)
             try:
                 frames = router.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
@@ -504,16 +508,33 @@ class Worker:
 
     def _complete(self) -> None:
         completions = self.completions
+        touched: set[int] = set()
         while completions:
-            dlog, buffer, (container, token), location = completions.popleft()
+            dlog, buffer, token, location = completions.popleft()
+            if buffer is None:  # a log task finished: ledgers were deleted
+                dlog.forget_ledgers(token[1])
+                continue
+            container, ops_token = token
             effects, plans = container.committed(
-                token, location.ledger_id, location.record_pos, buffer.payload, time.monotonic()
+                ops_token,
+                location.ledger_id,
+                location.record_pos,
+                buffer.payload,
+                time.monotonic(),
+                location.entry_id,
             )
             dlog.release(buffer)
+            touched.add(container.container_id)
             for peer, frames in effects:
                 self._send(peer, frames)
             if plans:
                 self._send_plans(plans)
+        for cid in touched:
+            container = self.containers[cid]
+            container.maybe_checkpoint()
+            if container.truncate_before is not None:
+                self.logs[cid].truncate_before(container.truncate_before)
+                container.truncate_before = None
 
     def _fail_stop(self) -> None:
         log.critical(

@@ -97,6 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--flush-bytes", type=int, default=8 << 20)
     p.add_argument("--upload-bytes", type=int, default=64 << 20)
     p.add_argument("--flush-wait", type=float, default=30.0)
+    p.add_argument("--ledger-size", type=parse_size, default=128 << 20)
     _common(p)
 
     p = sub.add_parser("uploader", help="run a host's LTS uploader")
@@ -127,6 +128,12 @@ def _storage_options(p: argparse.ArgumentParser) -> None:
         type=float,
         default=30.0,
         help="seconds before a segment's new bytes go to LTS anyway (default 30)",
+    )
+    p.add_argument(
+        "--ledger-size",
+        type=parse_size,
+        default=128 << 20,
+        help="durable-log ledger file size, K/M/G suffix allowed (default 128M)",
     )
 
 
@@ -167,6 +174,7 @@ def _run(args: argparse.Namespace) -> int:
                 lts=args.lts,
                 s3_endpoint=args.s3_endpoint,
                 flush_wait_s=args.flush_wait,
+                ledger_bytes=args.ledger_size,
             )
         )
     if args.command == "controller":
@@ -201,6 +209,7 @@ def _run(args: argparse.Namespace) -> int:
                 lts=args.lts,
                 s3_endpoint=args.s3_endpoint,
                 flush_wait_s=args.flush_wait,
+                ledger_bytes=args.ledger_size,
             )
         )
     if args.command == "uploader":
@@ -220,6 +229,7 @@ def _run(args: argparse.Namespace) -> int:
         )
     if args.command == "worker":
         from streamvault.dataplane.container.tiering import TieringConfig
+        from streamvault.dataplane.log import LogConfig
         from streamvault.dataplane.worker import WorkerConfig, run
 
         process.die_with_parent(args.parent_pid)
@@ -240,6 +250,7 @@ def _run(args: argparse.Namespace) -> int:
                 lts=args.lts,
                 s3_endpoint=args.s3_endpoint,
                 uploader=args.uploader,
+                log=LogConfig(ledger_bytes=args.ledger_size),
                 tiering=TieringConfig(
                     flush_bytes=args.flush_bytes,
                     flush_wait_s=args.flush_wait,

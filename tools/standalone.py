@@ -46,6 +46,7 @@ class StandaloneConfig:
     lts: str = ""  # "" = file:<data-dir>/lts
     s3_endpoint: str | None = None
     flush_wait_s: float = 30.0
+    ledger_bytes: int = 128 << 20
 
     @property
     def controller(self) -> str:
@@ -138,7 +139,12 @@ class Standalone:
             host += ["--lts", config.lts]
         if config.s3_endpoint:
             host += ["--s3-endpoint", config.s3_endpoint]
-        host += ["--flush-wait", str(config.flush_wait_s)]
+        host += [
+            "--flush-wait",
+            str(config.flush_wait_s),
+            "--ledger-size",
+            str(config.ledger_bytes),
+        ]
         if not config.pin_cpus:
             host.append("--no-pin")
         self.host = _Child("host", host)

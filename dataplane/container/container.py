@@ -37,9 +37,15 @@ from streamvault.client.protocol.errors import (
 )
 from streamvault.client.protocol.limits import BLOCK_BYTES_MAX
 from streamvault.dataplane.cache.segment_cache import SegmentCache
+from streamvault.dataplane.container import checkpoint
 from streamvault.dataplane.container import operations as ops
 from streamvault.dataplane.container.segment import Chunk, Piece, Segment
-from streamvault.dataplane.container.tiering import TieringConfig, UploadTask, due_uploads
+from streamvault.dataplane.container.tiering import (
+    TieringConfig,
+    UploadTask,
+    due_uploads,
+    truncation_ledger,
+)
 from streamvault.dataplane.log.framing import RECORD_HEADER_BYTES
 
 log = logging.getLogger(__name__)
@@ -164,6 +170,18 @@ class _ChunkOp:
         return ops.CHUNK_BYTES + len(self.name.encode())
 
 
+class _CheckpointOp:
+    """The container's committed metadata as of record `covered` (checkpoint.py)."""
+
+    __slots__ = ("covered", "snapshot")
+
+    def __init__(self, covered: tuple[int, int], snapshot: bytes) -> None:
+        self.covered, self.snapshot = covered, snapshot
+
+    def size(self) -> int:
+        return ops.CHECKPOINT_BYTES + len(self.snapshot)
+
+
 def error_frames(rid: int, exc: StreamVaultError) -> list[Any]:
     return codec.encode_exception(rid, exc)
 
@@ -176,6 +194,8 @@ class Container:
         frame_payload_bytes: int = 1024 * 1024,
         cache: SegmentCache | None = None,
         tiering: TieringConfig | None = None,
+        checkpoint_records: int = 300,
+        checkpoint_bytes: int = 256 * 1024 * 1024,
     ) -> None:
         self.container_id = container_id
         self.frame_payload_bytes = frame_payload_bytes
@@ -183,11 +203,18 @@ class Container:
         self.tiering = tiering or TieringConfig()
         self.epoch = 0  # the log's epoch, set after recovery; embedded in chunk names
         self.garbage: list[str] = []  # LTS chunks of deleted segments, to delete
+        self.checkpoint_records = checkpoint_records
+        self.checkpoint_bytes = checkpoint_bytes
+        self.last_committed = (0, -1)  # (ledger, entry) of the last applied record
+        self.records_since_checkpoint = 0
+        self.bytes_since_checkpoint = 0
+        self.checkpoint_pending = False
+        self.truncate_before: int | None = None  # ledgers below this may be deleted
         self.segments: dict[bytes, Segment] = {}
         self.by_id: dict[int, Segment] = {}
         self.next_segment_id = 1
-        self.queue: list[_Append | _Admin | _Note | _ChunkOp] = []
-        self.queued_bytes = 0
+        self.queue: list[_Append | _Admin | _Note | _ChunkOp | _CheckpointOp] = []
+        self.queued_bytes = 0  # appended bytes accepted and not yet durable (queued or in flight)
         self._last_op: dict[int, _Append | _Admin] = {}
         self.in_flight: deque[list[Any]] = deque()
         self.sessions: dict[Peer, set[tuple[bytes, int]]] = {}
@@ -446,7 +473,6 @@ class Container:
             self.queue = queue[taken:]
             self.counters["flush_bytes_max"] += 1
         self._last_op = {}
-        self.queued_bytes -= sum(op.length for op in token if isinstance(op, _Append))
         self.in_flight.append(token)
         self.counters["records"] += 1
         return buffer, pos, token
@@ -473,6 +499,8 @@ class Container:
                 pos = end
             op.payloads = []  # release the received frames
             return pos
+        if isinstance(op, _CheckpointOp):
+            return ops.put_checkpoint(out, pos, covered=op.covered, snapshot=op.snapshot)
         if isinstance(op, _ChunkOp):
             return ops.put_chunk(
                 out,
@@ -498,12 +526,17 @@ class Container:
         record_pos: int,
         payload: Any = None,
         now: float = 0.0,
+        entry_id: int = -1,
     ) -> tuple[list[Effect], list[ReadPlan]]:
         """Apply a durable record (the oldest in flight) and return what to send.
 
         `payload` is the record's payload (its appended bytes are copied into the cache)."""
         assert self.in_flight and self.in_flight[0] is token, "records complete in order"
         self.in_flight.popleft()
+        self.last_committed = (ledger_id, entry_id)
+        self.queued_bytes -= sum(op.length for op in token if isinstance(op, _Append))
+        self.records_since_checkpoint += 1
+        self.bytes_since_checkpoint += len(payload) if payload is not None else 0
         base = record_pos + RECORD_HEADER_BYTES
         effects: list[Effect] = []
         touched: list[Segment] = []
@@ -534,9 +567,31 @@ class Container:
                     touched.append(op.seg)
             elif isinstance(op, _ChunkOp):
                 self._apply_chunk(op.seg, op.start, op.end, op.name, op.stored_bytes, now)
+            elif isinstance(op, _CheckpointOp):
+                self.checkpoint_pending = False
+                self.truncate_before = truncation_ledger(list(self.by_id.values()), op.covered[0])
             else:
                 effects.append((op.peer, op.frames))
         return effects, self._wake(touched)
+
+    def maybe_checkpoint(self) -> bool:
+        """Queue a checkpoint when enough records or bytes were written since the last."""
+        if self.checkpoint_pending or (
+            self.records_since_checkpoint < self.checkpoint_records
+            and self.bytes_since_checkpoint < self.checkpoint_bytes
+        ):
+            return False
+        snapshot = checkpoint.take(list(self.by_id.values()), self.next_segment_id)
+        self.queue.append(_CheckpointOp(self.last_committed, snapshot))
+        self.checkpoint_pending = True
+        self.records_since_checkpoint = self.bytes_since_checkpoint = 0
+        return True
+
+    def load_checkpoint(self, snapshot: bytes) -> None:
+        """Start recovery from a checkpoint (then replay the records after it)."""
+        self.next_segment_id, segments = checkpoint.load(snapshot)
+        self.segments = {s.name: s for s in segments}
+        self.by_id = {s.segment_id: s for s in segments}
 
     def _cache_key(self, seg: Segment) -> int:
         """A worker's containers share one cache; segment ids are unique per container."""
@@ -634,6 +689,8 @@ class Container:
         """Apply one recovered record (the log replays them in order)."""
         base = record_pos + RECORD_HEADER_BYTES
         for op in ops.iter_ops(payload):
+            if op.kind == ops.OP_CHECKPOINT:
+                continue  # the state it describes is the state replay has reached
             if op.kind == ops.OP_CREATE:
                 seg = Segment(op.segment_id, op.name)
                 seg.created = True
@@ -657,15 +714,37 @@ class Container:
                     base + op.data_pos,
                 )
                 seg.pending_length = seg.length
-                if self.cache is not None:
-                    data = payload[op.data_pos : op.data_pos + op.data_bytes]
-                    self.cache.append(self._cache_key(seg), op.offset, data)
+                self._recache(seg, payload, op)
             elif op.kind == ops.OP_CHUNK:
                 self._apply_chunk(seg, op.offset, op.data_pos, op.name.decode(), op.data_bytes, 0.0)
             elif op.kind == ops.OP_SEAL:
                 seg.sealed = seg.pending_sealed = True
             elif op.kind == ops.OP_DELETE:
                 self._forget(seg)
+
+    def replay_data(self, payload: memoryview, ledger_id: int, record_pos: int) -> None:
+        """Replay a record the loaded checkpoint already covers: only its bytes that are
+        not in LTS yet matter (they go back into the read index and the cache)."""
+        base = record_pos + RECORD_HEADER_BYTES
+        for op in ops.iter_ops(payload):
+            if op.kind != ops.OP_APPEND:
+                continue
+            seg = self.by_id.get(op.segment_id)
+            end = op.offset + op.data_bytes
+            if seg is None or end <= seg.storage_length or op.offset >= seg.length:
+                continue  # deleted later, already in LTS, or (never) beyond the checkpoint
+            seg.index_add(op.offset, ledger_id, base + op.data_pos)
+            self._recache(seg, payload, op)
+
+    def _recache(self, seg: Segment, payload: memoryview, op: ops.Op) -> None:
+        if self.cache is None:
+            return
+        skip = max(0, seg.storage_length - op.offset)
+        if skip < op.data_bytes:
+            start = op.data_pos + skip
+            self.cache.append(
+                self._cache_key(seg), op.offset + skip, payload[start : op.data_pos + op.data_bytes]
+            )
 
     def finish_recovery(self, *, epoch: int, now: float) -> None:
         """After the last replayed record: the new epoch, and the clock for pending uploads."""

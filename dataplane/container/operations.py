@@ -9,6 +9,8 @@ A record's payload is a sequence of operations, each `op u8 | body_bytes u32 | b
     DELETE  segment_id u64
     CHUNK   segment_id u64 | start u64 | end u64 | stored_bytes u64 | name_bytes u16 | name
             (bytes [start, end) of the segment are in LTS as chunk `name`)
+    CHECKPOINT covered_ledger u64 | covered_entry i64 | snapshot (msgpack, checkpoint.py)
+            (the container's metadata after the record at (covered_ledger, covered_entry))
 
 An APPEND carries the data and the writer's new last event number in one operation, so the
 writer attribute and the bytes become durable together (deduplication survives crashes).
@@ -29,12 +31,14 @@ APPEND = struct.Struct("<Q16sqqIQ")
 SEAL = struct.Struct("<QQ")
 DELETE = struct.Struct("<Q")
 CHUNK = struct.Struct("<QQQQH")
+CHECKPOINT = struct.Struct("<Qq")
 
 OP_CREATE = 1
 OP_APPEND = 2
 OP_SEAL = 3
 OP_DELETE = 4
 OP_CHUNK = 5
+OP_CHECKPOINT = 6
 
 APPEND_OVERHEAD = OP_HEAD.size + APPEND.size
 """Bytes an APPEND adds on top of its data."""
@@ -111,6 +115,15 @@ def put_chunk(
     return pos + len(name)
 
 
+def put_checkpoint(buf: memoryview, pos: int, *, covered: tuple[int, int], snapshot: bytes) -> int:
+    OP_HEAD.pack_into(buf, pos, OP_CHECKPOINT, CHECKPOINT.size + len(snapshot))
+    CHECKPOINT.pack_into(buf, pos + OP_HEAD.size, covered[0], covered[1])
+    pos += OP_HEAD.size + CHECKPOINT.size
+    buf[pos : pos + len(snapshot)] = snapshot
+    return pos + len(snapshot)
+
+
+CHECKPOINT_BYTES = OP_HEAD.size + CHECKPOINT.size
 CHUNK_BYTES = OP_HEAD.size + CHUNK.size
 CREATE_BYTES = OP_HEAD.size + CREATE.size
 SEAL_BYTES = OP_HEAD.size + SEAL.size
@@ -149,6 +162,10 @@ def iter_ops(payload: memoryview) -> Iterator[Op]:
                 raise DataCorruption(f"log op at {pos}: CHUNK name length mismatch")
             name = bytes(payload[stop - name_bytes : stop])
             yield Op(kind, seg, name, b"", 0, 0, 0, chunk_start, chunk_end, stored)
+        elif kind == OP_CHECKPOINT and body >= CHECKPOINT.size:
+            ledger, entry = CHECKPOINT.unpack_from(payload, start)
+            snapshot = bytes(payload[start + CHECKPOINT.size : stop])
+            yield Op(kind, 0, snapshot, b"", 0, 0, 0, ledger, entry, 0)
         elif kind == OP_DELETE and body == DELETE.size:
             (seg,) = DELETE.unpack_from(payload, start)
             yield Op(kind, seg, b"", b"", 0, 0, 0, 0, 0, 0)

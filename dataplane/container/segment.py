@@ -89,6 +89,20 @@ class Segment:
         """The oldest ledger still holding bytes of this segment not yet in LTS."""
         return self._ledgers[0] if self._offsets and self.length > self.storage_length else None
 
+    def pieces(self, start: int, end: int) -> list[Piece]:
+        """Log pieces holding exactly [start, end) (for uploads; unlike `plan`, the last
+        entry is cut to fit)."""
+        assert self.start_offset <= start <= end <= self.length
+        pieces: list[Piece] = []
+        offset = start
+        while offset < end:
+            batch = self.plan(offset, end - offset)
+            if not batch:
+                break
+            pieces.extend(batch)
+            offset += sum(p.length for p in batch)
+        return pieces
+
     def chunk_for(self, offset: int) -> Chunk | None:
         index = bisect_right([c.start for c in self.chunks], offset) - 1
         if index >= 0 and self.chunks[index].start <= offset < self.chunks[index].end:

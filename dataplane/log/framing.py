@@ -27,8 +27,9 @@ RECORD_HEADER = struct.Struct("<IHHIQQQqI")
 RECORD_HEADER_BYTES = RECORD_HEADER.size  # 48
 _CRC_COVERED = RECORD_HEADER_BYTES - 4
 BLOCK_BYTES = 4096
-RECORD_PAYLOAD_BYTES_MAX = 16 * 1024 * 1024
-"""Largest record payload (one frame of a container: ≤ 1 MiB normally, one big block at most)."""
+RECORD_PAYLOAD_BYTES_MAX = 9 * 1024 * 1024
+"""Largest record payload: a group-commit frame is ~1 MiB; one block of the largest event
+(8 MiB + framing) gets a record of its own."""
 
 
 class RecordHeader(NamedTuple):

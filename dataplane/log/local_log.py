@@ -27,6 +27,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
+from streamvault.client.protocol.crashpoints import crash_point
 from streamvault.client.protocol.errors import DataCorruption, StorageError
 from streamvault.dataplane.log.framing import (
     RECORD_HEADER_BYTES,
@@ -46,6 +47,7 @@ from streamvault.dataplane.log.metadata import (
     CoordinationStore,
     LedgerInfo,
     LogMetadata,
+    fsync_dir,
 )
 from streamvault.dataplane.log.probe import MODE_DIRECT
 
@@ -100,7 +102,11 @@ class LocalDurableLog:
         config: LogConfig | None = None,
     ) -> None:
         config = config or LogConfig()
-        assert config.ledger_bytes >= 4 * RECORD_PAYLOAD_BYTES_MAX
+        if config.ledger_bytes < 2 * record_bytes(RECORD_PAYLOAD_BYTES_MAX):
+            raise ValueError(
+                f"ledger_bytes={config.ledger_bytes} must hold two records of "
+                f"{RECORD_PAYLOAD_BYTES_MAX} bytes"
+            )
         self.directory = directory
         self.key = key
         self.store = store
@@ -139,27 +145,10 @@ class LocalDurableLog:
         version = self.store.cas(self.key, meta, version)
         self.epoch = meta.epoch
         for info in meta.ledgers:
-            path = ledger_path(self.directory, info.ledger_id)
-            if info.state == "open" and not os.path.exists(path):
-                info.state, info.last_entry_id = "closed", -1
-                continue
-            closed_last = info.last_entry_id if info.state == "closed" else None
-            if closed_last is not None and closed_last >= 0 and not os.path.exists(path):
-                raise DataCorruption(
-                    f"log {self.key}: ledger {info.ledger_id} closed at entry "
-                    f"{closed_last} but {path} is missing",
-                    ledger=info.ledger_id,
-                )
             ends: list[ScanEnd] = []
-            for record in scan_ledger(
-                path, info.ledger_id, closed_last_entry_id=closed_last, result=ends
-            ):
-                yield (
-                    LogLocation(info.ledger_id, record.record_pos, record.entry_id),
-                    record.payload,
-                )
-            end = ends[0]
+            yield from self._ledger_records(info, ends)
             if info.state == "open":
+                end = ends[0] if ends else ScanEnd(-1, 0, False)
                 if end.cut_tail:
                     log.warning(
                         "log=%s ledger=%d torn tail cut at position=%d after entry=%d",
@@ -184,6 +173,69 @@ class LocalDurableLog:
                     ledger_id,
                     ledger_id in empty,
                 )
+
+    def scan(self) -> Iterator[tuple[LogLocation, memoryview]]:
+        """Yield the durable records like `recover`, changing nothing (no fencing, no
+        metadata update): recovery's first pass, and offline inspection."""
+        meta, _ = self.store.get(self.key)
+        for info in (meta or LogMetadata()).ledgers:
+            yield from self._ledger_records(info, [])
+
+    def _ledger_records(
+        self, info: LedgerInfo, ends: list[ScanEnd]
+    ) -> Iterator[tuple[LogLocation, memoryview]]:
+        path = ledger_path(self.directory, info.ledger_id)
+        closed_last = info.last_entry_id if info.state == "closed" else None
+        if not os.path.exists(path):
+            if closed_last is not None and closed_last >= 0:
+                raise DataCorruption(
+                    f"log {self.key}: ledger {info.ledger_id} closed at entry "
+                    f"{closed_last} but {path} is missing",
+                    ledger=info.ledger_id,
+                )
+            return  # an open ledger whose file was never created: empty
+        for record in scan_ledger(
+            path, info.ledger_id, closed_last_entry_id=closed_last, result=ends
+        ):
+            yield LogLocation(info.ledger_id, record.record_pos, record.entry_id), record.payload
+
+    def truncate_before(self, ledger_id: int) -> None:
+        """Delete the closed ledgers older than `ledger_id` (their records are no longer
+        needed: checkpointed and in LTS). Runs on the committer thread, after the records
+        submitted before it, so ledger metadata only ever changes on that thread."""
+        self.committer.run_task(self, lambda: self._truncate(ledger_id))
+
+    def _truncate(self, ledger_id: int) -> list[int]:
+        doomed = [
+            i
+            for i in self.meta.ledgers
+            if i.ledger_id < ledger_id
+            and i.state == "closed"
+            and (self.ledger is None or i.ledger_id != self.ledger.ledger_id)
+        ]
+        if not doomed:
+            return []
+        self.meta.ledgers = [i for i in self.meta.ledgers if i not in doomed]
+        # metadata first: a crash before the files are gone leaves unreferenced files, which
+        # recovery deletes; never metadata naming a deleted ledger
+        self.meta_version = self.store.cas(self.key, self.meta, self.meta_version)
+        crash_point("truncate_after_meta")
+        for info in doomed:
+            try:
+                os.unlink(ledger_path(self.directory, info.ledger_id))
+            except FileNotFoundError:
+                pass
+        fsync_dir(self.directory)
+        ids = [i.ledger_id for i in doomed]
+        log.info("log=%s truncated ledgers=%s", self.key, ids)
+        return ids
+
+    def forget_ledgers(self, ledger_ids: list[int]) -> None:
+        """Close read descriptors of deleted ledgers (main thread)."""
+        for ledger_id in ledger_ids:
+            fd = self._read_fds.pop(ledger_id, None)
+            if fd is not None:
+                os.close(fd)
 
     def start(self) -> None:
         """Open a fresh ledger for writing (after `recover`)."""
@@ -244,6 +296,7 @@ class LocalDurableLog:
         if not ledger.fits(total):
             ledger.sync()
             self._open_next_ledger()
+            crash_point("rollover_after_create")
             ledger = self.ledger
         entry_id = ledger.next_entry_id
         seal_record(
@@ -311,6 +364,69 @@ class Committer:
         self.syncs = 0
         self._thread = threading.Thread(target=self._run, name="committer", daemon=True)
 
+    def scan(self) -> Iterator[tuple[LogLocation, memoryview]]:
+        """Yield the durable records like `recover`, changing nothing (no fencing, no
+        metadata update): recovery's first pass, and offline inspection."""
+        meta, _ = self.store.get(self.key)
+        for info in (meta or LogMetadata()).ledgers:
+            yield from self._ledger_records(info, [])
+
+    def _ledger_records(
+        self, info: LedgerInfo, ends: list[ScanEnd]
+    ) -> Iterator[tuple[LogLocation, memoryview]]:
+        path = ledger_path(self.directory, info.ledger_id)
+        closed_last = info.last_entry_id if info.state == "closed" else None
+        if not os.path.exists(path):
+            if closed_last is not None and closed_last >= 0:
+                raise DataCorruption(
+                    f"log {self.key}: ledger {info.ledger_id} closed at entry "
+                    f"{closed_last} but {path} is missing",
+                    ledger=info.ledger_id,
+                )
+            return  # an open ledger whose file was never created: empty
+        for record in scan_ledger(
+            path, info.ledger_id, closed_last_entry_id=closed_last, result=ends
+        ):
+            yield LogLocation(info.ledger_id, record.record_pos, record.entry_id), record.payload
+
+    def truncate_before(self, ledger_id: int) -> None:
+        """Delete the closed ledgers older than `ledger_id` (their records are no longer
+        needed: checkpointed and in LTS). Runs on the committer thread, after the records
+        submitted before it, so ledger metadata only ever changes on that thread."""
+        self.committer.run_task(self, lambda: self._truncate(ledger_id))
+
+    def _truncate(self, ledger_id: int) -> list[int]:
+        doomed = [
+            i
+            for i in self.meta.ledgers
+            if i.ledger_id < ledger_id
+            and i.state == "closed"
+            and (self.ledger is None or i.ledger_id != self.ledger.ledger_id)
+        ]
+        if not doomed:
+            return []
+        self.meta.ledgers = [i for i in self.meta.ledgers if i not in doomed]
+        # metadata first: a crash before the files are gone leaves unreferenced files, which
+        # recovery deletes; never metadata naming a deleted ledger
+        self.meta_version = self.store.cas(self.key, self.meta, self.meta_version)
+        crash_point("truncate_after_meta")
+        for info in doomed:
+            try:
+                os.unlink(ledger_path(self.directory, info.ledger_id))
+            except FileNotFoundError:
+                pass
+        fsync_dir(self.directory)
+        ids = [i.ledger_id for i in doomed]
+        log.info("log=%s truncated ledgers=%s", self.key, ids)
+        return ids
+
+    def forget_ledgers(self, ledger_ids: list[int]) -> None:
+        """Close read descriptors of deleted ledgers (main thread)."""
+        for ledger_id in ledger_ids:
+            fd = self._read_fds.pop(ledger_id, None)
+            if fd is not None:
+                os.close(fd)
+
     def start(self) -> None:
         self._thread.start()
 
@@ -319,6 +435,14 @@ class Committer:
     ) -> None:
         with self._cond:
             self._queue.append((log_, buffer, payload_bytes, token))
+            if len(self._queue) == 1:
+                self._cond.notify()
+
+    def run_task(self, log_: LocalDurableLog, task: Callable[[], Any]) -> None:
+        """Run `task` on the committer thread after everything submitted before it; its
+        result comes back as a completion with buffer None and token ("task", result)."""
+        with self._cond:
+            self._queue.append((log_, None, 0, task))
             if len(self._queue) == 1:
                 self._cond.notify()
 
@@ -346,11 +470,22 @@ class Committer:
         done: list[Completion] = []
         touched: dict[int, LocalDurableLog] = {}
         for log_, buffer, payload_bytes, token in batch:
+            if buffer is None:  # a task: sync what came before it, then run it
+                for other in touched.values():
+                    other.sync()
+                touched.clear()
+                done.append((log_, None, ("task", token()), None))
+                continue
+            crash_point("before_write")
             location = log_.write_record(buffer, payload_bytes)
             touched[id(log_)] = log_
             done.append((log_, buffer, token, location))
+        if touched:
+            crash_point("after_write_before_sync")
         for log_ in touched.values():
             log_.sync()
+        if touched:
+            crash_point("after_sync_before_ack")
         self.cycles += 1
         self.records += len(done)
         self.syncs += len(touched)

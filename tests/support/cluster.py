@@ -39,8 +39,10 @@ class Standalone:
         port: int | None = None,
         extra: list[str] | None = None,
         cache_size: str = "64M",
+        env: dict[str, str] | None = None,
     ) -> None:
         self.cache_size = cache_size
+        self.env = env
         self.data_dir = data_dir
         self.workers = workers
         self.containers = containers
@@ -79,8 +81,9 @@ class Standalone:
             *self.extra,
         ]
         with open(log_path, "wb") as log:
+            env = {**os.environ, **self.env} if self.env else None
             self.proc = subprocess.Popen(
-                cmd, stdout=subprocess.PIPE, stderr=log, start_new_session=True
+                cmd, stdout=subprocess.PIPE, stderr=log, start_new_session=True, env=env
             )
         deadline = time.monotonic() + timeout_s
         assert self.proc.stdout is not None

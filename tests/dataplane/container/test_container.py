@@ -188,3 +188,16 @@ def test_containers_sharing_a_worker_cache_never_see_each_others_bytes(tmp_path)
         data = b"".join(bytes(v) for v in plan.views)
         assert data == framed(fill * 1000) * 3
     cache.close()
+
+
+def test_segment_pieces_cover_exactly_the_range_asked():
+    from streamvault.dataplane.container.segment import Segment
+
+    seg = Segment(1, SEG)
+    for offset, position in ((0, 100), (1000, 5000), (2500, 9000)):
+        seg.index_add(offset, 1, position)
+    seg.length = 4000
+    for start, end in ((0, 4000), (10, 3999), (999, 1001), (2500, 2500), (3000, 4000)):
+        pieces = seg.pieces(start, end)
+        assert sum(p.length for p in pieces) == end - start
+    assert seg.pieces(10, 1500)[0].position == 110
