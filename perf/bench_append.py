@@ -51,7 +51,9 @@ def percentiles(values: list[float]) -> dict[str, float]:
     }
 
 
-def start_standalone(data_dir: str, workers: int) -> tuple[subprocess.Popen, str]:
+def start_standalone(
+    data_dir: str, workers: int, extra: list[str] | None = None
+) -> tuple[subprocess.Popen, str]:
     import socket
 
     with socket.socket() as sock:
@@ -71,6 +73,7 @@ def start_standalone(data_dir: str, workers: int) -> tuple[subprocess.Popen, str
             "--log-level",
             "WARNING",
             *(["--workers", str(workers)] if workers else []),
+            *(extra or []),
         ],
         stdout=subprocess.PIPE,
         text=True,

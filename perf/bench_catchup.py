@@ -1,0 +1,207 @@
+"""Catch-up reads while writing (issue: cache and LTS).
+
+A writer appends at a fixed rate (`--rate-mb`, 1000-byte events, 100 per `write_events`)
+while a reader, started once a backlog of `--backlog` x the cache size has built up, reads
+the stream from the head (history from LTS, then the cached tail). Reported:
+
+- write ack latency p50/p95/p99 before the reader starts and while it catches up;
+- the reader's MB/s while catching up, and the time until it reaches the tail (an event
+  read less than `--tail-lag` seconds after it was written);
+- a check that the reader got every event in order.
+
+Back of the envelope: at 50 MB/s a 64 MiB cache holds ~1.3 s of data, so a 4x backlog is
+~5 s of writes, all but the last second in LTS only. Target: the reader reads >= 2x the
+write rate, and write p95 during catch-up stays within 1.5x of write p95 without it.
+
+    python perf/bench_catchup.py [--rate-mb 50] [--cache 64M] [--backlog 4] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import shutil
+import statistics
+import struct
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from bench_append import machine, percentiles, start_standalone  # noqa: E402
+
+from streamvault.client import StreamManager  # noqa: E402
+from streamvault.dataplane.cache.shared_cache import parse_size  # noqa: E402
+
+EVENT_BYTES = 1000
+BATCH = 100
+STAMP = struct.Struct("<dQ")  # write time, sequence number
+
+
+def writer_loop(
+    mgr,
+    scope: str,
+    stream: str,
+    rate_mb: float,
+    stop: threading.Event,
+    latencies: list[tuple[float, float]],
+    written: list[int],
+) -> None:
+    pad = os.urandom(EVENT_BYTES - STAMP.size)
+    interval = BATCH * EVENT_BYTES / (rate_mb * 1e6)
+    seq = 0
+    with mgr.create_writer(scope, stream) as writer:
+        next_at = time.perf_counter()
+        while not stop.is_set():
+            now = time.time()
+            batch = [STAMP.pack(now, seq + i) + pad for i in range(BATCH)]
+            t0 = time.perf_counter()
+            future = writer.write_events(batch, routing_key="k")
+            future.add_done_callback(
+                lambda f, t0=t0: latencies.append((t0, time.perf_counter() - t0))
+            )
+            seq += BATCH
+            written[0] = seq
+            next_at += interval
+            delay = next_at - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+
+
+def reader_process(
+    controller: str, scope: str, stream: str, tail_lag: float, deadline_s: float, out
+) -> None:
+    with StreamManager(controller) as mgr:
+        mgr.create_reader_group(scope, "catchup", [stream])
+        reader = mgr.create_reader(scope, "catchup", "r")
+        start = time.perf_counter()
+        count = 0
+        expected = 0
+        ordered = True
+        reached = None
+        while time.perf_counter() - start < deadline_s:
+            event = reader.read_next_event(2.0)
+            if event is None:
+                break
+            written_at, seq = STAMP.unpack_from(event.data)
+            ordered &= seq == expected
+            expected = seq + 1
+            count += 1
+            if time.time() - written_at < tail_lag:
+                reached = time.perf_counter() - start
+                break
+        reader.close()
+    out.put(
+        {
+            "events": count,
+            "seconds": reached or (time.perf_counter() - start),
+            "reached_tail": reached is not None,
+            "in_order": ordered,
+        }
+    )
+
+
+def one_run(args: argparse.Namespace) -> dict:
+    tmp = tempfile.mkdtemp(prefix="sv-catchup-")
+    cache = parse_size(args.cache)
+    proc, controller = start_standalone(
+        os.path.join(tmp, "data"), args.workers, ["--cache-size", args.cache, "--flush-wait", "2"]
+    )
+    try:
+        with StreamManager(controller) as mgr:
+            scope, stream = "bench", f"catchup{os.getpid()}"
+            mgr.create_scope(scope)
+            mgr.create_stream(scope, stream, initial_segments=1)
+            stop = threading.Event()
+            latencies: list[tuple[float, float]] = []
+            written = [0]
+            thread = threading.Thread(
+                target=writer_loop,
+                args=(mgr, scope, stream, args.rate_mb, stop, latencies, written),
+            )
+            thread.start()
+            backlog_s = args.backlog * cache / (args.rate_mb * 1e6)
+            time.sleep(backlog_s)
+            reader_started = time.perf_counter()
+            ctx = mp.get_context("spawn")
+            out = ctx.Queue()
+            reader = ctx.Process(
+                target=reader_process,
+                args=(controller, scope, stream, args.tail_lag, args.deadline, out),
+            )
+            reader.start()
+            result = out.get(timeout=args.deadline + 60)
+            reader_done = time.perf_counter()
+            reader.join(timeout=30)
+            stop.set()
+            thread.join(timeout=60)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        shutil.rmtree(tmp, ignore_errors=True)
+    half = reader_started - backlog_s / 2
+    before = [lat for t, lat in latencies if half <= t < reader_started]
+    during = [lat for t, lat in latencies if reader_started <= t < reader_done]
+    mb = result["events"] * EVENT_BYTES / 1e6
+    return {
+        "before": percentiles(before),
+        "during": percentiles(during),
+        "reader_mb_per_s": mb / result["seconds"],
+        "time_to_tail_s": result["seconds"],
+        "reached_tail": result["reached_tail"],
+        "in_order": result["in_order"],
+        "backlog_mb": round(args.backlog * cache / 1e6),
+        "read_mb": round(mb),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rate-mb", type=float, default=50.0)
+    ap.add_argument("--cache", default="64M")
+    ap.add_argument("--backlog", type=float, default=4.0, help="backlog, in cache sizes")
+    ap.add_argument("--tail-lag", type=float, default=1.0)
+    ap.add_argument("--deadline", type=float, default=120.0)
+    ap.add_argument("--workers", type=int, default=0)
+    ap.add_argument("--runs", type=int, default=3)
+    args = ap.parse_args()
+    runs = [one_run(args) for _ in range(args.runs)]
+    m = machine()
+    print(f"machine: {m['cpu']} x{m['cores']}, python {m['python']}, commit {m['commit']}")
+    print(
+        f"writer {args.rate_mb} MB/s of {EVENT_BYTES} B events, cache {args.cache}, backlog "
+        f"{args.backlog}x cache, RF=1, fdatasync before ack; medians of {args.runs} runs"
+    )
+    med = lambda f: statistics.median(f(r) for r in runs)  # noqa: E731
+    p95_before = med(lambda r: r["before"]["p95_ms"])
+    p95_during = med(lambda r: r["during"]["p95_ms"])
+    print(
+        f"write p50/p95 before the reader: {med(lambda r: r['before']['p50_ms']):.2f} / "
+        f"{p95_before:.2f} ms"
+    )
+    print(
+        f"write p50/p95 during catch-up:   {med(lambda r: r['during']['p50_ms']):.2f} / "
+        f"{p95_during:.2f} ms  ({p95_during / max(p95_before, 1e-9):.2f}x)"
+    )
+    rate = med(lambda r: r["reader_mb_per_s"])
+    print(
+        f"reader: {rate:.1f} MB/s ({rate / args.rate_mb:.1f}x the write rate), tail reached "
+        f"in {med(lambda r: r['time_to_tail_s']):.1f} s; all runs reached the tail: "
+        f"{all(r['reached_tail'] for r in runs)}, in order: {all(r['in_order'] for r in runs)}"
+    )
+    for r in runs:
+        print(
+            f"  run: read {r['read_mb']} MB at {r['reader_mb_per_s']:.1f} MB/s, tail in "
+            f"{r['time_to_tail_s']:.1f} s, write p95 {r['before']['p95_ms']:.2f} -> "
+            f"{r['during']['p95_ms']:.2f} ms"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
