@@ -170,18 +170,20 @@ class Uploader:
         self.done.append((peer, reply))
         self.waker.wake()
 
-    def _gather(self, msg: m.UploadChunk) -> bytes:
-        parts = []
+    def _gather(self, msg: m.UploadChunk) -> bytearray:
+        """The range's bytes, copied once out of the cache; every block's generation is
+        checked after the copy, so a block reused meanwhile is never uploaded."""
+        size = msg.end - msg.start
+        if sum(length for *_, length in msg.refs) != size:
+            raise InvalidMessage(f"upload {msg.chunk}: refs do not hold {size} bytes")
+        data = bytearray(size)
+        out = memoryview(data)
+        pos = 0
         for region, block, generation, offset, length in msg.refs:
-            data = self.cache.read(BlockRef(region, block, generation), offset, length)
-            if data is None:
+            ref = BlockRef(region, block, generation)
+            if not self.cache.copy_into(ref, offset, out[pos : pos + length]):
                 raise StaleCache(f"upload {msg.chunk}: cache block {region}/{block} was reused")
-            parts.append(data)
-        data = b"".join(parts)
-        if len(data) != msg.end - msg.start:
-            raise InvalidMessage(
-                f"upload {msg.chunk}: refs hold {len(data)} bytes, range is {msg.end - msg.start}"
-            )
+            pos += length
         return data
 
     def request_stop(self) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 from collections.abc import Callable
+from itertools import islice
 from typing import Any
 
 from streamvault.dataplane.cache.shared_cache import BlockRef, SharedCache
@@ -72,13 +73,17 @@ class BlockRing:
         return None
 
     def _evict_one(self) -> int | None:
-        for block in list(self._evictable)[:LENT_SCAN_MAX]:
+        """The least recently used evictable block not lent to a reply (scanning at most
+        LENT_SCAN_MAX), after its owner has forgotten it; None if there is none."""
+        for block in islice(self._evictable, LENT_SCAN_MAX):
             if not self._busy(block):
-                on_evict = self._evictable.pop(block)
-                on_evict()  # the owner forgets the block before it is reused
-                self.evictions += 1
-                return block
-        return None
+                break
+        else:
+            return None
+        on_evict = self._evictable.pop(block)
+        on_evict()  # the owner forgets the block before it is reused
+        self.evictions += 1
+        return block
 
     def lend(self, block: int, tracker: Any) -> None:
         """A reply refers to `block` until `tracker.done`: do not reuse it before."""

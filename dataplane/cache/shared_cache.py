@@ -188,6 +188,15 @@ class SharedCache:
             return None
         return data
 
+    def copy_into(self, ref: BlockRef, offset: int, out: memoryview) -> bool:
+        """Copy bytes of a block into `out`; False if the block was reused (then `out`
+        holds garbage and must not be used)."""
+        if self.generation(ref.region, ref.block) != ref.generation:
+            return False
+        view = self.block_view(ref.region, ref.block)[offset : offset + len(out)]
+        np.frombuffer(out, dtype=np.uint8)[:] = view
+        return self.generation(ref.region, ref.block) == ref.generation
+
     def close(self) -> None:
         """Unmap, unless views are still out (then the mapping goes with the process)."""
         del self.generations, self.data

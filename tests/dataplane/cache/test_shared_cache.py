@@ -136,3 +136,12 @@ def test_segment_cache_appends_reads_and_unpins(cache):
     assert segments.append(7, len(data), b"more"), "the open extent keeps filling"
     segments.drop(7)
     assert ring.pinned == 0 and segments.read(7, 0, 10) == []
+
+
+def test_copy_into_refuses_a_reused_block(cache):
+    ref = cache.claim(1, 2)
+    cache.write(ref, 0, b"abcdef")
+    out = bytearray(4)
+    assert cache.copy_into(ref, 1, memoryview(out)) and bytes(out) == b"bcde"
+    cache.claim(1, 2)
+    assert not cache.copy_into(ref, 1, memoryview(out))
