@@ -69,6 +69,12 @@ class StreamManager:
     def seal_stream(self, scope: str, stream: str) -> bool:
         return self._controller.call(m.SealStream(scope=scope, stream=stream)).changed
 
+    def truncate_stream(self, scope: str, stream: str, stream_cut: dict[str, int]) -> bool:
+        """Drop each segment's bytes below its offset in `stream_cut` ({segment: offset},
+        e.g. built from `EventRead.position`s); readers then start at the cut."""
+        body = m.TruncateStream(scope=scope, stream=stream, cut=dict(stream_cut))
+        return self._controller.call(body).changed
+
     def delete_stream(self, scope: str, stream: str) -> bool:
         return self._controller.call(m.DeleteStream(scope=scope, stream=stream)).changed
 

@@ -70,6 +70,7 @@ _MUTATIONS = (
     m.DeleteStream,
     m.CreateReaderGroup,
     m.DeleteReaderGroup,
+    m.TruncateStream,
 )
 
 
@@ -277,6 +278,8 @@ class Controller:
                 changed = wf.seal_stream(msg.scope, msg.stream)
             elif isinstance(msg, m.DeleteStream):
                 changed = wf.delete_stream(msg.scope, msg.stream)
+            elif isinstance(msg, m.TruncateStream):
+                changed = wf.truncate_stream(msg.scope, msg.stream, msg.cut)
             elif isinstance(msg, m.CreateReaderGroup):
                 changed = wf.create_reader_group(msg.scope, msg.group, msg.streams, msg.from_tail)
             else:

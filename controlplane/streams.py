@@ -127,6 +127,24 @@ class Workflows:
         log.info("stream %s/%s sealed", scope, stream)
         return True
 
+    def truncate_stream(self, scope: str, stream: str, cut: dict[str, int]) -> bool:
+        """Truncate the stream's segments at the stream cut's offsets."""
+        state = self.store.stream_state(scope, stream)
+        if state is None or state in (CREATING, DELETING):
+            raise NoSuchStream(f"stream {scope}/{stream} does not exist", stream=stream)
+        names = set(self._segment_names(scope, stream))
+        unknown = sorted(set(cut) - names)
+        if unknown or any(not isinstance(o, int) or o < 0 for o in cut.values()):
+            raise InvalidArgument(
+                f"truncate {scope}/{stream}: the cut names segments "
+                f"{unknown} of another stream, or negative offsets",
+                field="stream_cut",
+            )
+        for name, offset in sorted(cut.items()):
+            self._call(name, m.TruncateSegment(segment=name, offset=offset))
+        log.info("stream %s/%s truncated at %s", scope, stream, cut)
+        return True
+
     def delete_stream(self, scope: str, stream: str) -> bool:
         state = self.store.stream_state(scope, stream)
         if state is None:

@@ -422,6 +422,9 @@ class Worker:
         if isinstance(msg, m.SealSegment):
             name = msg.segment.encode()
             return self._container(name).seal_segment(peer, rid, name)
+        if isinstance(msg, m.TruncateSegment):
+            name = msg.segment.encode()
+            return self._container(name).truncate_segment(peer, rid, name, msg.offset)
         if isinstance(msg, m.DeleteSegment):
             name = msg.segment.encode()
             return self._container(name).delete_segment(peer, rid, name)

@@ -132,6 +132,13 @@ class DeleteSegment(Control):
     segment: str
 
 
+class TruncateSegment(Control):
+    """Drop the segment's bytes below `offset` (reads below it get SegmentTruncated)."""
+
+    segment: str
+    offset: int
+
+
 class SegmentInfo(Control):
     segment: str
     length: int
@@ -176,6 +183,14 @@ class SealStream(Control):
 class DeleteStream(Control):
     scope: str
     stream: str
+
+
+class TruncateStream(Control):
+    """Truncate each segment of a stream at its offset in `cut` (a stream cut)."""
+
+    scope: str
+    stream: str
+    cut: dict[str, int]
 
 
 class GetContainerMap(Control):
@@ -291,7 +306,8 @@ class Status(Control):
 
 
 CONTROL_TYPES: tuple[type[Control], ...] = (
-    CreateSegment, GetSegmentInfo, SealSegment, DeleteSegment, SegmentInfo,
+    CreateSegment, GetSegmentInfo, SealSegment, DeleteSegment, SegmentInfo, TruncateSegment,
+    TruncateStream,
     CreateScope, DeleteScope, ListScopes, CreateStream, GetStream, ListStreams, SealStream,
     DeleteStream, GetContainerMap, CreateReaderGroup, GetReaderGroup, DeleteReaderGroup,
     Heartbeat, GetStatus, Done, Names, StreamInfo, ContainerMap, ReaderGroupInfo, Status,

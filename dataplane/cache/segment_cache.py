@@ -123,6 +123,17 @@ class SegmentCache:
 
         return evict
 
+    def drop_below(self, segment_id: int, offset: int) -> None:
+        """The segment was truncated at `offset`: blocks wholly below it are freed."""
+        extents = self._extents.get(segment_id, [])
+        keep = []
+        for extent in extents:
+            if extent.end <= offset and (not extent.pinned or extent is not extents[-1]):
+                self.ring.free(extent.ref.block, pinned=extent.pinned)
+            else:
+                keep.append(extent)
+        self._extents[segment_id] = keep
+
     def drop(self, segment_id: int) -> None:
         """Forget a segment (deleted): its blocks go straight back to the ring."""
         for extent in self._extents.pop(segment_id, ()):

@@ -145,6 +145,16 @@ class _Admin:
         return ops.SEAL_BYTES if self.kind == ops.OP_SEAL else ops.DELETE_BYTES
 
 
+class _TruncateOp:
+    __slots__ = ("seg", "offset", "peer", "rid")
+
+    def __init__(self, seg: Segment, offset: int, peer: Peer, rid: int) -> None:
+        self.seg, self.offset, self.peer, self.rid = seg, offset, peer, rid
+
+    def size(self) -> int:
+        return ops.TRUNCATE_BYTES
+
+
 class _Note:
     """A reply that must wait for earlier operations to become durable (not logged)."""
 
@@ -213,7 +223,7 @@ class Container:
         self.segments: dict[bytes, Segment] = {}
         self.by_id: dict[int, Segment] = {}
         self.next_segment_id = 1
-        self.queue: list[_Append | _Admin | _Note | _ChunkOp | _CheckpointOp] = []
+        self.queue: list[_Append | _Admin | _Note | _ChunkOp | _CheckpointOp | _TruncateOp] = []
         self.queued_bytes = 0  # appended bytes accepted and not yet durable (queued or in flight)
         self._last_op: dict[int, _Append | _Admin] = {}
         self.in_flight: deque[list[Any]] = deque()
@@ -360,6 +370,17 @@ class Container:
         self._queue_admin(_Admin(ops.OP_SEAL, seg, peer, rid))
         return None
 
+    def truncate_segment(self, peer: Peer, rid: int, name: bytes, offset: int) -> list[Any] | None:
+        """Drop the bytes below `offset` (idempotent; never beyond the segment's length)."""
+        seg = self._segment(name)
+        if not 0 <= offset <= seg.pending_length:
+            raise InvalidArgument(
+                f"truncate {name.decode()}: offset {offset} not in 0..{seg.pending_length}",
+                field="offset",
+            )
+        self.queue.append(_TruncateOp(seg, offset, peer, rid))
+        return None
+
     def delete_segment(self, peer: Peer, rid: int, name: bytes) -> list[Any] | None:
         seg = self.segments.get(name)
         if seg is None or seg.deleting:
@@ -499,6 +520,8 @@ class Container:
                 pos = end
             op.payloads = []  # release the received frames
             return pos
+        if isinstance(op, _TruncateOp):
+            return ops.put_truncate(out, pos, op.seg.segment_id, op.offset)
         if isinstance(op, _CheckpointOp):
             return ops.put_checkpoint(out, pos, covered=op.covered, snapshot=op.snapshot)
         if isinstance(op, _ChunkOp):
@@ -567,6 +590,12 @@ class Container:
                     touched.append(op.seg)
             elif isinstance(op, _ChunkOp):
                 self._apply_chunk(op.seg, op.start, op.end, op.name, op.stored_bytes, now)
+            elif isinstance(op, _TruncateOp):
+                self._apply_truncate(op.seg, op.offset)
+                info = m.SegmentInfo(
+                    op.seg.name.decode(), op.seg.length, op.seg.start_offset, op.seg.sealed
+                )
+                effects.append((op.peer, codec.encode_reply(info, op.rid)))
             elif isinstance(op, _CheckpointOp):
                 self.checkpoint_pending = False
                 self.truncate_before = truncation_ledger(list(self.by_id.values()), op.covered[0])
@@ -613,8 +642,11 @@ class Container:
     def uploaded(self, segment_id: int, start: int, end: int, name: str, stored_bytes: int) -> None:
         """The uploader stored [start, end) of a segment as chunk `name`: log that fact."""
         seg = self.by_id.get(segment_id)
-        if seg is None or seg.deleting or seg.storage_length != start:
-            return  # deleted meanwhile, or a late duplicate: the chunk is an orphan
+        if seg is None or seg.deleting:
+            return  # deleted meanwhile: the chunk is an orphan, collected later
+        if seg.storage_length != start:
+            seg.uploading = 0  # truncated past it, or a late duplicate: upload anew
+            return
         self.queue.append(_ChunkOp(seg, start, end, name, stored_bytes))
 
     def upload_failed(self, segment_id: int) -> None:
@@ -663,6 +695,13 @@ class Container:
             return codec.encode_reply(info, rid)
         self._forget(seg)
         return codec.encode_reply(m.Done(changed=True), rid)
+
+    def _apply_truncate(self, seg: Segment, offset: int) -> None:
+        dropped = seg.truncate(offset)
+        self.garbage.extend(chunk.name for chunk in dropped)
+        if self.cache is not None:
+            self.cache.drop_below(self._cache_key(seg), seg.start_offset)
+            self.cache.unpin_below(self._cache_key(seg), seg.storage_length)
 
     def _forget(self, seg: Segment) -> None:
         if self.segments.get(seg.name) is seg:
@@ -719,6 +758,8 @@ class Container:
                 self._apply_chunk(seg, op.offset, op.data_pos, op.name.decode(), op.data_bytes, 0.0)
             elif op.kind == ops.OP_SEAL:
                 seg.sealed = seg.pending_sealed = True
+            elif op.kind == ops.OP_TRUNCATE:
+                self._apply_truncate(seg, op.offset)
             elif op.kind == ops.OP_DELETE:
                 self._forget(seg)
 

@@ -9,6 +9,7 @@ A record's payload is a sequence of operations, each `op u8 | body_bytes u32 | b
     DELETE  segment_id u64
     CHUNK   segment_id u64 | start u64 | end u64 | stored_bytes u64 | name_bytes u16 | name
             (bytes [start, end) of the segment are in LTS as chunk `name`)
+    TRUNCATE segment_id u64 | offset u64 (bytes below offset are dropped)
     CHECKPOINT covered_ledger u64 | covered_entry i64 | snapshot (msgpack, checkpoint.py)
             (the container's metadata after the record at (covered_ledger, covered_entry))
 
@@ -32,6 +33,7 @@ SEAL = struct.Struct("<QQ")
 DELETE = struct.Struct("<Q")
 CHUNK = struct.Struct("<QQQQH")
 CHECKPOINT = struct.Struct("<Qq")
+TRUNCATE = struct.Struct("<QQ")
 
 OP_CREATE = 1
 OP_APPEND = 2
@@ -39,6 +41,7 @@ OP_SEAL = 3
 OP_DELETE = 4
 OP_CHUNK = 5
 OP_CHECKPOINT = 6
+OP_TRUNCATE = 7
 
 APPEND_OVERHEAD = OP_HEAD.size + APPEND.size
 """Bytes an APPEND adds on top of its data."""
@@ -123,6 +126,13 @@ def put_checkpoint(buf: memoryview, pos: int, *, covered: tuple[int, int], snaps
     return pos + len(snapshot)
 
 
+def put_truncate(buf: memoryview, pos: int, segment_id: int, offset: int) -> int:
+    OP_HEAD.pack_into(buf, pos, OP_TRUNCATE, TRUNCATE.size)
+    TRUNCATE.pack_into(buf, pos + OP_HEAD.size, segment_id, offset)
+    return pos + OP_HEAD.size + TRUNCATE.size
+
+
+TRUNCATE_BYTES = OP_HEAD.size + TRUNCATE.size
 CHECKPOINT_BYTES = OP_HEAD.size + CHECKPOINT.size
 CHUNK_BYTES = OP_HEAD.size + CHUNK.size
 CREATE_BYTES = OP_HEAD.size + CREATE.size
@@ -166,6 +176,9 @@ def iter_ops(payload: memoryview) -> Iterator[Op]:
             ledger, entry = CHECKPOINT.unpack_from(payload, start)
             snapshot = bytes(payload[start + CHECKPOINT.size : stop])
             yield Op(kind, 0, snapshot, b"", 0, 0, 0, ledger, entry, 0)
+        elif kind == OP_TRUNCATE and body == TRUNCATE.size:
+            seg, offset = TRUNCATE.unpack_from(payload, start)
+            yield Op(kind, seg, b"", b"", 0, 0, 0, offset, 0, 0)
         elif kind == OP_DELETE and body == DELETE.size:
             (seg,) = DELETE.unpack_from(payload, start)
             yield Op(kind, seg, b"", b"", 0, 0, 0, 0, 0, 0)

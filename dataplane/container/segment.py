@@ -85,6 +85,15 @@ class Segment:
         if keep > 0:
             del self._offsets[:keep], self._ledgers[:keep], self._positions[:keep]
 
+    def truncate(self, offset: int) -> list[Chunk]:
+        """Drop bytes below `offset`: returns the chunks now wholly below it."""
+        self.start_offset = max(self.start_offset, offset)
+        self.storage_length = max(self.storage_length, self.start_offset)
+        self.index_trim(self.start_offset)
+        dropped = [c for c in self.chunks if c.end <= self.start_offset]
+        self.chunks = [c for c in self.chunks if c.end > self.start_offset]
+        return dropped
+
     def first_ledger(self) -> int | None:
         """The oldest ledger still holding bytes of this segment not yet in LTS."""
         return self._ledgers[0] if self._offsets and self.length > self.storage_length else None

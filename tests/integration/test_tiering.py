@@ -278,3 +278,48 @@ def test_crash_between_chunk_upload_and_metadata_loses_nothing_and_leaves_no_orp
     finally:
         cluster.kill()
     assert os.path.exists(marker)
+
+
+def test_truncation_drops_history_below_the_cut_in_lts_and_readers_start_there(tmp_path):
+    from streamvault.client.protocol.errors import SegmentTruncated
+
+    cluster = _cluster(tmp_path, lts=[], containers=2).start()
+    try:
+        scope, stream = unique("s"), unique("t")
+        with StreamManager(cluster.controller) as mgr:
+            mgr.create_scope(scope)
+            mgr.create_stream(scope, stream, initial_segments=1)
+            counts = _write(mgr, scope, stream, megabytes=60, keys=1)
+            segment = mgr.get_stream_info(scope, stream).segments[0].segment
+            deadline = time.monotonic() + 30  # let a few chunks reach LTS
+            while len(_file_chunks(cluster.data_dir)) < 3 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            mgr.create_reader_group(scope, "before", [stream])
+            with mgr.create_reader(scope, "before", "r") as reader:
+                cut_event = None
+                for _ in range(30_000):  # the 30,000th event's position is the cut
+                    cut_event = reader.read_next_event(10)
+            assert cut_event is not None and cut_event.segment == segment
+            assert mgr.truncate_stream(scope, stream, {segment: cut_event.offset})
+            got = read_all(mgr, scope, stream, total=counts[0] - 29_999, readers=1)
+            assert parse(got[0]) == (0, 29_999), "readers start at the cut"
+            check_exactly_once([event(0, i, EVENT_BYTES) for i in range(29_999)] + got, counts)
+            with pytest.raises(SegmentTruncated):
+                from streamvault.client.connection import SegmentClient
+                from streamvault.client.protocol import messages as m
+
+                client = SegmentClient(mgr.ctx, mgr._controller.endpoint_for)
+                try:
+                    client.call(segment, m.ReadSegment(0, 1024, 0, segment.encode()))
+                finally:
+                    client.close()
+        deadline = time.monotonic() + 20  # deletes run on the worker's LTS pool
+        while True:
+            chunks = _file_chunks(cluster.data_dir)
+            below = [n for n in chunks if parse_chunk_name(n)[3] <= cut_event.offset]
+            if not below or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert below == [], f"chunks wholly below the cut must be deleted: {below}"
+    finally:
+        cluster.kill()
