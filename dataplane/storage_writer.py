@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 UPLOAD_TIMEOUT_S = 120.0
 TICK_INTERVAL_S = 0.05
-POOL_THREADS = 2
+POOL_THREADS = 1
 
 
 class StorageWriter:

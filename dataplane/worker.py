@@ -21,6 +21,7 @@ import collections
 import logging
 import os
 import signal
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -68,6 +69,7 @@ dropped; a writer that comes back repeats SetupAppend (ROUTER_NOTIFY, which woul
 about disconnects, is a draft API in libzmq 4.3)."""
 PEERS_MAX = 10_000
 SWEEP_INTERVAL_S = 10.0
+GIL_SWITCH_INTERVAL_S = 0.0005
 THROTTLE_DELAY_S_MAX = 0.02
 """While throttling, the socket is read at most every (1 - credit) x this."""
 
@@ -609,6 +611,9 @@ class Worker:
 
 def run(config: WorkerConfig) -> int:
     """Entry point of the worker process."""
+    # The loop thread shares the GIL with the committer and LTS threads; a short switch
+    # interval bounds how long a ready loop waits for it (Python's default is 5 ms).
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     if config.cpu is not None:
         try:
             os.sched_setaffinity(0, {config.cpu})
