@@ -84,7 +84,7 @@ class StorageWriter:
                 log.warning(
                     "upload %s: no answer in %.0fs; will retry", task.chunk, UPLOAD_TIMEOUT_S
                 )
-                container.upload_failed(task.segment_id)
+                container.upload_failed(task.segment_id, task.end)
         for cid, container in self.containers.items():
             for task in container.uploads_due(now):
                 if task.refs is not None and self.sock is not None:
@@ -122,7 +122,7 @@ class StorageWriter:
             dlog.read(p.ledger_id, p.position, p.length) for p in seg.pieces(task.start, task.end)
         )
         if len(data) != task.end - task.start:  # the index ends early: try again later
-            container.upload_failed(task.segment_id)
+            container.upload_failed(task.segment_id, task.end)
             return
         self.counters["log_uploads"] += 1
 
@@ -143,7 +143,7 @@ class StorageWriter:
             except zmq.Again:
                 break
         for container, task, _ in self.outstanding.values():
-            container.upload_failed(task.segment_id)
+            container.upload_failed(task.segment_id, task.end)
         if self.outstanding:
             log.info("uploader disconnected: %d uploads will be asked again", len(self.outstanding))
         self.outstanding.clear()
@@ -176,7 +176,7 @@ class StorageWriter:
     def _failed(self, container: Container, task: UploadTask, exc: BaseException) -> None:
         self.counters["upload_failures"] += 1
         log.info("upload %s failed: %s", task.chunk, exc)
-        container.upload_failed(task.segment_id)
+        container.upload_failed(task.segment_id, task.end)
 
     # --- reads -----------------------------------------------------------------------------
     def read(

@@ -649,10 +649,13 @@ class Container:
             return
         self.queue.append(_ChunkOp(seg, start, end, name, stored_bytes))
 
-    def upload_failed(self, segment_id: int) -> None:
+    def upload_failed(self, segment_id: int, end: int) -> None:
+        """The upload of [storage_length, end) failed or may have: it is retried for the
+        same range, so a chunk it may have stored is the one the retry names."""
         seg = self.by_id.get(segment_id)
         if seg is not None:
             seg.uploading = 0
+            seg.retry_end = end
 
     def _apply_chunk(
         self, seg: Segment, start: int, end: int, name: str, stored_bytes: int, now: float
@@ -661,6 +664,7 @@ class Container:
             return  # already applied (replay of a duplicate)
         seg.chunks.append(Chunk(start, end, name, stored_bytes))
         seg.storage_length = end
+        seg.retry_end = 0
         if seg.uploading <= end:
             seg.uploading = 0
         seg.dirty_since = now

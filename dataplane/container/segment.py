@@ -34,6 +34,7 @@ class Segment:
         "segment_id", "name", "length", "pending_length", "sealed", "pending_sealed",
         "deleting", "created", "start_offset", "writers", "pending_writers", "_offsets", "_ledgers",
         "_positions", "waiters", "storage_length", "chunks", "uploading", "dirty_since",
+        "retry_end",
     )  # fmt: skip
 
     def __init__(self, segment_id: int, name: bytes) -> None:
@@ -56,6 +57,7 @@ class Segment:
         self.chunks: list[Chunk] = []
         self.uploading = 0  # end offset of the upload in progress, 0 if none
         self.dirty_since = 0.0  # when the oldest byte not yet in LTS was committed
+        self.retry_end = 0  # end of a failed upload: retried as the same range (same chunk)
 
     def last_event(self, writer_id: bytes) -> int:
         return self.writers.get(writer_id, -1)

@@ -72,13 +72,18 @@ def due_uploads(
         pending = seg.length - seg.storage_length
         if pending <= 0 or seg.uploading or seg.deleting:
             continue
+        retry = seg.storage_length < seg.retry_end <= seg.length
         if (
-            pending < config.flush_bytes
+            not retry
+            and pending < config.flush_bytes
             and not seg.sealed
             and now - seg.dirty_since < config.flush_wait_s
         ):
             continue
-        end = min(seg.length, seg.storage_length + config.upload_bytes_max)
+        if retry:  # the same range, so the same chunk name as the attempt that may have landed
+            end = seg.retry_end
+        else:
+            end = min(seg.length, seg.storage_length + config.upload_bytes_max)
         refs = cache.refs(cache_key(seg), seg.storage_length, end) if cache else None
         seg.uploading = end
         tasks.append(

@@ -201,3 +201,29 @@ def test_segment_pieces_cover_exactly_the_range_asked():
         pieces = seg.pieces(start, end)
         assert sum(p.length for p in pieces) == end - start
     assert seg.pieces(10, 1500)[0].position == 110
+
+
+def test_a_failed_upload_is_retried_as_the_same_range_and_chunk_name():
+    """The uploader may have stored the chunk before failing: the retry must name it again,
+    even though the segment grew meanwhile, or the stored chunk would be an orphan."""
+    from streamvault.dataplane.container.tiering import TieringConfig
+
+    h = Harness()
+    h.container = Container(
+        0, frame_payload_bytes=64 * 1024, tiering=TieringConfig(flush_bytes=10, flush_wait_s=1e9)
+    )
+    h.create()
+    h.append(W1, 0, 0, [b"x" * 100])
+    h.commit()
+    (first,) = h.container.uploads_due(now=0.0)
+    assert (first.start, first.end) == (0, 104)
+    assert h.container.uploads_due(now=0.0) == [], "one upload per segment at a time"
+    h.append(W1, 1, 1, [b"y" * 100])
+    h.commit()
+    h.container.upload_failed(first.segment_id, first.end)
+    (again,) = h.container.uploads_due(now=0.0)
+    assert again.chunk == first.chunk and again.end == 104
+    h.container.uploaded(again.segment_id, 0, 104, again.chunk, 50)
+    h.commit()
+    (rest,) = h.container.uploads_due(now=0.0)
+    assert (rest.start, rest.end) == (104, 208)
