@@ -421,15 +421,7 @@ class EventStreamWriter:
             self._reset_conn(conn, "disconnected")
 
     def _receive(self, conn: _Conn) -> None:
-        for _ in range(10_000):
-            try:
-                frames = conn.sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            try:
-                header, body = codec.decode(frames)
-            except StreamVaultError:
-                continue
+        for header, body in transport.replies(conn.sock):
             if isinstance(body, m.DataAppended):
                 self._on_ack(body)
             elif isinstance(body, m.AppendSetup):

@@ -150,15 +150,7 @@ class StorageWriter:
 
     def on_readable(self) -> None:
         assert self.sock is not None
-        while True:
-            try:
-                frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            try:
-                header, body = codec.decode(frames)
-            except StreamVaultError:
-                continue
+        for header, body in transport.replies(self.sock):
             entry = self.outstanding.pop(header.request_id, None)
             if entry is None:
                 continue

@@ -11,10 +11,13 @@ heartbeats and reconnect with bounded backoff.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from typing import Any
 
 import zmq
 
 from streamvault.client.protocol import codec
+from streamvault.client.protocol.errors import StreamVaultError
 from streamvault.client.protocol.limits import FRAME_BYTES_MAX
 
 HEARTBEAT_IVL_MS = 1000
@@ -51,6 +54,20 @@ def client_socket(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
     sock.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TIMEOUT_MS)
     sock.connect(endpoint)
     return sock
+
+
+def replies(sock: zmq.Socket, limit: int = 10_000) -> Iterator[tuple[Any, Any]]:
+    """Decoded (header, body) of the messages waiting on a client socket, at most `limit`;
+    undecodable ones are skipped (a server never sends them; a peer that does is ignored)."""
+    for _ in range(limit):
+        try:
+            frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return
+        try:
+            yield codec.decode(frames)
+        except StreamVaultError:
+            continue
 
 
 class Waker:

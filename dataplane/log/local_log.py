@@ -364,69 +364,6 @@ class Committer:
         self.syncs = 0
         self._thread = threading.Thread(target=self._run, name="committer", daemon=True)
 
-    def scan(self) -> Iterator[tuple[LogLocation, memoryview]]:
-        """Yield the durable records like `recover`, changing nothing (no fencing, no
-        metadata update): recovery's first pass, and offline inspection."""
-        meta, _ = self.store.get(self.key)
-        for info in (meta or LogMetadata()).ledgers:
-            yield from self._ledger_records(info, [])
-
-    def _ledger_records(
-        self, info: LedgerInfo, ends: list[ScanEnd]
-    ) -> Iterator[tuple[LogLocation, memoryview]]:
-        path = ledger_path(self.directory, info.ledger_id)
-        closed_last = info.last_entry_id if info.state == "closed" else None
-        if not os.path.exists(path):
-            if closed_last is not None and closed_last >= 0:
-                raise DataCorruption(
-                    f"log {self.key}: ledger {info.ledger_id} closed at entry "
-                    f"{closed_last} but {path} is missing",
-                    ledger=info.ledger_id,
-                )
-            return  # an open ledger whose file was never created: empty
-        for record in scan_ledger(
-            path, info.ledger_id, closed_last_entry_id=closed_last, result=ends
-        ):
-            yield LogLocation(info.ledger_id, record.record_pos, record.entry_id), record.payload
-
-    def truncate_before(self, ledger_id: int) -> None:
-        """Delete the closed ledgers older than `ledger_id` (their records are no longer
-        needed: checkpointed and in LTS). Runs on the committer thread, after the records
-        submitted before it, so ledger metadata only ever changes on that thread."""
-        self.committer.run_task(self, lambda: self._truncate(ledger_id))
-
-    def _truncate(self, ledger_id: int) -> list[int]:
-        doomed = [
-            i
-            for i in self.meta.ledgers
-            if i.ledger_id < ledger_id
-            and i.state == "closed"
-            and (self.ledger is None or i.ledger_id != self.ledger.ledger_id)
-        ]
-        if not doomed:
-            return []
-        self.meta.ledgers = [i for i in self.meta.ledgers if i not in doomed]
-        # metadata first: a crash before the files are gone leaves unreferenced files, which
-        # recovery deletes; never metadata naming a deleted ledger
-        self.meta_version = self.store.cas(self.key, self.meta, self.meta_version)
-        crash_point("truncate_after_meta")
-        for info in doomed:
-            try:
-                os.unlink(ledger_path(self.directory, info.ledger_id))
-            except FileNotFoundError:
-                pass
-        fsync_dir(self.directory)
-        ids = [i.ledger_id for i in doomed]
-        log.info("log=%s truncated ledgers=%s", self.key, ids)
-        return ids
-
-    def forget_ledgers(self, ledger_ids: list[int]) -> None:
-        """Close read descriptors of deleted ledgers (main thread)."""
-        for ledger_id in ledger_ids:
-            fd = self._read_fds.pop(ledger_id, None)
-            if fd is not None:
-                os.close(fd)
-
     def start(self) -> None:
         self._thread.start()
 
