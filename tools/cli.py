@@ -3,6 +3,7 @@
     streamvault standalone [--data-dir DIR] [--port 9090] [--workers N] [--containers N]
                            [--worker-port-base 12345 | --ephemeral-ports] [--no-direct-io]
     streamvault status [--json] [--controller tcp://127.0.0.1:9090]
+    streamvault log inspect --data-dir DIR [--entries] [--json]
 
 Role processes (started by `standalone`, or by hand in a cluster):
 
@@ -62,6 +63,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--controller", default=DEFAULT_CONTROLLER)
     p.add_argument("--json", action="store_true")
     p.add_argument("--timeout", type=float, default=5.0)
+
+    p = sub.add_parser("log", help="durable-log tools")
+    log_sub = p.add_subparsers(dest="log_command", required=True)
+    q = log_sub.add_parser("inspect", help="list ledgers and entries, verify every CRC")
+    q.add_argument("--data-dir", required=True)
+    q.add_argument("--entries", action="store_true", help="list every entry")
+    q.add_argument("--json", action="store_true")
 
     p = sub.add_parser("controller", help="run the controller")
     p.add_argument("--data-dir", required=True)
@@ -155,6 +163,12 @@ def _run(args: argparse.Namespace) -> int:
 
         print(status.render(status.fetch(args.controller, args.timeout), args.json))
         return 0
+    if args.command == "log":
+        from streamvault.tools import log_inspect
+
+        reports, error = log_inspect.inspect(args.data_dir, entries=args.entries)
+        print(log_inspect.render(reports, error, args.json))
+        return 1 if error else 0
     if args.command == "standalone":
         from streamvault.tools.standalone import StandaloneConfig, run
 
