@@ -20,7 +20,13 @@ from streamvault.client.protocol.errors import (
     StreamVaultError,
 )
 from streamvault.dataplane.container.tiering import container_prefix, parse_chunk_name
-from streamvault.lts.chunk_format import ChunkIndex, encode_chunk, read_index, read_range
+from streamvault.lts.chunk_format import (
+    ChunkIndex,
+    ScratchBuffer,
+    encode_chunk,
+    read_index,
+    read_range,
+)
 from streamvault.lts.chunk_store import ChunkStore
 
 log = logging.getLogger(__name__)
@@ -36,10 +42,23 @@ READ_THROUGH_BYTES_MAX = 64 * 1024 * 1024
 reads of history never evict tail data)."""
 
 
+_scratch = threading.local()
+
+
+def thread_scratch(name: str) -> ScratchBuffer:
+    """This thread's reusable buffer `name` (one per upload thread: at most the largest
+    upload, kept for the next)."""
+    buffer = getattr(_scratch, name, None)
+    if buffer is None:
+        buffer = ScratchBuffer()
+        setattr(_scratch, name, buffer)
+    return buffer
+
+
 def store_chunk(store: ChunkStore, name: str, data: bytes | memoryview) -> int:
     """Compress and store `data` as chunk `name`; return the stored size. Idempotent: a chunk
     of that name and size already there is ours (names embed range and epoch)."""
-    encoded = encode_chunk(data)
+    encoded = encode_chunk(data, out=thread_scratch("encoded"))
     delay = 0.05
     for attempt in range(1, STORE_ATTEMPTS_MAX + 1):
         try:

@@ -34,7 +34,7 @@ from streamvault.client.protocol.errors import (
     StreamVaultError,
 )
 from streamvault.dataplane.cache.shared_cache import BlockRef, SharedCache
-from streamvault.dataplane.storage import store_chunk
+from streamvault.dataplane.storage import store_chunk, thread_scratch
 from streamvault.lts.uri import open_chunk_store
 
 log = logging.getLogger(__name__)
@@ -170,21 +170,21 @@ class Uploader:
         self.done.append((peer, reply))
         self.waker.wake()
 
-    def _gather(self, msg: m.UploadChunk) -> bytearray:
-        """The range's bytes, copied once out of the cache; every block's generation is
-        checked after the copy, so a block reused meanwhile is never uploaded."""
+    def _gather(self, msg: m.UploadChunk) -> memoryview:
+        """The range's bytes, copied once out of the cache into this thread's reusable
+        buffer; every block's generation is checked after the copy, so a block reused
+        meanwhile is never uploaded."""
         size = msg.end - msg.start
         if sum(length for *_, length in msg.refs) != size:
             raise InvalidMessage(f"upload {msg.chunk}: refs do not hold {size} bytes")
-        data = bytearray(size)
-        out = memoryview(data)
+        out = thread_scratch("gathered").view(size)
         pos = 0
         for region, block, generation, offset, length in msg.refs:
             ref = BlockRef(region, block, generation)
             if not self.cache.copy_into(ref, offset, out[pos : pos + length]):
                 raise StaleCache(f"upload {msg.chunk}: cache block {region}/{block} was reused")
             pos += length
-        return data
+        return out
 
     def request_stop(self) -> None:
         self.stopping = True

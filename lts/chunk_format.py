@@ -37,6 +37,32 @@ COMPRESSION_LEVEL = 1
 FRAMES_MAX = 1 << 20
 
 
+class ScratchBuffer:
+    """A growable buffer reused by one thread for call after call.
+
+    A fresh multi-MiB allocation is a fresh mapping: every use pays a page fault per 4 KiB
+    (measured here: `b"".join` of an 8 MiB chunk 16 ms, the compression itself 4 ms). A
+    buffer reused across uploads is faulted in once. It grows to the largest size asked
+    for and never shrinks, so its owner bounds it (the upload size limit). The view it
+    returns is valid until the next `view()` call.
+    """
+
+    __slots__ = ("_buf", "_view")
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._view: memoryview | None = None
+
+    def view(self, size: int) -> memoryview:
+        if self._view is not None:
+            self._view.release()
+            self._view = None
+        if len(self._buf) < size:
+            self._buf = bytearray(size)
+        self._view = memoryview(self._buf)[:size]
+        return self._view
+
+
 class ChunkIndex(NamedTuple):
     raw_bytes: int
     frame_raw_bytes: int
@@ -62,8 +88,10 @@ def encode_chunk(
     *,
     frame_raw_bytes: int = FRAME_RAW_BYTES,
     level: int = COMPRESSION_LEVEL,
-) -> bytes:
-    """Compress `data` into one chunk."""
+    out: ScratchBuffer | None = None,
+) -> bytes | memoryview:
+    """Compress `data` into one chunk: bytes, or with `out` a view of `out` (valid until
+    its next use), which spares a fresh allocation of the chunk's size per call."""
     if frame_raw_bytes <= 0:
         raise InvalidArgument(f"frame_raw_bytes={frame_raw_bytes} must be > 0", field="frame")
     view = memoryview(data).cast("B")
@@ -90,7 +118,15 @@ def encode_chunk(
         crc32c.crc32c(index),
     )
     footer = head + struct.pack("<I", crc32c.crc32c(head))
-    return b"".join([*frames, index, footer])
+    if out is None:
+        return b"".join([*frames, index, footer])
+    parts = [*frames, index, footer]
+    chunk = out.view(index_offset + len(index) + len(footer))
+    pos = 0
+    for part in parts:
+        chunk[pos : pos + len(part)] = part
+        pos += len(part)
+    return chunk
 
 
 def parse_tail(tail: bytes, chunk_bytes: int) -> ChunkIndex:

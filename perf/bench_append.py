@@ -8,7 +8,11 @@ the server must not touch events one by one.
 
 Runs (each `--seconds`, repeated `--runs` times, median reported):
 - `write_events`: lists of `--batch` events per call, one routing key per call;
-- `write_event`: one event per call.
+- `write_event`: one event per call;
+- `write_events@<rate>`: the same calls paced at `--rate` events/s (default 1 M/s): ack
+  latency at a fixed offered load, measured from each call's scheduled time. A saturating
+  producer's latency is mostly its own queue (writer buffer / throughput); the paced run
+  shows what an application sending at that rate sees.
 Latency is from the call until its future completes (acked = durable, fdatasync'd).
 Beside them, in the same session: the bare append path's limit and Redis 7 with
 `appendfsync always` (perf/baselines.py), and the disk's fdatasync rate.
@@ -88,16 +92,33 @@ def start_standalone(
 
 
 def run_write_events(
-    mgr, scope: str, stream: str, seconds: float, batch: int, size: int, keys: int
+    mgr,
+    scope: str,
+    stream: str,
+    seconds: float,
+    batch: int,
+    size: int,
+    keys: int,
+    rate: float = 0.0,
 ) -> dict:
+    """Calls of `batch` events as fast as they are admitted, or with `rate` (events/s) paced:
+    the call for events i*batch.. is made at start + i*batch/rate, and its latency counts
+    from that scheduled time (so a stall delays the schedule's latencies instead of hiding
+    them: no coordinated omission)."""
     events = [os.urandom(size) for _ in range(batch)]
     latencies: list[float] = []
+    interval = batch / rate if rate else 0.0
     with mgr.create_writer(scope, stream, config=CONFIG) as writer:
         writer.write_events(events[:10], routing_key="warmup").result(30)
         calls = 0
         start = time.perf_counter()
         while time.perf_counter() - start < seconds:
-            t0 = time.perf_counter()
+            if interval:
+                t0 = start + calls * interval
+                while (now := time.perf_counter()) < t0:
+                    time.sleep(min(t0 - now, 0.0005) if t0 - now > 0.0002 else 0)
+            else:
+                t0 = time.perf_counter()
             future = writer.write_events(events, routing_key=f"k{calls % keys}")
             future.add_done_callback(lambda f, t0=t0: latencies.append(time.perf_counter() - t0))
             calls += 1
@@ -105,7 +126,7 @@ def run_write_events(
         elapsed = time.perf_counter() - start
     total = calls * batch
     return {
-        "api": "write_events",
+        "api": f"write_events@{rate / 1e6:g}M/s" if rate else "write_events",
         "events": total,
         "events_per_s": total / elapsed,
         "mb_per_s": total * size / elapsed / 1e6,
@@ -196,6 +217,15 @@ def main() -> int:
         default=0,
         help="writer buffer_bytes_max in MiB (default: the writer's default)",
     )
+    ap.add_argument(
+        "--rate",
+        type=float,
+        default=1e6,
+        help="also run write_events paced at this many events/s (latency at a fixed load; 0: no)",
+    )
+    ap.add_argument(
+        "--standalone-args", default="", help="extra options for the standalone it starts"
+    )
     ap.add_argument("--no-baselines", action="store_true")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -213,14 +243,16 @@ def main() -> int:
     controller = args.controller
     try:
         if controller is None:
-            proc, controller = start_standalone(os.path.join(tmp, "data"), args.workers)
+            proc, controller = start_standalone(
+                os.path.join(tmp, "data"), args.workers, args.standalone_args.split()
+            )
         with StreamManager(controller) as mgr:
             scope, stream = "bench", f"append{os.getpid()}"
             mgr.create_scope(scope)
             mgr.create_stream(scope, stream, initial_segments=args.segments)
             workers = [p for p in mgr.status().processes if p.role == "worker"]
             mode = workers[0].info.get("durability_mode", "?") if workers else "?"
-            results = {"write_events": [], "write_event": []}
+            results = {"write_events": [], "write_event": [], "paced": []}
             for _ in range(args.runs):  # interleaved, so drift hits both alike
                 results["write_events"].append(
                     run_write_events(
@@ -230,7 +262,20 @@ def main() -> int:
                 results["write_event"].append(
                     run_write_event(mgr, scope, stream, args.seconds, args.event_bytes, args.keys)
                 )
-        ours = [median_of(results["write_events"]), median_of(results["write_event"])]
+                if args.rate:
+                    results["paced"].append(
+                        run_write_events(
+                            mgr,
+                            scope,
+                            stream,
+                            args.seconds,
+                            args.batch,
+                            args.event_bytes,
+                            args.keys,
+                            rate=args.rate,
+                        )
+                    )
+        ours = [median_of(runs) for runs in results.values() if runs]
     finally:
         if proc is not None:
             proc.terminate()
@@ -272,12 +317,12 @@ def print_report(report: dict) -> None:
         f"{report['event_bytes']} B events, write_events batch={report['batch']}"
     )
     print(
-        f"{'api':<14}{'events/s':>12}{'MB/s':>8}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
+        f"{'api':<20}{'events/s':>12}{'MB/s':>8}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
         f"{'max ms':>9}  runs"
     )
     for r in report["streamvault"]:
         print(
-            f"{r['api']:<14}{r['events_per_s']:>12,.0f}{r['mb_per_s']:>8.1f}{r['p50_ms']:>9.2f}"
+            f"{r['api']:<20}{r['events_per_s']:>12,.0f}{r['mb_per_s']:>8.1f}{r['p50_ms']:>9.2f}"
             f"{r['p95_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['max_ms']:>9.2f}  {r['runs']}"
         )
     if report["baselines"]:
