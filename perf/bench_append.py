@@ -56,13 +56,14 @@ def percentiles(values: list[float]) -> dict[str, float]:
 
 
 def start_standalone(
-    data_dir: str, workers: int, extra: list[str] | None = None
+    data_dir: str, workers: int, extra: list[str] | None = None, port: int = 0
 ) -> tuple[subprocess.Popen, str]:
     import socket
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    if not port:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
     proc = subprocess.Popen(
         [
             sys.executable,
