@@ -26,6 +26,9 @@ POINTS = (
     "truncate_after_meta",
     "after_chunk_put_before_meta",
     "before_chunk_meta",
+    "journal_before_write",
+    "journal_after_write_before_sync",
+    "journal_after_sync",
 )
 
 

@@ -1,0 +1,557 @@
+"""The bookie journal: one shared, group-committed journal per data directory.
+
+A bookie stores the ledger entries of many containers' logs in one journal, so that one
+fdatasync makes every ledger's entries of a cycle durable. `Journal` owns the journal files
+`journal-<file_seq:016x>.jnl` (preallocated with posix_fallocate, fsync'd and the directory
+fsync'd at creation), the pool of free files `free-<old seq>.jnl` kept for reuse, and the
+in-memory index rebuilt from them on open. Record format and scanner: journal_format.py.
+
+Write side (one thread): `add_entry` / `fence` / `delete_ledger` queue records; `commit`
+packs them into commits of at most `commit_bytes_max` bytes in a reused page-aligned buffer
+(anonymous mmap; an entry larger than that gets a commit of its own in a temporary buffer)
+and, per commit, issues one `os.pwrite` at a 4096-aligned position and one `os.fdatasync`;
+only then does it update the index and return the tokens. Durability comes from fdatasync,
+never from O_DIRECT alone (O_DIRECT is used where the file system allows).
+
+Invariants:
+- A commit starts on a fresh 4096-byte block, so a block holding acknowledged data is never
+  rewritten; a commit is written only after the previous commit's fdatasync returned.
+- Recovery cuts a torn tail of the last file (and zeroes its remains before writing again)
+  but stops with DataCorruption if later durable data proves the damaged data was durable.
+- File removal rule: a file is removed (unlinked, or renamed into the free pool) only if it
+  is not the current file, every ledger with an entry or fence marker in it is deleted by a
+  durable delete marker, and every older file has been removed: files go strictly from the
+  oldest end, so a delete marker outlives every entry it deletes, and file seqs on disk are
+  contiguous (a gap is DataCorruption).
+- The index holds one small tuple per entry and no payloads; reads re-verify the CRC.
+
+It must never: retry a failed fsync (any OSError is fail-stop: the journal then refuses
+everything with StorageError), acknowledge a token before its commit's fdatasync returned,
+or take records of a recycled file's previous life (older file_seq) for current ones.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import mmap
+import os
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from streamvault.client.protocol.crashpoints import crash_point
+from streamvault.client.protocol.errors import DataCorruption, StorageError
+from streamvault.dataplane.log.framing import BLOCK_BYTES, RECORD_PAYLOAD_BYTES_MAX, align_up
+from streamvault.dataplane.log.journal_format import (
+    FLAG_COMMIT_END,
+    HEADER_BYTES,
+    KIND_DELETE,
+    KIND_ENTRY,
+    KIND_FENCE,
+    JournalRecord,
+    ScanEnd,
+    journal_file_name,
+    pack_record,
+    packed_bytes,
+    parse_file_name,
+    read_record,
+    scan_file,
+    torn_extent,
+)
+from streamvault.dataplane.log.metadata import fsync_dir
+from streamvault.dataplane.log.probe import MODE_DIRECT, durability_mode
+
+log = logging.getLogger(__name__)
+
+_U64_MAX = (1 << 64) - 1
+_I64_MAX = (1 << 63) - 1
+_TORN_EXTENT_BYTES = align_up(HEADER_BYTES + RECORD_PAYLOAD_BYTES_MAX)
+_COUNTERS = (
+    *("commits", "syncs", "records", "bytes", "tail_cuts"),
+    *("files_created", "files_recycled", "files_freed", "files_deleted"),
+    *("trigger_queue_empty", "trigger_bytes_max", "trigger_file_end"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class JournalConfig:
+    file_bytes: int = 256 * 1024 * 1024
+    """Size each journal file is preallocated to; a multiple of 4096."""
+    commit_bytes_max: int = 4 * 1024 * 1024
+    """Record bytes one commit (one pwrite + one fdatasync) holds at most; a multiple of 4096."""
+    commit_wait_us_max: int = 0
+    """How long the caller's loop may wait for more records after the first (0: none)."""
+    files_recycled_max: int = 2
+    """Fully-deleted files kept for reuse instead of unlinked."""
+    direct: bool = True
+    """Use O_DIRECT where the file system allows (see `Journal.durability_mode`)."""
+
+    def __post_init__(self) -> None:
+        for name in ("file_bytes", "commit_bytes_max", "commit_wait_us_max", "files_recycled_max"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"JournalConfig.{name}={value!r} must be an int >= 0")
+        for name in ("file_bytes", "commit_bytes_max"):
+            value = getattr(self, name)
+            if value < BLOCK_BYTES or value % BLOCK_BYTES:
+                raise ValueError(
+                    f"JournalConfig.{name}={value} must be a positive multiple of 4096"
+                )
+        if self.commit_bytes_max > self.file_bytes:
+            raise ValueError(
+                f"JournalConfig.commit_bytes_max={self.commit_bytes_max} must fit in "
+                f"file_bytes={self.file_bytes}"
+            )
+        if not isinstance(self.direct, bool):
+            raise ValueError(f"JournalConfig.direct={self.direct!r} must be a bool")
+
+
+DEFAULT_CONFIG = JournalConfig()
+
+
+class _File:
+    __slots__ = ("seq", "path", "read_fd", "holders", "deletes")
+
+    def __init__(self, seq: int, path: str) -> None:
+        self.seq = seq
+        self.path = path
+        self.read_fd = os.open(path, os.O_RDONLY)
+        self.holders: set[int] = set()  # ledgers with entries or fence markers in this file
+        self.deletes: set[int] = set()  # ledgers whose newest delete marker is in this file
+
+
+class _Ledger:
+    __slots__ = ("entries", "last_entry_id", "lac", "fenced_epoch")
+
+    def __init__(self) -> None:
+        self.entries: dict[int, tuple[int, int, int]] = {}  # entry -> (file_seq, pos, bytes)
+        self.last_entry_id = -1
+        self.lac = -1
+        self.fenced_epoch: int | None = None
+
+
+class _Queued(NamedTuple):
+    kind: int
+    ledger_id: int
+    entry_id: int
+    epoch: int
+    lac: int
+    payload: memoryview | bytes
+    token: object
+
+
+class Journal:
+    """The storage engine of one bookie data directory (see module docstring)."""
+
+    def __init__(self, directory: str, config: JournalConfig = DEFAULT_CONFIG) -> None:
+        self.directory = directory
+        self.config = config
+        self.commit_wait_us_max = config.commit_wait_us_max
+        self.counters: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
+        os.makedirs(directory, exist_ok=True)
+        self._lock_fd = os.open(
+            os.path.join(directory, ".journal.lock"), os.O_RDWR | os.O_CREAT, 0o600
+        )
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            raise StorageError(f"journal {directory} is open in another process") from None
+        self.durability_mode = durability_mode(directory, allow_direct=config.direct)
+        self._payload_max = min(RECORD_PAYLOAD_BYTES_MAX, config.file_bytes - HEADER_BYTES)
+        self._files: dict[int, _File] = {}  # by file_seq, oldest first
+        self._free: list[str] = []  # paths of free files, oldest first
+        self._ledgers: dict[int, _Ledger] = {}
+        self._deleted: dict[int, int] = {}  # ledger -> file_seq of its newest delete marker
+        self._doomed: set[int] = set()  # deleted or delete queued: no more entries/fences
+        self._queue: list[_Queued] = []
+        self._failed: BaseException | None = None
+        self._closed = False
+        self._cur: _File | None = None
+        self._write_fd = -1
+        self._write_pos = 0
+        self._capacity = 0
+        self._next_commit_seq = 1
+        self._next_file_seq = 1
+        self._maybe_removable = False
+        self._buf = mmap.mmap(-1, config.commit_bytes_max)
+        self._view = memoryview(self._buf)
+        try:
+            self._recover()
+        except BaseException:
+            self.close()
+            raise
+
+    # --- recovery --------------------------------------------------------------------
+    def _recover(self) -> None:
+        seqs: list[int] = []
+        free: list[tuple[int, str]] = []
+        for name in os.listdir(self.directory):
+            if (seq := parse_file_name(name, "journal-")) is not None:
+                seqs.append(seq)
+            elif (seq := parse_file_name(name, "free-")) is not None:
+                free.append((seq, os.path.join(self.directory, name)))
+        seqs.sort()
+        if seqs and seqs[-1] - seqs[0] + 1 != len(seqs):
+            raise DataCorruption(f"journal {self.directory}: file seqs not contiguous: {seqs}")
+        free.sort()
+        self._next_file_seq = max([1] + [s + 1 for s in seqs] + [s + 1 for s, _ in free])
+        for _, path in free[self.config.files_recycled_max :]:
+            os.unlink(path)
+        self._free = [path for _, path in free[: self.config.files_recycled_max]]
+        prev: int | None = None
+        end = ScanEnd(0, None, False)
+        for seq in seqs:
+            end = self._replay_file(seq, prev, last=seq == seqs[-1])
+            prev = end.last_commit_seq
+        self._next_commit_seq = (prev or 0) + 1
+        if seqs:
+            self._resume(self._files[seqs[-1]], end)
+        else:
+            self._open_next_file()
+        self._remove_files()
+
+    def _replay_file(self, seq: int, prev: int | None, *, last: bool) -> ScanEnd:
+        path = os.path.join(self.directory, journal_file_name(seq))
+        self._files[seq] = _File(seq, path)
+        result: list[ScanEnd] = []
+        size = os.fstat(self._files[seq].read_fd).st_size
+        if size < HEADER_BYTES:
+            return ScanEnd(0, prev, False)
+        with mmap.mmap(self._files[seq].read_fd, size, access=mmap.ACCESS_READ) as mm:
+            view = memoryview(mm)
+            try:
+                for record in scan_file(
+                    view, path=path, file_seq=seq, prev_commit_seq=prev, last=last, result=result
+                ):
+                    self._apply(record)
+                end = result[0]
+                if last and end.torn:
+                    log.warning(
+                        "journal %s: torn tail cut at position=%d after commit_seq=%s",
+                        path,
+                        end.end_pos,
+                        end.last_commit_seq,
+                    )
+                    self.counters["tail_cuts"] += 1
+                # remains of the in-flight commit must not mix with the next commit written
+                # at the same position: zero them before writing there
+                stop = end.end_pos + max(_TORN_EXTENT_BYTES, self.config.commit_bytes_max)
+                dirty = torn_extent(view, end.end_pos, stop, seq) if last else end.end_pos
+            finally:
+                view.release()
+        if dirty > end.end_pos:
+            self._zero(path, end.end_pos, dirty)
+        return end
+
+    def _zero(self, path: str, start: int, stop: int) -> None:
+        with mmap.mmap(-1, stop - start) as zeros:
+            fd = os.open(path, os.O_RDWR)  # buffered: the end of a crashed file may be unaligned
+            try:
+                if os.pwrite(fd, zeros, start) != stop - start:
+                    raise OSError(errno.EIO, f"short write zeroing {path}")
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+
+    def _resume(self, file: _File, end: ScanEnd) -> None:
+        self._write_fd = self._open_write_fd(file.path)
+        size = os.fstat(self._write_fd).st_size
+        if size < self.config.file_bytes:  # crashed during creation, or file_bytes grew
+            os.posix_fallocate(self._write_fd, 0, self.config.file_bytes)
+            os.fsync(self._write_fd)
+        self._cur = file
+        self._write_pos = end.end_pos
+        self._capacity = max(size, self.config.file_bytes)
+
+    def _open_write_fd(self, path: str) -> int:
+        direct = os.O_DIRECT if self.durability_mode == MODE_DIRECT else 0
+        return os.open(path, os.O_RDWR | direct)
+
+    # --- write side ------------------------------------------------------------------
+    def add_entry(
+        self,
+        ledger_id: int,
+        entry_id: int,
+        *,
+        epoch: int,
+        lac: int,
+        payload: bytes | memoryview,
+        token: object,
+    ) -> None:
+        """Queue an entry; the payload must stay unchanged until `commit` returns."""
+        self._check_usable()
+        self._check_ids(ledger_id, epoch)
+        if not 0 <= entry_id <= _U64_MAX or not -1 <= lac <= _I64_MAX:
+            raise ValueError(f"journal add_entry: entry_id={entry_id} lac={lac} out of range")
+        view = memoryview(payload)
+        if view.format != "B" or view.ndim != 1:
+            view = view.cast("B")
+        if view.nbytes > self._payload_max:
+            raise ValueError(
+                f"journal add_entry ledger={ledger_id} entry={entry_id}: payload of "
+                f"{view.nbytes} bytes > {self._payload_max}"
+            )
+        self._queue.append(_Queued(KIND_ENTRY, ledger_id, entry_id, epoch, lac, view, token))
+
+    def fence(self, ledger_id: int, *, epoch: int, token: object) -> None:
+        """Queue a fence marker: once durable, `fenced_epoch(ledger_id)` is at least `epoch`."""
+        self._check_usable()
+        self._check_ids(ledger_id, epoch)
+        self._queue.append(_Queued(KIND_FENCE, ledger_id, 0, epoch, -1, b"", token))
+
+    def delete_ledger(self, ledger_id: int, *, token: object) -> None:
+        """Queue a delete marker; deleting an unknown or deleted ledger is allowed."""
+        self._check_usable()
+        self._check_ids(ledger_id, 0, deleting=True)
+        self._doomed.add(ledger_id)
+        self._queue.append(_Queued(KIND_DELETE, ledger_id, 0, 0, -1, b"", token))
+
+    def _check_ids(self, ledger_id: int, epoch: int, *, deleting: bool = False) -> None:
+        if not 0 <= ledger_id <= _U64_MAX or not 0 <= epoch <= _U64_MAX:
+            raise ValueError(f"journal: ledger_id={ledger_id} epoch={epoch} out of range")
+        if not deleting and ledger_id in self._doomed:
+            raise ValueError(f"journal: ledger {ledger_id} is deleted")
+
+    def _check_usable(self) -> None:
+        if self._failed is not None:
+            raise StorageError(
+                f"journal {self.directory} failed earlier ({self._failed!r}); refusing"
+            ) from self._failed
+        if self._closed:
+            raise StorageError(f"journal {self.directory} is closed")
+
+    def pending(self) -> int:
+        return len(self._queue)
+
+    def commit(self) -> list[object]:
+        """Write everything queued as commits; return the tokens now durable, in order."""
+        self._check_usable()
+        queue, self._queue = self._queue, []
+        start = 0
+        try:
+            while start < len(queue):
+                count, used = self._plan(queue, start)
+                self._write_commit(queue, start, count, used)
+                start += count
+            if self._maybe_removable:
+                self._remove_files()
+        except OSError as exc:
+            self._failed = exc
+            log.critical("journal %s: I/O error, fail-stop: %r", self.directory, exc)
+            raise StorageError(
+                f"journal {self.directory}: I/O error in commit: {exc}", errno=exc.errno
+            ) from exc
+        return [item.token for item in queue]
+
+    def _plan(self, queue: list[_Queued], start: int) -> tuple[int, int]:
+        """How many queued records from `start` go into the next commit, and their bytes;
+        rolls over to the next file first if not even the first record fits."""
+        first = packed_bytes(len(queue[start].payload))
+        if align_up(first) > self._capacity - self._write_pos:
+            self._open_next_file()
+        if first > self.config.commit_bytes_max:
+            self.counters["trigger_bytes_max"] += 1
+            return 1, first
+        limit = min(self.config.commit_bytes_max, self._capacity - self._write_pos)
+        used, count = 0, 0
+        while start + count < len(queue):
+            size = packed_bytes(len(queue[start + count].payload))
+            if used + size > limit:
+                break
+            used += size
+            count += 1
+        if start + count == len(queue):
+            self.counters["trigger_queue_empty"] += 1
+        elif limit == self.config.commit_bytes_max:
+            self.counters["trigger_bytes_max"] += 1
+        else:
+            self.counters["trigger_file_end"] += 1
+        return count, used
+
+    def _write_commit(self, queue: list[_Queued], start: int, count: int, used: int) -> None:
+        file, base = self._cur, self._write_pos
+        assert file is not None
+        total = align_up(used)
+        temp = mmap.mmap(-1, total) if total > len(self._buf) else None
+        view = memoryview(temp) if temp is not None else self._view
+        try:
+            records: list[JournalRecord] = []
+            pos = 0
+            for i in range(start, start + count):
+                item = queue[i]
+                flags = FLAG_COMMIT_END if i == start + count - 1 else 0
+                record = JournalRecord(
+                    item.kind, flags, len(item.payload), file.seq, self._next_commit_seq,
+                    item.ledger_id, item.entry_id, item.epoch, item.lac, base + pos,
+                )  # fmt: skip
+                records.append(record)
+                pos = pack_record(view, pos, item.payload, record)
+            view[pos:total] = bytes(total - pos)
+            crash_point("journal_before_write")
+            written = os.pwrite(self._write_fd, view[:total], base)
+            if written != total:
+                raise OSError(errno.EIO, f"short write {written} of {total} to {file.path}")
+            crash_point("journal_after_write_before_sync")
+            os.fdatasync(self._write_fd)
+            crash_point("journal_after_sync")
+        finally:
+            if temp is not None:
+                view.release()
+                temp.close()
+        self._write_pos = base + total
+        self._next_commit_seq += 1
+        counters = self.counters
+        counters["commits"] += 1
+        counters["syncs"] += 1
+        counters["records"] += count
+        counters["bytes"] += total
+        for record in records:
+            self._apply(record)
+
+    def _apply(self, record: JournalRecord) -> None:
+        """Apply one durable record (from a commit or from replay) to the index."""
+        kind, ledger_id, entry_id, file_seq = (
+            record.kind,
+            record.ledger_id,
+            record.entry_id,
+            record.file_seq,
+        )
+        file = self._files[file_seq]
+        if kind == KIND_DELETE:
+            self._ledgers.pop(ledger_id, None)
+            old = self._deleted.get(ledger_id)
+            if old is not None and old in self._files:
+                self._files[old].deletes.discard(ledger_id)
+            self._deleted[ledger_id] = file_seq
+            file.deletes.add(ledger_id)
+            self._doomed.add(ledger_id)
+            self._maybe_removable = True
+            return
+        if ledger_id in self._deleted:  # only in replay: re-created after a pruned delete
+            self._files[self._deleted.pop(ledger_id)].deletes.discard(ledger_id)
+            self._doomed.discard(ledger_id)
+        ledger = self._ledgers.get(ledger_id)
+        if ledger is None:
+            ledger = self._ledgers[ledger_id] = _Ledger()
+        file.holders.add(ledger_id)
+        if kind == KIND_ENTRY:
+            ledger.entries[entry_id] = (file_seq, record.pos, record.payload_bytes)
+            ledger.last_entry_id = max(ledger.last_entry_id, entry_id)
+            ledger.lac = max(ledger.lac, record.lac)
+        else:
+            ledger.fenced_epoch = max(record.epoch, ledger.fenced_epoch or 0)
+
+    # --- files -----------------------------------------------------------------------
+    def _open_next_file(self) -> None:
+        seq = self._next_file_seq
+        self._next_file_seq += 1
+        path = os.path.join(self.directory, journal_file_name(seq))
+        if self._free:
+            os.rename(self._free.pop(0), path)
+            fsync_dir(self.directory)
+            self.counters["files_recycled"] += 1
+        else:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                os.posix_fallocate(fd, 0, self.config.file_bytes)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            fsync_dir(self.directory)
+            self.counters["files_created"] += 1
+        if self._write_fd >= 0:
+            os.close(self._write_fd)
+            self._write_fd = -1
+        self._files[seq] = _File(seq, path)
+        self._resume(self._files[seq], ScanEnd(0, None, False))
+        self._maybe_removable = True
+
+    def _remove_files(self) -> None:
+        """Remove files from the oldest end while the removal rule allows (module doc)."""
+        self._maybe_removable = False
+        for seq in list(self._files):
+            file = self._files[seq]
+            if file is self._cur or not all(h in self._deleted for h in file.holders):
+                return
+            del self._files[seq]
+            os.close(file.read_fd)
+            for ledger_id in file.deletes:  # no older file holds its entries any more
+                del self._deleted[ledger_id]
+                self._doomed.discard(ledger_id)
+            if len(self._free) < self.config.files_recycled_max:
+                free = os.path.join(self.directory, f"free-{seq:016x}.jnl")
+                os.rename(file.path, free)
+                self._free.append(free)
+                self.counters["files_freed"] += 1
+            else:
+                os.unlink(file.path)
+                self.counters["files_deleted"] += 1
+            fsync_dir(self.directory)  # before the next one: removal stays oldest-first
+
+    def files(self) -> list[int]:
+        """The file seqs of the journal files in use, oldest first."""
+        return list(self._files)
+
+    # --- state -----------------------------------------------------------------------
+    def read_entry(self, ledger_id: int, entry_id: int) -> bytes | None:
+        ledger = self._ledgers.get(ledger_id)
+        location = ledger.entries.get(entry_id) if ledger is not None else None
+        if location is None:
+            return None
+        file_seq, pos, size = location
+        file = self._files[file_seq]
+        try:
+            data = os.pread(file.read_fd, HEADER_BYTES + size, pos)
+        except OSError as exc:
+            raise StorageError(f"journal read {file.path} at {pos}: {exc}") from exc
+        record = read_record(data, 0, file_seq)
+        if (
+            record is None
+            or record.kind != KIND_ENTRY
+            or (record.ledger_id, record.entry_id) != (ledger_id, entry_id)
+        ):
+            raise DataCorruption(
+                f"journal {file.path}: entry {entry_id} of ledger {ledger_id} at position "
+                f"{pos} fails verification",
+                path=file.path,
+                position=pos,
+                ledger=ledger_id,
+                entry=entry_id,
+            )
+        return data[HEADER_BYTES:]
+
+    def last_entry_id(self, ledger_id: int) -> int:
+        ledger = self._ledgers.get(ledger_id)
+        return ledger.last_entry_id if ledger is not None else -1
+
+    def lac(self, ledger_id: int) -> int:
+        ledger = self._ledgers.get(ledger_id)
+        return ledger.lac if ledger is not None else -1
+
+    def fenced_epoch(self, ledger_id: int) -> int | None:
+        ledger = self._ledgers.get(ledger_id)
+        return ledger.fenced_epoch if ledger is not None else None
+
+    def ledgers(self) -> list[int]:
+        return sorted(self._ledgers)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._queue:
+            log.warning(
+                "journal %s: closed with %d records not committed", self.directory, len(self._queue)
+            )
+            self._queue.clear()
+        for file in self._files.values():
+            os.close(file.read_fd)
+        self._files.clear()
+        if self._write_fd >= 0:
+            os.close(self._write_fd)
+            self._write_fd = -1
+        self._view.release()
+        self._buf.close()
+        os.close(self._lock_fd)

@@ -1,0 +1,585 @@
+"""The bookie journal on real files: group commit, restart, torn tails, corruption, rollover,
+recycling and the file removal rule, markers, large entries, fail-stop, crash points, and a
+model-based property test."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streamvault.client.protocol.errors import DataCorruption, StorageError
+from streamvault.dataplane.log import journal as journal_module
+from streamvault.dataplane.log.framing import BLOCK_BYTES
+from streamvault.dataplane.log.journal import Journal, JournalConfig
+from streamvault.dataplane.log.journal_format import (
+    HEADER_BYTES,
+    KIND_ENTRY,
+    JournalRecord,
+    ScanEnd,
+    pack_record,
+    read_record,
+    scan_file,
+    torn_extent,
+)
+from streamvault.dataplane.log.probe import MODE_BUFFERED, MODE_DIRECT
+
+MEDIUM = JournalConfig(file_bytes=8 * 1024 * 1024, commit_bytes_max=1024 * 1024)
+SMALL = JournalConfig(file_bytes=64 * 1024, commit_bytes_max=16 * 1024, files_recycled_max=1)
+
+
+def _payload(ledger: int, entry: int, size: int = 200, salt: int = 0) -> bytes:
+    unit = f"<{ledger}:{entry}:{salt}>".encode()
+    return (unit * (size // len(unit) + 1))[:size]
+
+
+def _journal_files(directory: Path) -> list[Path]:
+    return sorted(directory.glob("journal-*.jnl"))
+
+
+def _scan(path: Path, *, last: bool = True) -> tuple[list[JournalRecord], ScanEnd]:
+    """The valid records of one journal file and where its valid data ends."""
+    data = bytearray(path.read_bytes())
+    result: list[ScanEnd] = []
+    seq = int(path.name[8:24], 16)
+    records = list(
+        scan_file(
+            memoryview(data), path=str(path), file_seq=seq, prev_commit_seq=None, last=last,
+            result=result,
+        )
+    )  # fmt: skip
+    return records, result[0]
+
+
+def _patch(path: Path, pos: int, data: bytes) -> None:
+    with open(path, "r+b") as f:
+        f.seek(pos)
+        f.write(data)
+
+
+def _flip(path: Path, pos: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(pos)
+        byte = f.read(1)
+        f.seek(pos)
+        f.write(bytes([byte[0] ^ 0x40]))
+
+
+def _fill(journal: Journal, ledgers: list[int], entries: range, size: int = 200) -> None:
+    for entry in entries:
+        for ledger in ledgers:
+            journal.add_entry(
+                ledger, entry, epoch=1, lac=entry - 1, payload=_payload(ledger, entry, size),
+                token=(ledger, entry),
+            )  # fmt: skip
+
+
+def _assert_entries(journal: Journal, ledgers: list[int], entries: range, size: int = 200) -> None:
+    for ledger in ledgers:
+        for entry in entries:
+            assert journal.read_entry(ledger, entry) == _payload(ledger, entry, size)
+
+
+def test_round_trip_many_ledgers_one_sync(tmp_path):
+    journal = Journal(str(tmp_path))
+    assert journal.durability_mode in (MODE_DIRECT, MODE_BUFFERED)
+    _fill(journal, [1, 2, 3, 7], range(25))
+    assert journal.pending() == 100
+    assert journal.read_entry(1, 0) is None, "nothing is visible before it is durable"
+    tokens = journal.commit()
+    assert tokens == [(ledger, e) for e in range(25) for ledger in (1, 2, 3, 7)]
+    assert journal.pending() == 0
+    assert journal.counters["commits"] == 1 and journal.counters["syncs"] == 1
+    assert journal.counters["records"] == 100 and journal.counters["trigger_queue_empty"] == 1
+    _assert_entries(journal, [1, 2, 3, 7], range(25))
+    assert journal.ledgers() == [1, 2, 3, 7]
+    assert journal.last_entry_id(2) == 24 and journal.lac(2) == 23
+    assert journal.last_entry_id(99) == -1 and journal.lac(99) == -1
+    assert journal.read_entry(1, 25) is None and journal.read_entry(99, 0) is None
+    assert journal.commit() == [] and journal.counters["syncs"] == 1
+    journal.close()
+
+
+def test_commit_is_cut_at_commit_bytes_max(tmp_path):
+    journal = Journal(str(tmp_path), SMALL)
+    _fill(journal, [1], range(200))  # ~54 KiB of records: four commits of <= 16 KiB
+    assert len(journal.commit()) == 200
+    assert journal.counters["syncs"] == journal.counters["commits"] == 4
+    assert journal.counters["trigger_bytes_max"] == 3
+    assert journal.counters["trigger_queue_empty"] == 1
+    records, _ = _scan(_journal_files(tmp_path)[0])
+    seqs = sorted({r.commit_seq for r in records})
+    assert seqs == [1, 2, 3, 4]
+    for seq in seqs:
+        first = min(r.pos for r in records if r.commit_seq == seq)
+        end = max(r.pos + HEADER_BYTES + r.payload_bytes for r in records if r.commit_seq == seq)
+        assert first % BLOCK_BYTES == 0 and end - first <= SMALL.commit_bytes_max
+    journal.close()
+
+
+def test_restart_keeps_state_and_appends_after_the_last_commit(tmp_path):
+    journal = Journal(str(tmp_path), MEDIUM)
+    _fill(journal, [1, 2], range(10))
+    journal.fence(2, epoch=4, token="f")
+    journal.commit()
+    journal.close()
+    path = _journal_files(tmp_path)[0]
+    _, first_end = _scan(path)
+    first_bytes = path.read_bytes()[: first_end.end_pos]
+
+    journal = Journal(str(tmp_path), MEDIUM)
+    assert journal.ledgers() == [1, 2]
+    _assert_entries(journal, [1, 2], range(10))
+    assert journal.last_entry_id(1) == 9 and journal.lac(1) == 8
+    assert journal.fenced_epoch(2) == 4 and journal.fenced_epoch(1) is None
+    _fill(journal, [1, 3], range(10, 20))
+    journal.commit()
+    journal.close()
+
+    assert path.read_bytes()[: first_end.end_pos] == first_bytes, "acknowledged blocks rewritten"
+    records, _ = _scan(path)
+    later = [r for r in records if r.pos >= first_end.end_pos]
+    assert later and min(r.pos for r in later) == first_end.end_pos
+    assert first_end.end_pos % BLOCK_BYTES == 0
+    assert {r.commit_seq for r in later} == {first_end.last_commit_seq + 1}
+    journal = Journal(str(tmp_path), MEDIUM)
+    _assert_entries(journal, [1], range(20))
+    _assert_entries(journal, [3], range(10, 20))
+    assert journal.ledgers() == [1, 2, 3] and journal.fenced_epoch(2) == 4
+    journal.close()
+
+
+def _torn_commit(path: Path, pos: int, commit_seq: int, damage: str) -> None:
+    """Write what a torn second commit could leave at `pos`."""
+    seq = int(path.name[8:24], 16)
+    buf = memoryview(bytearray(3 * BLOCK_BYTES))
+    end = 0
+    for entry in range(21):  # a commit whose end record never landed; entry 101 at a block
+        payload = _payload(1, 100 + entry, 4096 - HEADER_BYTES if entry == 0 else 200)
+        record = JournalRecord(KIND_ENTRY, 0, len(payload), seq, commit_seq, 1, 100 + entry, 1,
+                               -1, 0)  # fmt: skip
+        end = pack_record(buf, end, payload, record)
+    if damage == "garbage":
+        _patch(path, pos, os.urandom(5000))
+    elif damage == "zeros":
+        _patch(path, pos, bytes(BLOCK_BYTES))
+    elif damage == "truncated":  # the first record's header only
+        _patch(path, pos, bytes(buf[: HEADER_BYTES + 10]))
+    elif damage == "no_end":  # whole records, but the commit's end record is missing
+        _patch(path, pos, bytes(buf[:end]))
+    elif damage in ("pieces", "later_commit"):  # the first block lost, later blocks landed
+        _patch(path, pos + BLOCK_BYTES, bytes(buf[BLOCK_BYTES:end]))
+
+
+@pytest.mark.parametrize("damage", ["garbage", "zeros", "truncated", "no_end", "pieces"])
+def test_torn_tail_is_cut_idempotently_and_writing_continues(tmp_path, damage):
+    journal = Journal(str(tmp_path), MEDIUM)
+    _fill(journal, [1], range(10))
+    journal.commit()
+    journal.close()
+    path = _journal_files(tmp_path)[0]
+    _, end = _scan(path)
+    _torn_commit(path, end.end_pos, end.last_commit_seq + 1, damage)
+    assert _scan(path)[1].torn == (damage not in ("zeros", "pieces"))
+
+    for _ in range(2):  # recovery is idempotent
+        journal = Journal(str(tmp_path), MEDIUM)
+        _assert_entries(journal, [1], range(10))
+        assert journal.last_entry_id(1) == 9 and journal.read_entry(1, 100) is None
+        journal.close()
+    data = memoryview(bytearray(path.read_bytes()))
+    assert torn_extent(data, end.end_pos, len(data), 1) == end.end_pos, "torn remains zeroed"
+
+    journal = Journal(str(tmp_path), MEDIUM)
+    _fill(journal, [1], range(10, 12))
+    assert len(journal.commit()) == 2
+    journal.close()
+    journal = Journal(str(tmp_path), MEDIUM)
+    _assert_entries(journal, [1], range(12))
+    assert journal.last_entry_id(1) == 11
+    journal.close()
+
+
+def test_pieces_of_a_commit_after_the_torn_one_prove_corruption(tmp_path):
+    journal = Journal(str(tmp_path), MEDIUM)
+    _fill(journal, [1], range(10))
+    journal.commit()
+    journal.close()
+    path = _journal_files(tmp_path)[0]
+    _, end = _scan(path)
+    _torn_commit(path, end.end_pos, end.last_commit_seq + 2, "later_commit")
+    with pytest.raises(DataCorruption, match="written after it was durable"):
+        Journal(str(tmp_path), MEDIUM)
+
+
+def test_corruption_before_a_later_commit_of_the_last_file_stops_recovery(tmp_path):
+    journal = Journal(str(tmp_path), MEDIUM)
+    for batch in range(3):
+        _fill(journal, [1, 2], range(batch * 10, batch * 10 + 10))
+        journal.commit()
+    journal.close()
+    path = _journal_files(tmp_path)[0]
+    records, _ = _scan(path)
+    victim = next(r for r in records if r.commit_seq == 2)
+    _flip(path, victim.pos + HEADER_BYTES + 3)
+    with pytest.raises(DataCorruption, match=r"position \d+ after commit_seq 1") as info:
+        Journal(str(tmp_path), MEDIUM)
+    assert info.value.fields["later_commit_seq"] == 3
+    assert str(path) in str(info.value)
+    # the directory lock is released even though the open failed
+    _flip(path, victim.pos + HEADER_BYTES + 3)
+    Journal(str(tmp_path), MEDIUM).close()
+
+
+def test_corruption_in_a_file_before_the_last_stops_recovery(tmp_path):
+    journal = Journal(str(tmp_path), SMALL)
+    for batch in range(12):
+        _fill(journal, [1], range(batch * 20, batch * 20 + 20), size=600)
+        journal.commit()
+    journal.close()
+    files = _journal_files(tmp_path)
+    assert len(files) >= 3
+    records, _ = _scan(files[0], last=False)
+    _flip(files[0], records[0].pos + 5)  # the header of the file's first commit
+    with pytest.raises(DataCorruption, match=str(files[0])):
+        Journal(str(tmp_path), SMALL)
+
+
+def test_missing_middle_file_is_corruption(tmp_path):
+    journal = Journal(str(tmp_path), SMALL)
+    _fill(journal, [1], range(300), size=600)
+    journal.commit()
+    journal.close()
+    files = _journal_files(tmp_path)
+    assert len(files) >= 3
+    files[1].unlink()
+    with pytest.raises(DataCorruption, match="not contiguous"):
+        Journal(str(tmp_path), SMALL)
+
+
+def test_bit_flip_is_detected_on_read(tmp_path):
+    journal = Journal(str(tmp_path), MEDIUM)
+    _fill(journal, [1], range(5))
+    journal.commit()
+    records, _ = _scan(_journal_files(tmp_path)[0])
+    victim = next(r for r in records if r.entry_id == 3)
+    _flip(_journal_files(tmp_path)[0], victim.pos + HEADER_BYTES + 17)
+    with pytest.raises(DataCorruption, match="entry 3 of ledger 1"):
+        journal.read_entry(1, 3)
+    assert journal.read_entry(1, 2) == _payload(1, 2)
+    journal.close()
+
+
+def _ledgers_per_file(directory: Path) -> dict[int, set[int]]:
+    out = {}
+    for path in _journal_files(directory):
+        records, _ = _scan(path, last=False)
+        out[int(path.name[8:24], 16)] = {r.ledger_id for r in records if r.kind == KIND_ENTRY}
+    return out
+
+
+def test_rollover_recycle_and_removal_from_the_oldest_end(tmp_path):
+    journal = Journal(str(tmp_path), SMALL)
+    _fill(journal, [1, 2], range(0, 10), size=900)  # file 1: ledgers 1 and 2
+    journal.commit()
+    for batch in range(6):  # then mostly ledger 2, and ledger 3 later
+        _fill(journal, [2], range(10 + batch * 20, 30 + batch * 20), size=900)
+        journal.commit()
+    _fill(journal, [3], range(40), size=900)
+    journal.commit()
+    before = _ledgers_per_file(tmp_path)
+    assert len(before) >= 3 and journal.counters["files_created"] == len(before)
+
+    journal.delete_ledger(2, token="d2")
+    assert journal.commit() == ["d2"]
+    assert journal.files() == sorted(before), "file 1 still holds live ledger 1: nothing goes"
+    journal.close()
+    journal = Journal(str(tmp_path), SMALL)
+    assert journal.ledgers() == [1, 3], "a deleted ledger never comes back"
+    assert journal.read_entry(2, 0) is None and journal.last_entry_id(2) == -1
+    _assert_entries(journal, [1], range(10), size=900)
+
+    journal.delete_ledger(1, token="d1")
+    journal.commit()
+    removed = [seq for seq in before if seq not in journal.files()]
+    assert removed and removed == sorted(before)[: len(removed)], "from the oldest end only"
+    assert all(before[seq] <= {1, 2} for seq in removed)
+    first_kept = journal.files()[0]
+    assert 3 in before.get(first_kept, {3}), "the oldest kept file holds a live ledger"
+    assert journal.counters["files_freed"] == 1
+    assert journal.counters["files_deleted"] == len(removed) - 1
+    assert len(list(tmp_path.glob("free-*.jnl"))) == 1
+
+    _fill(journal, [4], range(150), size=900)  # rolls over into the recycled file
+    journal.commit()
+    assert journal.counters["files_recycled"] == 1
+    assert not list(tmp_path.glob("free-*.jnl"))
+    journal.close()
+
+    journal = Journal(str(tmp_path), SMALL)  # stale records of the recycled file are ignored
+    assert journal.ledgers() == [3, 4]
+    _assert_entries(journal, [3], range(40), size=900)
+    _assert_entries(journal, [4], range(150), size=900)
+    assert journal.read_entry(1, 0) is None and journal.read_entry(2, 10) is None
+    seqs = [int(p.name[8:24], 16) for p in _journal_files(tmp_path)]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))) == journal.files()
+    journal.delete_ledger(3, token="d3")
+    journal.delete_ledger(4, token="d4")
+    journal.commit()
+    assert journal.files() == [seqs[-1]], "everything but the current file removed"
+    journal.close()
+    journal = Journal(str(tmp_path), SMALL)
+    assert journal.ledgers() == [] and journal.read_entry(4, 149) is None
+    journal.close()
+
+
+def test_fence_and_delete_markers_are_durable(tmp_path):
+    journal = Journal(str(tmp_path), MEDIUM)
+    _fill(journal, [1, 2], range(3))
+    journal.fence(1, epoch=3, token="f1")
+    journal.fence(1, epoch=5, token="f2")
+    journal.fence(9, epoch=2, token="f9")  # fencing a ledger with no entries creates it
+    journal.delete_ledger(2, token="d2")
+    with pytest.raises(ValueError, match="deleted"):
+        journal.add_entry(2, 5, epoch=1, lac=4, payload=b"x", token=None)
+    assert journal.commit()[-4:] == ["f1", "f2", "f9", "d2"]
+    journal.close()
+    journal = Journal(str(tmp_path), MEDIUM)
+    assert journal.fenced_epoch(1) == 5 and journal.fenced_epoch(9) == 2
+    assert journal.ledgers() == [1, 9] and journal.last_entry_id(9) == -1
+    assert journal.read_entry(2, 0) is None and journal.fenced_epoch(2) is None
+    with pytest.raises(ValueError, match="deleted"):
+        journal.fence(2, epoch=9, token=None)
+    journal.add_entry(1, 3, epoch=5, lac=2, payload=b"after fence", token="a")
+    journal.commit()  # fencing is enforced above the journal, which only records it
+    assert journal.read_entry(1, 3) == b"after fence"
+    journal.close()
+
+
+def test_rewritten_entry_keeps_the_latest_copy(tmp_path):
+    journal = Journal(str(tmp_path), MEDIUM)
+    journal.add_entry(1, 0, epoch=1, lac=-1, payload=b"first", token=1)
+    journal.commit()
+    journal.add_entry(1, 0, epoch=2, lac=-1, payload=b"second", token=2)
+    journal.add_entry(1, 0, epoch=2, lac=-1, payload=b"third", token=3)
+    journal.commit()
+    assert journal.read_entry(1, 0) == b"third"
+    journal.close()
+    journal = Journal(str(tmp_path), MEDIUM)
+    assert journal.read_entry(1, 0) == b"third" and journal.last_entry_id(1) == 0
+    journal.close()
+
+
+def test_large_entry_gets_a_commit_of_its_own(tmp_path):
+    config = JournalConfig(file_bytes=256 * 1024, commit_bytes_max=16 * 1024)
+    journal = Journal(str(tmp_path), config)
+    big = os.urandom(100_000)
+    journal.add_entry(1, 0, epoch=1, lac=-1, payload=b"small", token=0)
+    journal.add_entry(1, 1, epoch=1, lac=0, payload=memoryview(big), token=1)
+    journal.add_entry(1, 2, epoch=1, lac=1, payload=b"small", token=2)
+    assert journal.commit() == [0, 1, 2]
+    assert journal.counters["commits"] == journal.counters["syncs"] == 3
+    assert journal.read_entry(1, 1) == big
+    with pytest.raises(ValueError, match="payload"):
+        journal.add_entry(1, 3, epoch=1, lac=2, payload=bytes(256 * 1024), token=3)
+    journal.close()
+    journal = Journal(str(tmp_path), config)
+    assert journal.read_entry(1, 1) == big and journal.read_entry(1, 2) == b"small"
+    journal.close()
+
+
+def test_io_error_is_fail_stop(tmp_path, monkeypatch):
+    journal = Journal(str(tmp_path), MEDIUM)
+    _fill(journal, [1], range(5))
+    durable = journal.commit()
+    _fill(journal, [1], range(5, 10))
+
+    def failing_fdatasync(fd: int) -> None:
+        raise OSError(errno.EIO, "injected")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(journal_module.os, "fdatasync", failing_fdatasync)
+        with pytest.raises(StorageError, match="injected"):
+            journal.commit()
+        with pytest.raises(StorageError, match="refusing"):
+            journal.add_entry(1, 10, epoch=1, lac=9, payload=b"x", token=None)
+        with pytest.raises(StorageError, match="refusing"):
+            journal.commit()
+        with pytest.raises(StorageError):
+            journal.fence(1, epoch=2, token=None)
+    journal.close()
+    journal = Journal(str(tmp_path), MEDIUM)
+    for _, entry in durable:
+        assert journal.read_entry(1, entry) == _payload(1, entry)
+    assert journal.last_entry_id(1) in (4, 9)  # the failed commit is all or nothing
+    journal.close()
+
+
+_CHILD = textwrap.dedent(
+    """
+    import sys
+    from streamvault.dataplane.log.journal import Journal
+    journal = Journal(sys.argv[1])
+    journal.add_entry(1, 0, epoch=1, lac=-1, payload=b"first", token=0)
+    journal.commit()
+    journal.add_entry(1, 1, epoch=1, lac=0, payload=b"second", token=1)
+    journal.commit()
+    print("survived")
+    """
+)
+
+
+@pytest.mark.parametrize(
+    "point", ["journal_before_write", "journal_after_write_before_sync", "journal_after_sync"]
+)
+def test_crash_points_kill_the_process_at_the_named_moment(tmp_path, point):
+    marker = tmp_path / "marker"
+    env = dict(os.environ, STREAMVAULT_CRASH_POINT=f"{point}:{marker}")
+    child = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(tmp_path / "j")], env=env, capture_output=True
+    )
+    assert child.returncode == -9 and b"survived" not in child.stdout, child.stderr
+    journal = Journal(str(tmp_path / "j"))
+    expected = {  # the point fires at the first commit; the page cache may keep the write
+        "journal_before_write": [None],
+        "journal_after_write_before_sync": [None, b"first"],
+        "journal_after_sync": [b"first"],
+    }
+    assert journal.read_entry(1, 0) in expected[point]
+    assert journal.read_entry(1, 1) is None
+    assert marker.exists()
+    journal.close()
+
+
+@pytest.mark.parametrize(
+    ("field", "kwargs"),
+    [
+        ("file_bytes", {"file_bytes": 5000}),
+        ("file_bytes", {"file_bytes": 0}),
+        ("commit_bytes_max", {"commit_bytes_max": 4097}),
+        ("commit_bytes_max", {"file_bytes": 8192, "commit_bytes_max": 16384}),
+        ("commit_wait_us_max", {"commit_wait_us_max": -1}),
+        ("files_recycled_max", {"files_recycled_max": -2}),
+        ("files_recycled_max", {"files_recycled_max": True}),
+        ("direct", {"direct": "yes"}),
+    ],
+)
+def test_bad_config_names_the_field(field, kwargs):
+    with pytest.raises(ValueError, match=field):
+        JournalConfig(**kwargs)
+
+
+def test_directory_is_owned_by_one_journal(tmp_path):
+    journal = Journal(str(tmp_path), MEDIUM)
+    with pytest.raises(StorageError, match="another"):
+        Journal(str(tmp_path), MEDIUM)
+    journal.close()
+    journal.close()  # idempotent
+    with pytest.raises(StorageError, match="closed"):
+        journal.commit()
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(max_size=3000), st.integers(1, 3), st.integers(0, 1 << 40), st.integers(-1, 99))
+def test_record_round_trip_and_any_bit_flip_is_detected(payload, kind, ledger, lac):
+    payload = payload if kind == KIND_ENTRY else b""
+    record = JournalRecord(kind, 1, len(payload), 7, 9, ledger, 3, 2, lac, 0)
+    buf = memoryview(bytearray(8192))
+    end = pack_record(buf, 0, payload, record)
+    assert end % 8 == 0 and end == (HEADER_BYTES + len(payload) + 7) // 8 * 8
+    assert read_record(buf, 0, 7) == record
+    assert read_record(buf, 0, 8) is None, "a record of another file_seq is not this file's"
+    data = bytearray(buf[:end])
+    data[(ledger + len(payload)) % (HEADER_BYTES + len(payload))] ^= 0x08
+    assert read_record(data, 0, 7) is None
+
+
+# --- model-based property test -------------------------------------------------------------
+LEDGERS = st.integers(0, 2)
+ADD = st.tuples(st.just("add"), LEDGERS, st.integers(0, 6), st.integers(0, 9000))
+OPS = st.one_of(
+    *(ADD, ADD, ADD, ADD),  # weight: enough entries to roll over, recycle and remove files
+    st.tuples(st.just("fence"), LEDGERS, st.integers(0, 5)),
+    st.tuples(st.just("delete"), LEDGERS),
+    st.tuples(st.just("commit")),
+    st.tuples(st.just("reopen")),
+    st.tuples(st.just("torn"), st.binary(min_size=1, max_size=6000)),
+)
+MODEL_CONFIG = JournalConfig(file_bytes=32 * 1024, commit_bytes_max=8 * 1024, files_recycled_max=1)
+
+
+class _Model:
+    def __init__(self) -> None:
+        self.entries: dict[int, dict[int, bytes]] = {}
+        self.lac: dict[int, int] = {}
+        self.fenced: dict[int, int] = {}
+        self.dead: set[int] = set()  # deleted or delete queued: the test writes no more to it
+
+    def apply(self, op: tuple) -> None:
+        if op[0] == "add":
+            _, ledger, entry, payload = op
+            self.entries.setdefault(ledger, {})[entry] = payload
+            self.lac[ledger] = max(self.lac.get(ledger, -1), entry - 1)
+        elif op[0] == "fence":
+            self.entries.setdefault(op[1], {})
+            self.fenced[op[1]] = max(self.fenced.get(op[1], 0), op[2])
+        else:
+            self.entries.pop(op[1], None)
+            self.lac.pop(op[1], None)
+            self.fenced.pop(op[1], None)
+
+    def check(self, journal: Journal) -> None:
+        assert journal.ledgers() == sorted(self.entries)
+        for ledger in range(5):
+            entries = self.entries.get(ledger, {})
+            assert journal.last_entry_id(ledger) == max(entries, default=-1)
+            assert journal.lac(ledger) == self.lac.get(ledger, -1)
+            assert journal.fenced_epoch(ledger) == self.fenced.get(ledger)
+            for entry in range(8):
+                assert journal.read_entry(ledger, entry) == entries.get(entry)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(OPS, min_size=5, max_size=60))
+def test_durable_state_matches_a_model_across_reopens_and_torn_tails(tmp_path_factory, ops):
+    directory = tmp_path_factory.mktemp("model")
+    journal = Journal(str(directory), MODEL_CONFIG)
+    model, queued = _Model(), []
+    try:
+        for n, op in enumerate(ops):
+            if op[0] == "add" and op[1] not in model.dead:
+                payload = _payload(op[1], op[2], op[3], salt=n)
+                journal.add_entry(op[1], op[2], epoch=1, lac=op[2] - 1, payload=payload, token=n)
+                queued.append(("add", op[1], op[2], payload))
+            elif op[0] == "fence" and op[1] not in model.dead:
+                journal.fence(op[1], epoch=op[2], token=n)
+                queued.append(op)
+            elif op[0] == "delete" and op[1] not in model.dead:
+                journal.delete_ledger(op[1], token=n)
+                model.dead.add(op[1])
+                queued.append(op)
+            elif op[0] == "commit":
+                assert len(journal.commit()) == len(queued)
+                for item in queued:
+                    model.apply(item)
+                queued = []
+                model.check(journal)
+            elif op[0] in ("reopen", "torn"):
+                journal.close()
+                queued = []  # never committed: gone
+                if op[0] == "torn":
+                    path = _journal_files(directory)[-1]
+                    _, end = _scan(path)
+                    _patch(path, end.end_pos, op[1][: MODEL_CONFIG.file_bytes - end.end_pos])
+                journal = Journal(str(directory), MODEL_CONFIG)
+                model.check(journal)
+                model.dead = {d for d in model.dead if d not in model.entries}
+    finally:
+        journal.close()
