@@ -10,6 +10,7 @@ Role processes (started by `standalone`, or by hand in a cluster):
     streamvault controller --data-dir DIR --bind URL --containers N
     streamvault host --data-dir DIR --workers N --containers N --controller URL
     streamvault worker --id I --data-dir DIR --containers 0,4 --container-count N --bind URL
+    streamvault bookie --data-dir DIR --port P [--controller URL]
 """
 
 from __future__ import annotations
@@ -106,6 +107,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--upload-bytes", type=int, default=64 << 20)
     p.add_argument("--flush-wait", type=float, default=30.0)
     p.add_argument("--ledger-size", type=parse_size, default=128 << 20)
+    _common(p)
+
+    p = sub.add_parser("bookie", help="run a log replica (ledger entries in its journal)")
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--port", type=int, default=0, help="listen on tcp://127.0.0.1:PORT")
+    p.add_argument("--bind", default="", help="endpoint to bind (overrides --port)")
+    p.add_argument("--id", default="0")
+    p.add_argument("--controller", default="", help="send heartbeats here (for status)")
+    p.add_argument("--no-direct-io", action="store_true")
+    p.add_argument(
+        "--journal-file-size",
+        type=parse_size,
+        default=256 << 20,
+        help="journal file size, K/M/G suffix allowed (default 256M)",
+    )
     _common(p)
 
     p = sub.add_parser("uploader", help="run a host's LTS uploader")
@@ -224,6 +240,25 @@ def _run(args: argparse.Namespace) -> int:
                 s3_endpoint=args.s3_endpoint,
                 flush_wait_s=args.flush_wait,
                 ledger_bytes=args.ledger_size,
+            )
+        )
+    if args.command == "bookie":
+        from streamvault.dataplane.log.bookie import BookieConfig, run
+        from streamvault.dataplane.log.journal import JournalConfig
+
+        process.die_with_parent(args.parent_pid)
+        process.set_title("bookie", args.id)
+        process.configure_logging(args.log_level, "bookie", args.id)
+        bind = args.bind or f"tcp://127.0.0.1:{args.port or '*'}"
+        return run(
+            BookieConfig(
+                data_dir=args.data_dir,
+                bind=bind,
+                bookie_id=args.id,
+                controller=args.controller,
+                journal=JournalConfig(
+                    file_bytes=args.journal_file_size, direct=not args.no_direct_io
+                ),
             )
         )
     if args.command == "uploader":

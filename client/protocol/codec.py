@@ -28,6 +28,7 @@ from streamvault.client.protocol.errors import (
 from streamvault.client.protocol.limits import (
     BLOCK_EVENTS_MAX,
     CONTROL_BYTES_MAX,
+    ENTRY_BYTES_MAX,
     PROTOCOL_VERSION,
     PROTOCOL_VERSION_MIN,
     READ_BYTES_MAX,
@@ -61,6 +62,10 @@ DATA_APPENDED = struct.Struct("<16sqqBH")  # writer id, last event, length, dupl
 READ_SEGMENT = struct.Struct("<qIIH")  # offset, max bytes, wait ms, name bytes
 SEGMENT_READ = struct.Struct("<qqBIH")  # offset, length, end of segment, payload bytes, name
 ERROR = struct.Struct("<H")
+ADD_ENTRY = struct.Struct("<QQQqII")  # ledger, entry, epoch, lac, crc32c, payload bytes
+ENTRY_ADDED = struct.Struct("<QQ")  # ledger, entry
+READ_ENTRY = struct.Struct("<QqQB")  # ledger, entry (-1: state only), epoch, fence
+ENTRY_READ = struct.Struct("<QqqqBBI")  # ledger, entry, last entry, lac, fenced, found, bytes
 
 _control_encoder = msgspec.msgpack.Encoder()
 _control_decoder = msgspec.msgpack.Decoder(Union[m.CONTROL_TYPES])  # noqa: UP007
@@ -203,6 +208,30 @@ def encode(body: Any, request_id: int, *, timeout_ms: int = 0, flags: int = 0) -
             + body.segment,
             *body.payload,
         ]
+    if isinstance(body, m.AddEntry):
+        head = encode_header(m.MsgType.ADD_ENTRY, request_id, flags=flags, timeout_ms=timeout_ms)
+        fields = ADD_ENTRY.pack(
+            body.ledger_id, body.entry_id, body.epoch, body.lac, body.crc, _nbytes(body.payload)
+        )
+        return [head + fields, body.payload]
+    if isinstance(body, m.EntryAdded):
+        head = encode_header(m.MsgType.ENTRY_ADDED, request_id, flags=flags)
+        return [head + ENTRY_ADDED.pack(body.ledger_id, body.entry_id)]
+    if isinstance(body, m.ReadEntry):
+        head = encode_header(m.MsgType.READ_ENTRY, request_id, flags=flags, timeout_ms=timeout_ms)
+        return [head + READ_ENTRY.pack(body.ledger_id, body.entry_id, body.epoch, body.fence)]
+    if isinstance(body, m.EntryRead):
+        head = encode_header(m.MsgType.ENTRY_READ, request_id, flags=flags)
+        fields = ENTRY_READ.pack(
+            body.ledger_id,
+            body.entry_id,
+            body.last_entry_id,
+            body.lac,
+            body.fenced,
+            body.found,
+            _nbytes(body.payload),
+        )
+        return [head + fields, body.payload]
     if isinstance(body, m.ErrorReply):
         return encode_error(request_id, body.code, body.message, body.fields)
     if isinstance(body, m.Hello):
@@ -341,6 +370,58 @@ def _decode_segment_read(view: memoryview, frames: Sequence[Any]) -> m.SegmentRe
     return m.SegmentRead(offset, length, bool(flags), segment, payload)
 
 
+def _exact(view: memoryview, layout: struct.Struct, what: str) -> tuple:
+    if len(view) != HEADER_BYTES + layout.size:
+        raise InvalidMessage(f"{what}: {len(view)} bytes, expected {HEADER_BYTES + layout.size}")
+    return layout.unpack_from(view, HEADER_BYTES)
+
+
+def _payload(frames: Sequence[Any], size: int, limit: int, what: str) -> memoryview:
+    _frame_count(frames, 2, what)
+    if size > limit:
+        raise InvalidMessage(f"{what}: payload_bytes={size} > {limit}")
+    payload = _view(frames[1])
+    if payload.nbytes != size:
+        raise InvalidMessage(f"{what}: payload frame {payload.nbytes} bytes, header says {size}")
+    return payload
+
+
+def _ids(what: str, *values: int) -> None:
+    if any(v > I64_MAX for v in values):
+        raise InvalidMessage(f"{what}: ledger/entry/epoch out of range {values}")
+
+
+def _decode_add_entry(view: memoryview, frames: Sequence[Any]) -> m.AddEntry:
+    ledger, entry, epoch, lac, crc, size = _exact(view, ADD_ENTRY, "AddEntry")
+    _ids("AddEntry", ledger, entry, epoch)
+    if lac < -1 or lac >= entry:
+        raise InvalidMessage(f"AddEntry: lac={lac} not in -1..{entry - 1}")
+    payload = _payload(frames, size, ENTRY_BYTES_MAX, "AddEntry")
+    return m.AddEntry(ledger, entry, epoch, lac, crc, payload)
+
+
+def _decode_entry_added(view: memoryview, frames: Sequence[Any]) -> m.EntryAdded:
+    _frame_count(frames, 1, "EntryAdded")
+    return m.EntryAdded(*_exact(view, ENTRY_ADDED, "EntryAdded"))
+
+
+def _decode_read_entry(view: memoryview, frames: Sequence[Any]) -> m.ReadEntry:
+    _frame_count(frames, 1, "ReadEntry")
+    ledger, entry, epoch, fence = _exact(view, READ_ENTRY, "ReadEntry")
+    _ids("ReadEntry", ledger, epoch)
+    if entry < m.NO_ENTRY or fence > 1:
+        raise InvalidMessage(f"ReadEntry: entry={entry} fence={fence}")
+    return m.ReadEntry(ledger, entry, epoch, bool(fence))
+
+
+def _decode_entry_read(view: memoryview, frames: Sequence[Any]) -> m.EntryRead:
+    ledger, entry, last, lac, fenced, found, size = _exact(view, ENTRY_READ, "EntryRead")
+    if fenced > 1 or found > 1 or (size and not found):
+        raise InvalidMessage(f"EntryRead: fenced={fenced} found={found} payload_bytes={size}")
+    payload = _payload(frames, size, ENTRY_BYTES_MAX, "EntryRead")
+    return m.EntryRead(ledger, entry, last, lac, bool(fenced), bool(found), payload)
+
+
 def _decode_error(view: memoryview, frames: Sequence[Any]) -> m.ErrorReply:
     _frame_count(frames, 1, "Error")
     (code,) = _fields(view, ERROR, "Error")
@@ -389,4 +470,8 @@ _DECODERS = {
     m.MsgType.DATA_APPENDED: _decode_data_appended,
     m.MsgType.READ_SEGMENT: _decode_read_segment,
     m.MsgType.SEGMENT_READ: _decode_segment_read,
+    m.MsgType.ADD_ENTRY: _decode_add_entry,
+    m.MsgType.ENTRY_ADDED: _decode_entry_added,
+    m.MsgType.READ_ENTRY: _decode_read_entry,
+    m.MsgType.ENTRY_READ: _decode_entry_read,
 }

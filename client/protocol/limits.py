@@ -23,6 +23,9 @@ BLOCK_EVENTS_MAX: Final = BLOCK_BYTES_MAX // EVENT_HEADER_BYTES
 """An event takes at least its header, so no valid block holds more events than this."""
 FRAME_BYTES_MAX: Final = 16 * MIB
 """Largest single ZeroMQ frame a server accepts; larger ones drop the connection unread."""
+ENTRY_BYTES_MAX: Final = 9 * MIB
+"""Largest ledger entry a bookie stores: one durable-log record (a group-commit frame, or
+one block of the largest event with its operation header)."""
 CONTROL_BYTES_MAX: Final = 1 * MIB
 """Largest msgpack-encoded control body."""
 SEGMENT_NAME_BYTES_MAX: Final = 512

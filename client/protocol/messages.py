@@ -34,6 +34,10 @@ class MsgType(IntEnum):
     DATA_APPENDED = 13
     READ_SEGMENT = 14
     SEGMENT_READ = 15
+    ADD_ENTRY = 20
+    ENTRY_ADDED = 21
+    READ_ENTRY = 22
+    ENTRY_READ = 23
 
 
 class Header(NamedTuple):
@@ -89,6 +93,53 @@ class SegmentRead(NamedTuple):
     end_of_segment: bool
     segment: bytes
     payload: list[Any]  # zero or more bytes-like frames, contiguous from `offset`
+
+
+# bookie data path (ledger client -> bookie)
+NO_ENTRY = -1
+
+
+class AddEntry(NamedTuple):
+    """Store entry `entry_id` of ledger `ledger_id`; `crc` is the CRC32C of the payload,
+    which the bookie checks before journaling. `epoch` is the writer's log epoch: a ledger
+    fenced at a higher epoch rejects the add (`Fenced`)."""
+
+    ledger_id: int
+    entry_id: int
+    epoch: int
+    lac: int
+    crc: int
+    payload: Any
+
+
+class EntryAdded(NamedTuple):
+    """The entry is durable on this bookie (its journal commit was fdatasync'd)."""
+
+    ledger_id: int
+    entry_id: int
+
+
+class ReadEntry(NamedTuple):
+    """Read one entry (or with entry_id NO_ENTRY only the ledger's state). With `fence` the
+    bookie first durably fences the ledger at `epoch` (a recovery read: after it, adds of a
+    lower epoch fail)."""
+
+    ledger_id: int
+    entry_id: int
+    epoch: int
+    fence: bool
+
+
+class EntryRead(NamedTuple):
+    """`payload` is empty and `found` False when the bookie does not hold the entry."""
+
+    ledger_id: int
+    entry_id: int
+    last_entry_id: int
+    lac: int
+    fenced: bool
+    found: bool
+    payload: Any
 
 
 class ErrorReply(NamedTuple):
@@ -253,6 +304,11 @@ class ChunkUploaded(Control):
     stored_bytes: int
 
 
+# bookie control (ledger client -> bookie)
+class DeleteLedger(Control):
+    ledger_id: int
+
+
 # replies
 class Done(Control):
     """Reply of an operation that changes state; `changed` is False if it was already so."""
@@ -311,5 +367,5 @@ CONTROL_TYPES: tuple[type[Control], ...] = (
     CreateScope, DeleteScope, ListScopes, CreateStream, GetStream, ListStreams, SealStream,
     DeleteStream, GetContainerMap, CreateReaderGroup, GetReaderGroup, DeleteReaderGroup,
     Heartbeat, GetStatus, Done, Names, StreamInfo, ContainerMap, ReaderGroupInfo, Status,
-    UploadChunk, ChunkUploaded,
+    UploadChunk, ChunkUploaded, DeleteLedger,
 )  # fmt: skip

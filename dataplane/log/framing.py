@@ -21,13 +21,15 @@ from typing import NamedTuple
 
 import crc32c
 
+from streamvault.client.protocol.limits import ENTRY_BYTES_MAX
+
 RECORD_MAGIC = 0x474C5653  # b"SVLG" little-endian
 RECORD_VERSION = 1
 RECORD_HEADER = struct.Struct("<IHHIQQQqI")
 RECORD_HEADER_BYTES = RECORD_HEADER.size  # 48
 _CRC_COVERED = RECORD_HEADER_BYTES - 4
 BLOCK_BYTES = 4096
-RECORD_PAYLOAD_BYTES_MAX = 9 * 1024 * 1024
+RECORD_PAYLOAD_BYTES_MAX = ENTRY_BYTES_MAX
 """Largest record payload: a group-commit frame is ~1 MiB; one block of the largest event
 (8 MiB + framing) gets a record of its own."""
 

@@ -41,8 +41,41 @@ def segment_reads(draw):
     return m.SegmentRead(offset, length, draw(st.booleans()), draw(names), payload)
 
 
+@st.composite
+def add_entries(draw):
+    entry = draw(st.integers(0, 1 << 40))
+    return m.AddEntry(
+        draw(i64),
+        entry,
+        draw(i64),
+        draw(st.integers(-1, entry - 1)),
+        draw(st.integers(0, (1 << 32) - 1)),
+        draw(st.binary(max_size=300)),
+    )
+
+
+@st.composite
+def entry_reads(draw):
+    found = draw(st.booleans())
+    payload = draw(st.binary(max_size=300)) if found else b""
+    return m.EntryRead(
+        draw(i64),
+        draw(st.integers(-1, 1 << 40)),
+        draw(st.integers(-1, 1 << 40)),
+        draw(st.integers(-1, 1 << 40)),
+        draw(st.booleans()),
+        found,
+        payload,
+    )
+
+
 bodies = st.one_of(
     append_blocks(),
+    add_entries(),
+    entry_reads(),
+    st.builds(m.EntryAdded, i64, i64),
+    st.builds(m.ReadEntry, i64, st.integers(-1, 1 << 40), i64, st.booleans()),
+    st.builds(m.DeleteLedger, ledger_id=i64),
     segment_reads(),
     st.builds(m.SetupAppend, writer_ids, names),
     st.builds(m.AppendSetup, writer_ids, st.integers(-1, 1 << 50), i64, st.booleans(), names),
@@ -75,6 +108,8 @@ bodies = st.one_of(
 
 
 def _normal(body):
+    if isinstance(body, (m.AddEntry, m.EntryRead)):
+        return body._replace(payload=bytes(codec._view(body.payload)))
     if isinstance(body, m.AppendBlock):
         return body._replace(payload=bytes(codec._view(body.payload)))
     if isinstance(body, m.SegmentRead):
@@ -159,3 +194,8 @@ def test_limits_are_checked_before_bodies():
         codec.decode(codec.encode(m.AppendBlock(b"w" * 16, 0, 9, 10, -1, b"a/b/0", b"xx"), 1))
     with pytest.raises(UnsupportedVersion):
         codec.decode([codec.encode_header(m.MsgType.HELLO, 1, version=200)])
+    with pytest.raises(InvalidMessage, match="payload_bytes"):
+        head = codec.encode_header(m.MsgType.ADD_ENTRY, 1)
+        codec.decode([head + codec.ADD_ENTRY.pack(1, 0, 1, -1, 0, 1 << 30), b""])
+    with pytest.raises(InvalidMessage, match="lac"):
+        codec.decode(codec.encode(m.AddEntry(1, 3, 1, 3, 0, b"x"), 1))

@@ -1,0 +1,329 @@
+"""The bookie: a log-replica process that stores ledger entries in its journal.
+
+One ZeroMQ ROUTER socket serves ledger clients (the containers' replicated logs):
+
+- `AddEntry` -> `EntryAdded` once the entry is durable (its journal commit fdatasync'd).
+  The payload's CRC32C is checked before the entry is journaled, so a damaged transfer is
+  never stored; an add whose epoch is below the ledger's fence epoch gets `Fenced`.
+- `ReadEntry` -> `EntryRead` with the ledger's durable state (last entry, lac, fenced) and
+  the entry if this bookie holds it. With `fence` the ledger is first fenced at the
+  request's epoch, durably: the reply waits for the fence's commit, so once a recoverer has
+  its reply the old owner can no longer be acknowledged by this bookie (recovery reads
+  fence, as the fence itself does).
+- `DeleteLedger` -> `Done` once the delete marker is durable.
+- `GetStatus` -> `Status` with this bookie's counters (commits, syncs, adds, triggers).
+
+Group commit: each turn drains up to `drain_max` messages, queues their records, commits
+the journal once (one fdatasync for every client's entries of the turn; counted by
+trigger), then answers. While a commit's fdatasync runs, requests queue in the socket, so
+the next turn takes them all. Replies to reads and fences are computed after the commit, so
+they only ever describe durable state.
+
+Fail-stop: an I/O error from the journal ends the process (exit code 3) without another
+reply; its supervisor restarts it and the journal's recovery decides what was durable.
+It must never: acknowledge an entry before its commit returned, accept an add below a
+ledger's fence epoch (pending fences count), or lower a fence epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import crc32c
+import zmq
+
+from streamvault.client.protocol import codec, transport
+from streamvault.client.protocol import messages as m
+from streamvault.client.protocol.errors import (
+    DataCorruption,
+    Fenced,
+    InternalError,
+    InvalidArgument,
+    InvalidMessage,
+    StorageError,
+    UnsupportedVersion,
+)
+from streamvault.client.protocol.limits import (
+    INVALID_MESSAGES_BEFORE_DISCONNECT,
+    PROTOCOL_VERSION,
+    PROTOCOL_VERSION_MIN,
+)
+from streamvault.dataplane.log.journal import Journal, JournalConfig
+
+log = logging.getLogger(__name__)
+
+EXIT_IO_ERROR = 3
+PEERS_TRACKED_MAX = 10_000
+"""Peers whose invalid-message counts are remembered (forgotten whole beyond this)."""
+
+
+@dataclass(frozen=True)
+class BookieConfig:
+    data_dir: str
+    bind: str = "tcp://127.0.0.1:*"
+    bookie_id: str = "0"
+    controller: str = ""
+    journal: JournalConfig = field(default_factory=JournalConfig)
+    drain_max: int = 4096
+    """Messages taken per turn (one journal commit covers all of them)."""
+    heartbeat_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.drain_max <= 0:
+            raise ValueError(f"BookieConfig: drain_max={self.drain_max} must be > 0")
+
+
+class Bookie:
+    def __init__(self, config: BookieConfig) -> None:
+        self.config = config
+        os.makedirs(config.data_dir, exist_ok=True)
+        self.journal = Journal(os.path.join(config.data_dir, "journal"), config.journal)
+        self.ctx = zmq.Context()
+        self.router = transport.server_socket(self.ctx)
+        self.router.bind(config.bind)
+        self.endpoint = self.router.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self.incarnation = uuid.uuid4().hex
+        self.heartbeat = (
+            transport.HeartbeatSender(self.ctx, config.controller) if config.controller else None
+        )
+        self.stopping = False
+        self.pending_fences: dict[int, int] = {}
+        self.invalid_counts: dict[bytes, int] = {}
+        self.counters = {"adds": 0, "reads": 0, "fenced_rejects": 0, "crc_rejects": 0}
+        self.dropped_sends = 0
+
+    # --- loop ------------------------------------------------------------------------
+    def serve_forever(self) -> int:
+        log.info(
+            "bookie up endpoint=%s journal=%s durability_mode=%s",
+            self.endpoint,
+            self.journal.directory,
+            self.journal.durability_mode,
+        )
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        next_beat = 0.0
+        try:
+            while not self.stopping:
+                now = time.monotonic()
+                if now >= next_beat:
+                    self._beat()
+                    next_beat = now + self.config.heartbeat_s
+                if poller.poll(200):
+                    self._turn()
+        except StorageError as exc:
+            log.critical("bookie: journal I/O failure, stopping without another ack: %s", exc)
+            return EXIT_IO_ERROR
+        finally:
+            self._close()
+        return 0
+
+    def _turn(self) -> None:
+        """One group-commit cycle: drain, queue, commit once, answer."""
+        after_commit: list[tuple[bytes, int, m.ReadEntry]] = []
+        for _ in range(self.config.drain_max):
+            try:
+                frames = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            self._handle(frames, after_commit)
+        replies: list[tuple[bytes, list[Any]]] = []
+        if self.journal.pending():
+            for token in self.journal.commit():
+                if token is not None:
+                    replies.append(token)
+        self.pending_fences.clear()
+        for peer, rid, read in after_commit:
+            replies.append((peer, self._read(rid, read)))
+        for peer, frames in replies:
+            self._send(peer, frames)
+
+    def _handle(self, frames: list[Any], after_commit: list) -> None:
+        if len(frames) < 2:
+            return
+        peer, body = frames[0].bytes, frames[1:]
+        rid = 0
+        try:
+            header, msg = codec.decode(body)
+            rid = header.request_id
+            self.invalid_counts.pop(peer, None)
+            if isinstance(msg, m.AddEntry):
+                self._add(peer, rid, msg)
+            elif isinstance(msg, m.ReadEntry):
+                if msg.fence:
+                    self._fence(msg.ledger_id, msg.epoch)
+                after_commit.append((peer, rid, msg))
+            elif isinstance(msg, m.DeleteLedger):
+                self._delete(peer, rid, msg)
+            elif isinstance(msg, m.Hello):
+                self._send(peer, self._hello(rid, msg))
+            elif isinstance(msg, m.GetStatus):
+                self._send(peer, codec.encode_reply(m.Status([self.process_info()]), rid))
+            else:
+                raise InvalidMessage(f"bookie: unexpected {type(msg).__name__}")
+        except UnsupportedVersion as exc:
+            self._send(peer, codec.encode_exception(rid, exc))
+        except InvalidMessage as exc:
+            self._invalid(peer, rid, exc)
+        except (Fenced, InvalidArgument, DataCorruption) as exc:
+            self._send(peer, codec.encode_exception(rid, exc))
+        except StorageError:
+            raise
+        except Exception as exc:  # a bug: answer, keep serving
+            log.exception("bookie: request failed")
+            self._send(peer, codec.encode_exception(rid, InternalError(f"{exc!r}")))
+
+    def _invalid(self, peer: bytes, rid: int, exc: InvalidMessage) -> None:
+        if len(self.invalid_counts) >= PEERS_TRACKED_MAX:
+            self.invalid_counts.clear()
+        count = self.invalid_counts.get(peer, 0) + 1
+        self.invalid_counts[peer] = count
+        if count <= INVALID_MESSAGES_BEFORE_DISCONNECT:
+            self._send(peer, codec.encode_exception(rid, exc))
+
+    # --- operations --------------------------------------------------------------------
+    def fence_epoch(self, ledger_id: int) -> int | None:
+        durable = self.journal.fenced_epoch(ledger_id)
+        pending = self.pending_fences.get(ledger_id)
+        if durable is None or (pending is not None and pending > durable):
+            return pending
+        return durable
+
+    def _add(self, peer: bytes, rid: int, msg: m.AddEntry) -> None:
+        fenced = self.fence_epoch(msg.ledger_id)
+        if fenced is not None and msg.epoch < fenced:
+            self.counters["fenced_rejects"] += 1
+            raise Fenced(
+                f"bookie add: ledger {msg.ledger_id} is fenced at epoch {fenced} > {msg.epoch}",
+                ledger=msg.ledger_id,
+                epoch=msg.epoch,
+                fenced_epoch=fenced,
+            )
+        payload = codec._view(msg.payload)
+        if crc32c.crc32c(payload) != msg.crc:
+            self.counters["crc_rejects"] += 1
+            raise DataCorruption(
+                f"bookie add: ledger {msg.ledger_id} entry {msg.entry_id} payload CRC mismatch",
+                ledger=msg.ledger_id,
+                entry=msg.entry_id,
+            )
+        try:
+            self.journal.add_entry(
+                msg.ledger_id,
+                msg.entry_id,
+                epoch=msg.epoch,
+                lac=msg.lac,
+                payload=payload,
+                token=(peer, codec.encode(m.EntryAdded(msg.ledger_id, msg.entry_id), rid)),
+            )
+        except ValueError as exc:
+            raise InvalidArgument(f"bookie add: {exc}", ledger=msg.ledger_id) from None
+        self.counters["adds"] += 1
+
+    def _fence(self, ledger_id: int, epoch: int) -> None:
+        current = self.fence_epoch(ledger_id)
+        if current is not None and current >= epoch:
+            return  # never lower a fence; an equal one is already (being) made durable
+        try:
+            self.journal.fence(ledger_id, epoch=epoch, token=None)
+        except ValueError as exc:
+            raise InvalidArgument(f"bookie fence: {exc}", ledger=ledger_id) from None
+        self.pending_fences[ledger_id] = epoch
+
+    def _delete(self, peer: bytes, rid: int, msg: m.DeleteLedger) -> None:
+        try:
+            self.journal.delete_ledger(
+                msg.ledger_id, token=(peer, codec.encode_reply(m.Done(), rid))
+            )
+        except ValueError as exc:
+            raise InvalidArgument(f"bookie delete: {exc}", ledger=msg.ledger_id) from None
+
+    def _read(self, rid: int, msg: m.ReadEntry) -> list[Any]:
+        self.counters["reads"] += 1
+        payload: bytes | None = None
+        if msg.entry_id != m.NO_ENTRY:
+            try:
+                payload = self.journal.read_entry(msg.ledger_id, msg.entry_id)
+            except DataCorruption as exc:  # a bad copy here: the reader asks another replica
+                return codec.encode_exception(rid, exc)
+        reply = m.EntryRead(
+            msg.ledger_id,
+            msg.entry_id,
+            self.journal.last_entry_id(msg.ledger_id),
+            self.journal.lac(msg.ledger_id),
+            self.journal.fenced_epoch(msg.ledger_id) is not None,
+            payload is not None,
+            payload if payload is not None else b"",
+        )
+        return codec.encode(reply, rid)
+
+    def _hello(self, rid: int, msg: m.Hello) -> list[Any]:
+        if msg.max_version < PROTOCOL_VERSION_MIN or msg.min_version > PROTOCOL_VERSION:
+            raise UnsupportedVersion(
+                f"hello: versions {msg.min_version}..{msg.max_version} not in "
+                f"{PROTOCOL_VERSION_MIN}..{PROTOCOL_VERSION}",
+                min_version=PROTOCOL_VERSION_MIN,
+                max_version=PROTOCOL_VERSION,
+            )
+        version = min(msg.max_version, PROTOCOL_VERSION)
+        return codec.encode(
+            m.HelloReply(version, "bookie", self.config.bookie_id, self.incarnation), rid
+        )
+
+    # --- plumbing ----------------------------------------------------------------------
+    def _send(self, peer: bytes, frames: list[Any]) -> None:
+        try:
+            self.router.send_multipart([peer, *frames], zmq.NOBLOCK, copy=False)
+        except zmq.ZMQError:  # the peer is gone: it asks again (adds are idempotent)
+            self.dropped_sends += 1
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "durability_mode": self.journal.durability_mode,
+            "ledgers": len(self.journal.ledgers()),
+            **self.journal.counters,
+            **self.counters,
+        }
+
+    def process_info(self) -> m.ProcessInfo:
+        return m.ProcessInfo(
+            "bookie", self.config.bookie_id, os.getpid(), self.endpoint, "up", info=self.info()
+        )
+
+    def _beat(self) -> None:
+        if self.heartbeat is None:
+            return
+        self.heartbeat.beat(
+            m.Heartbeat(
+                role="bookie",
+                id=self.config.bookie_id,
+                pid=os.getpid(),
+                endpoint=self.endpoint,
+                state="up",
+                info=self.info(),
+            )
+        )
+        self.heartbeat.drain()
+
+    def request_stop(self) -> None:
+        self.stopping = True
+
+    def _close(self) -> None:
+        self.router.close(0)
+        if self.heartbeat is not None:
+            self.heartbeat.close()
+        self.journal.close()
+        self.ctx.term()
+
+
+def run(config: BookieConfig) -> int:
+    bookie = Bookie(config)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: bookie.request_stop())
+    return bookie.serve_forever()

@@ -1,0 +1,94 @@
+"""Synchronous requests to bookies: recovery (fence, read, re-replicate), deletion, tools.
+
+`BookieClient` keeps one DEALER per bookie endpoint, used only by the thread that made it.
+`call_many` sends one request to several bookies and waits, up to a deadline, until
+`needed` of them have answered (replies and typed errors both count as answers; a bookie
+that does not answer in time is reported as `RequestTimeout`). Nothing here retries: the
+caller decides, with its own attempt limit.
+
+The write path does not use this module: the replicator thread (replicated_log.py) has its
+own sockets and pipelines adds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import zmq
+
+from streamvault.client.protocol import codec, transport
+from streamvault.client.protocol import messages as m
+from streamvault.client.protocol.errors import (
+    RequestTimeout,
+    StreamVaultError,
+    error_from_code,
+)
+
+
+class BookieClient:
+    def __init__(self, ctx: zmq.Context) -> None:
+        self.ctx = ctx
+        self.socks: dict[str, zmq.Socket] = {}
+
+    def _sock(self, endpoint: str) -> zmq.Socket:
+        sock = self.socks.get(endpoint)
+        if sock is None:
+            sock = transport.client_socket(self.ctx, endpoint)
+            self.socks[endpoint] = sock
+        return sock
+
+    def call(self, endpoint: str, msg: Any, timeout_s: float) -> Any:
+        """One request; the reply body, or raise its typed error (or RequestTimeout)."""
+        result = self.call_many([endpoint], msg, needed=1, timeout_s=timeout_s)[endpoint]
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def call_many(
+        self, endpoints: Sequence[str], msg: Any, *, needed: int, timeout_s: float
+    ) -> dict[str, Any]:
+        """Send `msg` to every endpoint; return {endpoint: reply body or exception} once
+        `needed` have answered or the deadline passed (the rest: RequestTimeout)."""
+        assert 0 < needed <= len(endpoints), (needed, len(endpoints))
+        waiting: dict[int, str] = {}
+        for endpoint in endpoints:
+            rid = codec.next_request_id()
+            frames = codec.encode(msg, rid, timeout_ms=int(timeout_s * 1000))
+            self._sock(endpoint).send_multipart(frames, copy=False)
+            waiting[rid] = endpoint
+        results: dict[str, Any] = {}
+        poller = zmq.Poller()
+        for endpoint in endpoints:
+            poller.register(self._sock(endpoint), zmq.POLLIN)
+        deadline = time.monotonic() + timeout_s
+        while len(results) < needed:
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            if left_ms <= 0:
+                break
+            for sock, _ in poller.poll(left_ms):
+                for header, body in transport.replies(sock):
+                    endpoint = waiting.pop(header.request_id, None)
+                    if endpoint is None:
+                        continue  # a late reply to an earlier request
+                    results[endpoint] = (
+                        error_from_code(body.code, body.message, body.fields)
+                        if isinstance(body, m.ErrorReply)
+                        else body
+                    )
+        for endpoint in waiting.values():
+            results.setdefault(
+                endpoint, RequestTimeout(f"bookie {endpoint}: no answer in {timeout_s}s")
+            )
+        return results
+
+    def close(self) -> None:
+        for sock in self.socks.values():
+            sock.close(0)
+        self.socks.clear()
+
+
+def answered(results: dict[str, Any]) -> dict[str, Any]:
+    """The replies that are not errors."""
+    return {e: r for e, r in results.items() if not isinstance(r, StreamVaultError)}
