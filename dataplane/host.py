@@ -61,6 +61,10 @@ class HostConfig:
     """Bytes of a segment not yet in LTS that trigger an upload (0: derived from the cache)."""
     flush_wait_s: float = 30.0
     ledger_bytes: int = 128 << 20
+    bookies: str = ""
+    """Replicated log: `id=endpoint,...` of the bookies (empty: local ledger files)."""
+    ensemble: int = 0
+    ack_quorum: int = 0
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -183,6 +187,9 @@ class Host:
         ]
         if cfg.s3_endpoint:
             cmd += ["--s3-endpoint", cfg.s3_endpoint]
+        if cfg.bookies:
+            cmd += ["--bookies", cfg.bookies, "--ensemble", str(cfg.ensemble)]
+            cmd += ["--ack-quorum", str(cfg.ack_quorum)]
         return cmd
 
     def _uploader_command(self) -> list[str]:

@@ -1,7 +1,10 @@
 """A worker: one per core, the ZeroMQ loop in front of its segment containers.
 
 The worker owns a ROUTER socket, the containers it was given, one durable log per container
-and one `Committer` thread shared by those logs. Its single loop:
+and one thread shared by those logs that makes records durable: the `Committer` (local
+ledger files, replication factor 1) or, when the config names bookies, the `Replicator`
+(each record a ledger entry on an ensemble of bookies, complete at the ack quorum). Its
+single loop:
 
 1. receives a bounded batch of messages (stops reading while queued append bytes exceed
    `queued_bytes_max`: throttling, not unbounded buffering), decodes each and dispatches it
@@ -53,6 +56,8 @@ from streamvault.dataplane.container.recovery import recover as recover_containe
 from streamvault.dataplane.container.tiering import TieringConfig
 from streamvault.dataplane.log import Committer, LocalDurableLog, LocalFileStore, LogConfig
 from streamvault.dataplane.log.probe import durability_mode
+from streamvault.dataplane.log.replicated_log import ReplicatedLog, ReplicationConfig
+from streamvault.dataplane.log.replicator import Replicator
 from streamvault.dataplane.storage_writer import StorageWriter
 from streamvault.lts.uri import open_chunk_store
 
@@ -93,6 +98,8 @@ class WorkerConfig:
     s3_endpoint: str | None = None
     uploader: str = ""
     tiering: TieringConfig = field(default_factory=TieringConfig)
+    replication: ReplicationConfig | None = None
+    """Bookies and quorums of a replicated log; None: local ledger files (one replica)."""
 
     def __post_init__(self) -> None:
         if self.container_count <= 0:
@@ -117,10 +124,14 @@ class Worker:
         self.completions: collections.deque[Any] = collections.deque()
         self.fatal: BaseException | None = None
         self.stopping = False
-        self.committer = Committer(self._deliver, self._on_fatal)
+        self.committer: Committer | Replicator = (
+            Replicator(self.ctx, config.replication, self._deliver, self._on_fatal)
+            if config.replication is not None
+            else Committer(self._deliver, self._on_fatal)
+        )
         self.containers: dict[int, Container] = {}
         self.failed: dict[int, DataCorruption] = {}
-        self.logs: dict[int, LocalDurableLog] = {}
+        self.logs: dict[int, LocalDurableLog | ReplicatedLog] = {}
         self.peer_seen: dict[bytes, float] = {}
         self.invalid_counts: dict[bytes, int] = {}
         self.ignored_peers: set[bytes] = set()
@@ -156,7 +167,8 @@ class Worker:
         cfg = self.config
         log_root = os.path.join(cfg.data_dir, "log")
         os.makedirs(log_root, exist_ok=True)
-        self.mode = durability_mode(log_root, allow_direct=cfg.allow_direct_io)
+        if cfg.replication is None:
+            self.mode = durability_mode(log_root, allow_direct=cfg.allow_direct_io)
         store = LocalFileStore(os.path.join(cfg.data_dir, "coordination"))
         if cfg.cache_path:
             self.cache = SharedCache.open(cfg.cache_path)
@@ -171,14 +183,7 @@ class Worker:
                 tiering=cfg.tiering,
                 checkpoint_bytes=cfg.log.ledger_bytes // 2,
             )
-            dlog = LocalDurableLog(
-                log_dir(cfg.data_dir, cid),
-                key=f"container-{cid:04d}",
-                store=store,
-                committer=self.committer,
-                mode=self.mode,
-                config=cfg.log,
-            )
+            dlog = self._log(cid, store)
             try:
                 recovered = recover_container(container, dlog)
             except DataCorruption as exc:
@@ -548,6 +553,31 @@ class Worker:
         logging.shutdown()
         os._exit(EXIT_STORAGE_FAILURE)
 
+    def _log(self, cid: int, store: LocalFileStore) -> LocalDurableLog | ReplicatedLog:
+        cfg = self.config
+        key = f"container-{cid:04d}"
+        if isinstance(self.committer, Replicator):
+            assert cfg.replication is not None
+            dlog = ReplicatedLog(
+                key=key,
+                container_id=cid,
+                store=store,
+                replicator=self.committer,
+                replication=cfg.replication,
+                ctx=self.ctx,
+                config=cfg.log,
+            )
+            self.mode = dlog.mode
+            return dlog
+        return LocalDurableLog(
+            log_dir(cfg.data_dir, cid),
+            key=key,
+            store=store,
+            committer=self.committer,
+            mode=self.mode,
+            config=cfg.log,
+        )
+
     # --- controller ------------------------------------------------------------------------
     def status_info(self) -> dict[str, Any]:
         counters: dict[str, int] = collections.Counter()
@@ -557,8 +587,7 @@ class Worker:
             "durability_mode": self.mode,
             "failed_containers": {str(c): e.message for c, e in self.failed.items()},
             "dropped_sends": self.dropped_sends,
-            "commit_cycles": self.committer.cycles,
-            "commit_syncs": self.committer.syncs,
+            **self.committer.counters,
             "cache_pinned": round(self.ring.utilization, 4) if self.ring else None,
             "cache_misses": self.segment_cache.misses if self.segment_cache else 0,
             "credit": round(self._credit(), 3),

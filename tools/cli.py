@@ -2,6 +2,7 @@
 
     streamvault standalone [--data-dir DIR] [--port 9090] [--workers N] [--containers N]
                            [--worker-port-base 12345 | --ephemeral-ports] [--no-direct-io]
+                           [--replicas 3 --ack-quorum 2]
     streamvault status [--json] [--controller tcp://127.0.0.1:9090]
     streamvault log inspect --data-dir DIR [--entries] [--json]
 
@@ -57,6 +58,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-direct-io", action="store_true", help="never use O_DIRECT")
     p.add_argument("--no-pin", action="store_true", help="do not pin workers to cores")
+    p.add_argument(
+        "--replicas",
+        type=int,
+        default=0,
+        help="log replicas: run this many bookies (E = Qw = replicas); default: one embedded",
+    )
+    p.add_argument(
+        "--ack-quorum",
+        type=int,
+        default=0,
+        help="durable copies before an ack (default: a majority of --replicas)",
+    )
+    p.add_argument("--bookie-port-base", type=int, default=3181, help="bookie i listens on base+i")
     _storage_options(p)
     _common(p)
 
@@ -88,6 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-direct-io", action="store_true")
     p.add_argument("--no-pin", action="store_true")
     _storage_options(p)
+    _replication_options(p)
     _common(p)
 
     p = sub.add_parser("worker", help="run one segment-store worker")
@@ -107,6 +122,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--upload-bytes", type=int, default=64 << 20)
     p.add_argument("--flush-wait", type=float, default=30.0)
     p.add_argument("--ledger-size", type=parse_size, default=128 << 20)
+    _replication_options(p)
     _common(p)
 
     p = sub.add_parser("bookie", help="run a log replica (ledger entries in its journal)")
@@ -132,6 +148,38 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--controller", default="")
     _common(p)
     return parser
+
+
+def _replication_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bookies", default="", help="replicated log: id=endpoint,... of bookies")
+    p.add_argument("--ensemble", type=int, default=0, help="bookies per ledger (write quorum)")
+    p.add_argument("--ack-quorum", type=int, default=0, help="durable copies before an ack")
+
+
+def parse_bookies(spec: str) -> dict[str, str]:
+    """`0=tcp://127.0.0.1:3181,1=...` -> {"0": "tcp://127.0.0.1:3181", ...}."""
+    bookies: dict[str, str] = {}
+    for item in filter(None, spec.split(",")):
+        bookie, sep, endpoint = item.partition("=")
+        if not sep or not bookie or not endpoint or bookie in bookies:
+            raise ValueError(f"--bookies: {item!r} is not a new id=endpoint")
+        bookies[bookie] = endpoint
+    return bookies
+
+
+def _replication(args: argparse.Namespace):
+    if not args.bookies:
+        return None
+    from streamvault.dataplane.log.replicated_log import ReplicationConfig
+
+    bookies = parse_bookies(args.bookies)
+    ensemble = args.ensemble or len(bookies)
+    return ReplicationConfig(
+        bookies=bookies,
+        ensemble=ensemble,
+        write_quorum=ensemble,
+        ack_quorum=args.ack_quorum or ensemble // 2 + 1,
+    )
 
 
 def _storage_options(p: argparse.ArgumentParser) -> None:
@@ -205,6 +253,9 @@ def _run(args: argparse.Namespace) -> int:
                 s3_endpoint=args.s3_endpoint,
                 flush_wait_s=args.flush_wait,
                 ledger_bytes=args.ledger_size,
+                replicas=args.replicas,
+                ack_quorum=args.ack_quorum,
+                bookie_port_base=0 if args.ephemeral_ports else args.bookie_port_base,
             )
         )
     if args.command == "controller":
@@ -240,6 +291,9 @@ def _run(args: argparse.Namespace) -> int:
                 s3_endpoint=args.s3_endpoint,
                 flush_wait_s=args.flush_wait,
                 ledger_bytes=args.ledger_size,
+                bookies=args.bookies,
+                ensemble=args.ensemble,
+                ack_quorum=args.ack_quorum,
             )
         )
     if args.command == "bookie":
@@ -305,6 +359,7 @@ def _run(args: argparse.Namespace) -> int:
                     flush_wait_s=args.flush_wait,
                     upload_bytes_max=args.upload_bytes,
                 ),
+                replication=_replication(args),
             )
         )
     raise AssertionError(args.command)

@@ -1,7 +1,9 @@
 """`streamvault standalone`: the whole cluster on one machine, as separate processes.
 
-Starts the controller and one segment-store host (which starts the workers), restarts either
-if it dies, heartbeats the controller as `standalone`, and prints exactly one line
+Starts the controller, the log replicas the configuration asks for (`--replicas N`: N bookie
+processes, each with its own data dir `<data>/bookie-<i>`, on ports fixed for the run) and
+one segment-store host (which starts the workers), restarts any of them that dies,
+heartbeats the controller as `standalone`, and prints exactly one line
 `streamvault ready: controller=<endpoint>` once every container is served by a worker and
 the controller answers. SIGINT/SIGTERM stop everything cleanly. The data directory records
 the cluster's container count at creation (`cluster.json`); a restart on the same data dir
@@ -47,6 +49,22 @@ class StandaloneConfig:
     s3_endpoint: str | None = None
     flush_wait_s: float = 30.0
     ledger_bytes: int = 128 << 20
+    replicas: int = 0
+    """Bookie processes (E = Qw = replicas); 0: the embedded single-replica log."""
+    ack_quorum: int = 0
+    """Durable copies before an ack; 0: a majority of `replicas`."""
+    bookie_port_base: int = 3181
+    """Bookie i listens on base + i; 0: ephemeral ports, chosen at start for the run."""
+
+    def __post_init__(self) -> None:
+        if self.replicas < 0 or self.ack_quorum < 0:
+            raise InvalidArgument("--replicas and --ack-quorum must be >= 0", field="replicas")
+        if self.ack_quorum and not self.replicas:
+            raise InvalidArgument("--ack-quorum needs --replicas", field="ack_quorum")
+        if self.ack_quorum > self.replicas:
+            raise InvalidArgument(
+                f"--ack-quorum {self.ack_quorum} > --replicas {self.replicas}", field="ack_quorum"
+            )
 
     @property
     def controller(self) -> str:
@@ -75,6 +93,14 @@ def cluster_container_count(data_dir: str, requested: int, workers: int) -> int:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     return count
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 class _Child:
@@ -147,14 +173,38 @@ class Standalone:
         ]
         if not config.pin_cpus:
             host.append("--no-pin")
+        self.bookies = self._bookies(base, common)
+        if self.bookies:
+            spec = ",".join(f"{i}={endpoint}" for i, (endpoint, _) in enumerate(self.bookies))
+            ack = config.ack_quorum or config.replicas // 2 + 1
+            host += ["--bookies", spec, "--ensemble", str(config.replicas)]
+            host += ["--ack-quorum", str(ack)]
         self.host = _Child("host", host)
-        self.children = [self.controller, self.host]
+        self.children = [self.controller, *(child for _, child in self.bookies), self.host]
+
+    def _bookies(self, base: list[str], common: list[str]) -> list[tuple[str, _Child]]:
+        config = self.config
+        out = []
+        for i in range(config.replicas):
+            port = config.bookie_port_base + i if config.bookie_port_base else free_port()
+            endpoint = f"tcp://127.0.0.1:{port}"
+            data = os.path.join(self.data_dir, f"bookie-{i}")
+            command = base + ["bookie", "--id", str(i), "--port", str(port)]
+            command += ["--controller", config.controller, *common]
+            command[command.index("--data-dir") + 1] = data
+            if not config.allow_direct_io:
+                command.append("--no-direct-io")
+            out.append((endpoint, _Child(f"bookie {i}", command)))
+        return out
 
     def run(self) -> int:
         ctx = zmq.Context()
         beat = transport.HeartbeatSender(ctx, self.config.controller)
         try:
             for child in self.children:
+                if child is self.host and not self._wait_bookies():
+                    log.error("standalone: bookies not up after %.0fs", READY_TIMEOUT_S)
+                    return 1
                 child.start()
             if not self._wait_ready(beat):
                 log.error("standalone: not ready after %.0fs; stopping", READY_TIMEOUT_S)
@@ -204,6 +254,30 @@ class Standalone:
         finally:
             client.close()
 
+    def _wait_bookies(self) -> bool:
+        """Every bookie answers Hello (the workers' recovery needs them)."""
+        from streamvault.client.protocol.limits import PROTOCOL_VERSION
+        from streamvault.dataplane.log.bookie_client import BookieClient
+
+        ctx = zmq.Context()
+        client = BookieClient(ctx)
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        try:
+            for endpoint, child in self.bookies:
+                while True:
+                    if self.stopping or time.monotonic() > deadline:
+                        return False
+                    self._watch(child, time.monotonic())
+                    try:
+                        client.call(endpoint, m.Hello(1, PROTOCOL_VERSION, "standalone"), 1.0)
+                        break
+                    except StreamVaultError:
+                        client.close()  # a fresh socket for the next attempt
+            return True
+        finally:
+            client.close()
+            ctx.term()
+
     def _watch(self, child: _Child, now: float) -> None:
         proc = child.proc
         if proc is not None:
@@ -228,7 +302,8 @@ class Standalone:
         self.stopping = True
 
     def _stop(self) -> None:
-        for child in (self.host, self.controller):  # workers first, then the controller
+        # workers first, then the log replicas, then the controller
+        for child in (self.host, *(c for _, c in self.bookies), self.controller):
             proc = child.proc
             if proc is None:
                 continue

@@ -83,6 +83,36 @@ class BookieClient:
             )
         return results
 
+    def read_entries(
+        self, endpoint: str, ledger: int, first: int, count: int, timeout_s: float
+    ) -> dict[int, Any]:
+        """Entries first..first+count-1 of one bookie, requested all at once: {entry: reply
+        or exception}; entries without an answer in time are missing from the result."""
+        sock = self._sock(endpoint)
+        waiting: dict[int, int] = {}
+        for entry in range(first, first + count):
+            rid = codec.next_request_id()
+            sock.send_multipart(codec.encode(m.ReadEntry(ledger, entry, 0, False), rid))
+            waiting[rid] = entry
+        out: dict[int, Any] = {}
+        deadline = time.monotonic() + timeout_s
+        while waiting:
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            if left_ms <= 0 or not sock.poll(left_ms):
+                break
+            for header, body in transport.replies(sock):
+                entry = waiting.pop(header.request_id, None)
+                if entry is not None:
+                    out[entry] = (
+                        error_from_code(body.code, body.message, body.fields)
+                        if isinstance(body, m.ErrorReply)
+                        else body
+                    )
+        if waiting:
+            # replies that come later must not be taken for answers to the next request
+            self.socks.pop(endpoint).close(0)
+        return out
+
     def close(self) -> None:
         for sock in self.socks.values():
             sock.close(0)

@@ -359,9 +359,7 @@ class Committer:
         self._queue: list[tuple[LocalDurableLog, WriteBuffer, int, Any]] = []
         self._cond = threading.Condition()
         self._stopping = False
-        self.cycles = 0
-        self.records = 0
-        self.syncs = 0
+        self.counters = {"commit_cycles": 0, "commit_records": 0, "commit_syncs": 0}
         self._thread = threading.Thread(target=self._run, name="committer", daemon=True)
 
     def start(self) -> None:
@@ -423,7 +421,7 @@ class Committer:
             log_.sync()
         if touched:
             crash_point("after_sync_before_ack")
-        self.cycles += 1
-        self.records += len(done)
-        self.syncs += len(touched)
+        self.counters["commit_cycles"] += 1
+        self.counters["commit_records"] += len(done)
+        self.counters["commit_syncs"] += len(touched)
         self._deliver(done)

@@ -22,6 +22,8 @@ class LedgerInfo(msgspec.Struct):
     ledger_id: int
     state: str  # "open" | "closed"
     last_entry_id: int = -1
+    ensemble: list[str] = []
+    """Bookie ids holding the ledger (replicated logs; empty for local ledger files)."""
 
 
 class LogMetadata(msgspec.Struct):

@@ -1,0 +1,496 @@
+"""The replicated durable log of one container, on an ensemble of bookies.
+
+`ReplicatedLog` implements the same interface as `LocalDurableLog` (see __init__.py): the
+container builds records in page-aligned buffers and submits them; `Replicator`
+(replicator.py: one thread per worker, the counterpart of `Committer`) sends each record as
+a ledger entry to the ledger's write quorum and hands completions back in submission order,
+each once `ack_quorum` bookies have it durable and every earlier entry of the log is
+complete.
+
+Layout. Ledger ids are globally unique (`container_id << 32 | n`) because bookies are shared
+by all containers. An entry is the sealed record (framing.py: self-identifying, CRC32C) up to
+the end of its payload; its *virtual position* in the ledger is where it would sit in a local
+ledger file (the sum of the aligned sizes of the records before it), so the container's read
+index addresses replicated and local logs alike. Ledger metadata (state, last entry, ensemble
+of bookie ids) changes only by compare-and-set in the coordination store.
+
+Recovery (`recover`): bump the epoch by CAS (of two racing recoverers exactly one CAS wins;
+a later one fences the earlier one in turn), then for each ledger left open fence it on the
+ensemble with recovery reads: once `write_quorum - ack_quorum + 1` bookies are fenced, the
+old owner can never again reach an ack quorum. The ledger ends at the first entry after the
+largest known lac that is absent on that many bookies (no acked entry can be: it is on
+`ack_quorum` bookies); every later-found entry is re-replicated to the responders before the
+ledger is closed at it. Closed ledgers are read from any replica, each record checked (CRC,
+ledger, entry), a bad or missing copy read from another.
+
+It must never: close a ledger in metadata before its last entry is acknowledged (the
+replicator rolls over only with nothing in flight); write metadata with a stale version (a
+fenced owner's CAS fails and it stops); serve a copy that fails its record check.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+from array import array
+from bisect import bisect_right
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import crc32c
+import zmq
+
+from streamvault.client.protocol import messages as m
+from streamvault.client.protocol.crashpoints import crash_point
+from streamvault.client.protocol.errors import (
+    DataCorruption,
+    Fenced,
+    ServiceUnavailable,
+    StorageError,
+)
+from streamvault.dataplane.log.bookie_client import BookieClient
+from streamvault.dataplane.log.framing import (
+    RECORD_HEADER_BYTES,
+    RECORD_PAYLOAD_BYTES_MAX,
+    check_record,
+    parse_header,
+    record_bytes,
+    seal_record,
+)
+from streamvault.dataplane.log.local_log import LogConfig, LogLocation, WriteBuffer
+from streamvault.dataplane.log.metadata import CoordinationStore, LedgerInfo, LogMetadata
+
+if TYPE_CHECKING:
+    from streamvault.dataplane.log.replicator import Replicator
+
+log = logging.getLogger(__name__)
+
+LEDGER_ID_SHIFT = 32
+ENTRY_CACHE_BYTES_MAX = 32 * 1024 * 1024
+"""Entries kept per log for `read` (the log is read only for bytes the cache lacks)."""
+
+
+@dataclass(frozen=True)
+class ReplicationConfig:
+    bookies: dict[str, str] = field(default_factory=dict)
+    """Bookie id -> endpoint. Metadata names bookies by id, so endpoints may change."""
+    ensemble: int = 1
+    write_quorum: int = 1
+    ack_quorum: int = 1
+    add_timeout_s: float = 1.0
+    """An entry not acknowledged by its quorum this long is sent again to the bookies that
+    have not answered (adds are idempotent: same ledger, entry and bytes)."""
+    recovery_timeout_s: float = 10.0
+    read_window: int = 32
+    """Entry reads in flight per bookie during recovery."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.ack_quorum <= self.write_quorum <= self.ensemble:
+            raise ValueError(
+                f"replication: need 1 <= ack_quorum={self.ack_quorum} <= write_quorum="
+                f"{self.write_quorum} <= ensemble={self.ensemble}"
+            )
+        if self.write_quorum != self.ensemble:
+            raise ValueError(
+                f"replication: ensemble={self.ensemble} > write_quorum={self.write_quorum} "
+                "(striping) is not supported; use ensemble == write_quorum"
+            )
+        if len(self.bookies) < self.ensemble:
+            raise ValueError(f"replication: {len(self.bookies)} bookies < ensemble={self.ensemble}")
+
+    @property
+    def fence_quorum(self) -> int:
+        """Fenced bookies that leave the old owner short of an ack quorum."""
+        return self.write_quorum - self.ack_quorum + 1
+
+
+class _Ledger:
+    """Write state of the open ledger (replicator thread)."""
+
+    __slots__ = ("info", "next_entry_id", "next_pos", "acked_entry_id")
+
+    def __init__(self, info: LedgerInfo) -> None:
+        self.info = info
+        self.next_entry_id = 0
+        self.next_pos = 0
+        self.acked_entry_id = -1
+
+
+class ReplicatedLog:
+    """A container's durable log on bookies (see module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        key: str,
+        container_id: int,
+        store: CoordinationStore,
+        replicator: Replicator,
+        replication: ReplicationConfig,
+        ctx: zmq.Context,
+        config: LogConfig | None = None,
+    ) -> None:
+        self.key = key
+        self.container_id = container_id
+        self.store = store
+        self.replicator = replicator
+        self.replication = replication
+        self.ctx = ctx
+        self.config = config or LogConfig()
+        r = replication
+        self.mode = f"replicated E={r.ensemble} Qw={r.write_quorum} Qa={r.ack_quorum}"
+        self.meta = LogMetadata()
+        self.meta_version = 0
+        self.epoch = 0
+        self.ledger: _Ledger | None = None
+        self.positions: dict[int, array] = {}
+        self._free = [
+            WriteBuffer(self.config.frame_payload_bytes, pooled=True)
+            for _ in range(self.config.buffers)
+        ]
+        self.in_flight = 0
+        self._entries: collections.OrderedDict[tuple[int, int], bytes] = collections.OrderedDict()
+        self._entry_bytes = 0
+        self._entries_lock = threading.Lock()
+        self._clients = threading.local()
+
+    # --- recovery (main thread, before the replicator starts) -------------------------
+    def recover(self) -> Iterator[tuple[LogLocation, memoryview]]:
+        meta, version = self.store.get(self.key)
+        meta = meta or LogMetadata(next_ledger_id=(self.container_id << LEDGER_ID_SHIFT) + 1)
+        meta.epoch += 1
+        version = self.store.cas(self.key, meta, version)
+        self.epoch = meta.epoch
+        client = BookieClient(self.ctx)
+        try:
+            for info in meta.ledgers:
+                if info.state == "open":
+                    info.last_entry_id = self._recover_open(client, info)
+                    info.state = "closed"
+                yield from self._read_ledger(client, info)
+        finally:
+            client.close()
+        meta.ledgers = [i for i in meta.ledgers if i.last_entry_id >= 0]
+        self.meta_version = self.store.cas(self.key, meta, version)
+        self.meta = meta
+
+    def scan(self) -> Iterator[tuple[LogLocation, memoryview]]:
+        """The records, changing nothing: open ledgers are read while any bookie has the
+        next entry (recovery's first pass only looks for the last checkpoint)."""
+        meta, _ = self.store.get(self.key)
+        client = BookieClient(self.ctx)
+        try:
+            for info in (meta or LogMetadata()).ledgers:
+                yield from self._read_ledger(client, info, upto_missing=info.state == "open")
+        finally:
+            client.close()
+
+    def endpoints(self, info: LedgerInfo) -> list[str]:
+        """The endpoints of the ledger's ensemble (bookies are named by id in metadata)."""
+        return [self.replication.bookies[b] for b in info.ensemble if b in self.replication.bookies]
+
+    def _recover_open(self, client: BookieClient, info: LedgerInfo) -> int:
+        """Fence the ledger on enough bookies and find (and re-replicate) its last entry."""
+        r = self.replication
+        endpoints = self.endpoints(info)
+        fence = m.ReadEntry(info.ledger_id, m.NO_ENTRY, self.epoch, True)
+        results = client.call_many(
+            endpoints, fence, needed=len(endpoints), timeout_s=r.recovery_timeout_s
+        )
+        fenced = {e: s for e, s in results.items() if isinstance(s, m.EntryRead)}
+        for result in results.values():
+            if isinstance(result, Fenced):
+                raise result  # fenced at a higher epoch: someone recovered after us
+        if len(fenced) < r.fence_quorum:
+            raise ServiceUnavailable(
+                f"log {self.key}: fenced ledger {info.ledger_id} on {len(fenced)} bookies < "
+                f"{r.fence_quorum} needed ({results})",
+                ledger=info.ledger_id,
+            )
+        entry = max(s.lac for s in fenced.values()) + 1
+        while True:
+            reads = client.call_many(
+                list(fenced),
+                m.ReadEntry(info.ledger_id, entry, self.epoch, True),
+                needed=len(fenced),
+                timeout_s=r.recovery_timeout_s,
+            )
+            have = {e: x for e, x in reads.items() if isinstance(x, m.EntryRead) and x.found}
+            absent = sum(1 for x in reads.values() if isinstance(x, m.EntryRead) and not x.found)
+            if not have:
+                if absent >= r.fence_quorum:
+                    break
+                raise ServiceUnavailable(
+                    f"log {self.key}: cannot tell whether entry {entry} of ledger "
+                    f"{info.ledger_id} was acknowledged ({reads})",
+                    ledger=info.ledger_id,
+                )
+            record = bytes(next(iter(have.values())).payload)
+            self._check(record, info.ledger_id, entry)
+            lacking = [e for e in fenced if e not in have]
+            if len(have) < r.ack_quorum and lacking:
+                self._replicate(client, info.ledger_id, entry, record, lacking, len(have))
+            entry += 1
+        log.info(
+            "log=%s epoch=%d recovered ledger=%d last_entry=%d fenced_on=%d",
+            self.key,
+            self.epoch,
+            info.ledger_id,
+            entry - 1,
+            len(fenced),
+        )
+        return entry - 1
+
+    def _replicate(
+        self, client: BookieClient, ledger: int, entry: int, record: bytes, to: list[str], have: int
+    ) -> None:
+        add = m.AddEntry(ledger, entry, self.epoch, -1, crc32c.crc32c(record), record)
+        results = client.call_many(
+            to, add, needed=len(to), timeout_s=self.replication.recovery_timeout_s
+        )
+        stored = sum(1 for x in results.values() if isinstance(x, m.EntryAdded))
+        if have + stored < self.replication.ack_quorum:
+            raise ServiceUnavailable(
+                f"log {self.key}: entry {entry} of ledger {ledger} on {have + stored} "
+                f"bookies < ack_quorum={self.replication.ack_quorum} ({results})"
+            )
+
+    def _read_ledger(
+        self, client: BookieClient, info: LedgerInfo, *, upto_missing: bool = False
+    ) -> Iterator[tuple[LogLocation, memoryview]]:
+        endpoints = self.endpoints(info)
+        last = info.last_entry_id
+        positions = array("q")
+        pos = 0
+        entry = 0
+        window = self.replication.read_window
+        while upto_missing or entry <= last:
+            count = window if upto_missing else min(window, last - entry + 1)
+            batch = self._read_batch(client, endpoints, info.ledger_id, entry, count)
+            for record in batch:
+                header = parse_header(memoryview(record), 0)
+                assert header is not None
+                positions.append(pos)
+                view = memoryview(record)[RECORD_HEADER_BYTES:]
+                yield LogLocation(info.ledger_id, pos, entry), view
+                pos += record_bytes(header.payload_bytes)
+                entry += 1
+            if len(batch) < count:
+                if upto_missing:
+                    break
+                raise DataCorruption(
+                    f"log {self.key}: ledger {info.ledger_id} closed at entry {last} but "
+                    f"entry {entry} is on no bookie of {info.ensemble}",
+                    ledger=info.ledger_id,
+                    entry=entry,
+                )
+        self.positions[info.ledger_id] = positions
+
+    def _read_batch(
+        self, client: BookieClient, endpoints: list[str], ledger: int, first: int, count: int
+    ) -> list[bytes]:
+        """Entries first..first+count-1, as far as some bookie has a valid copy of each: all
+        asked of one bookie at once (pipelined), a missing or bad copy asked of the others."""
+        timeout = self.replication.recovery_timeout_s
+        replies: dict[int, Any] = {}
+        if endpoints:
+            replies = client.read_entries(endpoints[0], ledger, first, count, timeout)
+        out: list[bytes] = []
+        for entry in range(first, first + count):
+            record = self._valid(replies.get(entry), endpoints[:1], ledger, entry)
+            for endpoint in endpoints[1:] if record is None else ():
+                reply = client.read_entries(endpoint, ledger, entry, 1, timeout).get(entry)
+                record = self._valid(reply, [endpoint], ledger, entry)
+                if record is not None:
+                    break
+            if record is None:
+                return out
+            out.append(record)
+        return out
+
+    def _valid(self, reply: Any, where: list[str], ledger: int, entry: int) -> bytes | None:
+        if not isinstance(reply, m.EntryRead):
+            if reply is not None:
+                log.warning("log=%s read %d/%d from %s: %s", self.key, ledger, entry, where, reply)
+            return None
+        if not reply.found:
+            return None
+        record = bytes(reply.payload)
+        try:
+            self._check(record, ledger, entry)
+        except DataCorruption as exc:  # a bad copy: never served, another replica is asked
+            log.error("log=%s bad copy at %s: %s", self.key, where, exc)
+            return None
+        return record
+
+    def _check(self, record: bytes, ledger: int, entry: int) -> None:
+        view = memoryview(record)
+        header = parse_header(view, 0)
+        if (
+            header is None
+            or header.ledger_id != ledger
+            or header.entry_id != entry
+            or not check_record(view, 0, header)
+            or RECORD_HEADER_BYTES + header.payload_bytes != len(record)
+        ):
+            raise DataCorruption(
+                f"log {self.key}: entry {entry} of ledger {ledger} fails its record check",
+                ledger=ledger,
+                entry=entry,
+            )
+
+    # --- ledgers (main thread at start, replicator thread at rollover) --------------------
+    def start(self) -> None:
+        self._open_next_ledger()
+
+    def _open_next_ledger(self) -> None:
+        meta = self.meta
+        old = self.ledger
+        if old is not None:
+            old.info.state, old.info.last_entry_id = "closed", old.acked_entry_id
+        names = sorted(self.replication.bookies)
+        first = (self.container_id + meta.next_ledger_id) % len(names)
+        ensemble = [names[(first + i) % len(names)] for i in range(self.replication.ensemble)]
+        info = LedgerInfo(meta.next_ledger_id, "open", ensemble=ensemble)
+        meta.next_ledger_id += 1
+        meta.ledgers.append(info)
+        self.meta_version = self.store.cas(self.key, meta, self.meta_version)
+        self.positions[info.ledger_id] = array("q")
+        self.ledger = _Ledger(info)
+        log.info(
+            "log=%s epoch=%d opened ledger=%d ensemble=%s",
+            self.key,
+            self.epoch,
+            info.ledger_id,
+            ensemble,
+        )
+
+    def truncate_before(self, ledger_id: int) -> None:
+        self.replicator.run_task(self, lambda: self._truncate(ledger_id))
+
+    def _truncate(self, ledger_id: int) -> list[int]:
+        current = self.ledger.info.ledger_id if self.ledger is not None else None
+        doomed = [
+            i
+            for i in self.meta.ledgers
+            if i.ledger_id < ledger_id and i.state == "closed" and i.ledger_id != current
+        ]
+        if not doomed:
+            return []
+        self.meta.ledgers = [i for i in self.meta.ledgers if i not in doomed]
+        # metadata first: never metadata naming a ledger some bookie deleted
+        self.meta_version = self.store.cas(self.key, self.meta, self.meta_version)
+        crash_point("truncate_after_meta")
+        for info in doomed:
+            self.replicator.delete_ledger(info.ledger_id, self.endpoints(info))
+        ids = [i.ledger_id for i in doomed]
+        log.info("log=%s truncated ledgers=%s", self.key, ids)
+        return ids
+
+    def forget_ledgers(self, ledger_ids: list[int]) -> None:
+        for ledger_id in ledger_ids:
+            self.positions.pop(ledger_id, None)
+        with self._entries_lock:
+            for key in [k for k in self._entries if k[0] in ledger_ids]:
+                self._entry_bytes -= len(self._entries.pop(key))
+
+    # --- write path (main thread) ------------------------------------------------------
+    def acquire_buffer(self, payload_bytes: int) -> WriteBuffer | None:
+        if payload_bytes > RECORD_PAYLOAD_BYTES_MAX:
+            raise ValueError(f"log {self.key}: payload_bytes={payload_bytes} > max")
+        if self.in_flight >= self.config.buffers:
+            return None
+        if payload_bytes > self.config.frame_payload_bytes:
+            return WriteBuffer(payload_bytes, pooled=False)
+        return self._free.pop() if self._free else None
+
+    def submit(self, buffer: WriteBuffer, payload_bytes: int, token: Any) -> None:
+        self.in_flight += 1
+        self.replicator.submit(self, buffer, payload_bytes, token)
+
+    def release(self, buffer: WriteBuffer) -> None:
+        self.in_flight -= 1
+        if buffer.pooled:
+            self._free.append(buffer)
+        else:
+            buffer.close()
+
+    # --- replicator thread -------------------------------------------------------------
+    def needs_rollover(self, payload_bytes: int) -> bool:
+        ledger = self.ledger
+        assert ledger is not None, "start() not called"
+        return (
+            ledger.next_entry_id > 0
+            and ledger.next_pos + record_bytes(payload_bytes) > self.config.ledger_bytes
+        )
+
+    def seal(self, buffer: WriteBuffer, payload_bytes: int) -> tuple[LogLocation, memoryview]:
+        """Assign the next entry of the open ledger; return its location and wire bytes."""
+        ledger = self.ledger
+        assert ledger is not None
+        entry_id = ledger.next_entry_id
+        seal_record(
+            buffer.view,
+            payload_bytes,
+            ledger_id=ledger.info.ledger_id,
+            entry_id=entry_id,
+            epoch=self.epoch,
+            lac=ledger.acked_entry_id,
+        )
+        location = LogLocation(ledger.info.ledger_id, ledger.next_pos, entry_id)
+        self.positions[ledger.info.ledger_id].append(ledger.next_pos)
+        ledger.next_entry_id += 1
+        ledger.next_pos += record_bytes(payload_bytes)
+        return location, buffer.view[: RECORD_HEADER_BYTES + payload_bytes]
+
+    # --- read path (any thread) --------------------------------------------------------
+    def read(self, ledger_id: int, position: int, length: int) -> bytes:
+        positions = self.positions.get(ledger_id)
+        if not positions:
+            raise StorageError(f"log {self.key}: no ledger {ledger_id} to read")
+        entry = bisect_right(positions, position) - 1
+        if entry < 0:
+            raise StorageError(f"log {self.key}: position {position} before ledger {ledger_id}")
+        record = self._entry(ledger_id, entry)
+        offset = position - positions[entry]
+        if offset + length > len(record):
+            raise StorageError(
+                f"log {self.key}: read of ledger {ledger_id} at {position}+{length} "
+                f"is outside entry {entry}"
+            )
+        return record[offset : offset + length]
+
+    def _entry(self, ledger_id: int, entry: int) -> bytes:
+        key = (ledger_id, entry)
+        with self._entries_lock:
+            record = self._entries.get(key)
+            if record is not None:
+                self._entries.move_to_end(key)
+                return record
+        info = next((i for i in self.meta.ledgers if i.ledger_id == ledger_id), None)
+        if info is None:
+            raise StorageError(f"log {self.key}: ledger {ledger_id} is not in the log")
+        client = getattr(self._clients, "client", None)
+        if client is None:
+            client = self._clients.client = BookieClient(self.ctx)
+        batch = self._read_batch(client, self.endpoints(info), ledger_id, entry, 1)
+        if not batch:
+            raise StorageError(f"log {self.key}: entry {entry} of ledger {ledger_id} unreadable")
+        record = batch[0]
+        with self._entries_lock:
+            self._entries[key] = record
+            self._entry_bytes += len(record)
+            while self._entry_bytes > ENTRY_CACHE_BYTES_MAX and len(self._entries) > 1:
+                _, old = self._entries.popitem(last=False)
+                self._entry_bytes -= len(old)
+        return record
+
+    def close(self) -> None:
+        client = getattr(self._clients, "client", None)
+        if client is not None:
+            client.close()
+        for buffer in self._free:
+            buffer.close()
+        self._free.clear()

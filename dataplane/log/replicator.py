@@ -1,0 +1,267 @@
+"""The replicator: one thread per worker that writes its containers' replicated logs.
+
+Each submitted record becomes the next entry of its log's open ledger (ReplicatedLog.seal)
+and is sent, zero-copy, to every bookie of the ledger's ensemble (write quorum = ensemble).
+Completions go back to the worker in submission order per log, each once `ack_quorum`
+bookies answered `EntryAdded` and ZeroMQ no longer holds the buffer (send trackers), so a
+buffer is never reused under a send. An entry short of its quorum after `add_timeout_s` is
+sent again to the bookies that have not answered (adds are idempotent); a bookie that is not
+connected is skipped (IMMEDIATE), never queued for without bound. With fewer than
+`ack_quorum` bookies up, nothing is acknowledged until they return.
+
+Rollover: a record that does not fit the open ledger waits (with everything after it) until
+every entry of that ledger is acknowledged; then the ledger is closed at its last entry and
+the next opened in one compare-and-set, and the waiting records go on.
+
+Fail-stop: a `Fenced` reply (another owner recovered the log) or any other refusal of an
+add stops the thread and reports to the worker, which exits without another ack.
+It must never: acknowledge an entry with fewer than `ack_quorum` durable copies, or before
+an earlier entry of its log.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import crc32c
+import zmq
+
+from streamvault.client.protocol import codec, transport
+from streamvault.client.protocol import messages as m
+from streamvault.client.protocol.crashpoints import crash_point
+from streamvault.client.protocol.errors import Fenced, error_from_code
+from streamvault.dataplane.log.local_log import WriteBuffer
+from streamvault.dataplane.log.replicated_log import ReplicatedLog, ReplicationConfig
+
+log = logging.getLogger(__name__)
+
+SEND_HWM = 10_000
+
+
+class _Pending:
+    __slots__ = (
+        *("log", "buffer", "token", "location", "frames", "acked", "sent_at", "trackers"),
+        "endpoints",
+    )
+
+    def __init__(self, log_: ReplicatedLog, buffer: Any, token: Any, location: Any) -> None:
+        self.endpoints: list[str] = []
+        self.log = log_
+        self.buffer = buffer
+        self.token = token
+        self.location = location
+        self.frames: list[Any] = []
+        self.acked: set[str] = set()
+        self.sent_at = 0.0
+        self.trackers: list[zmq.MessageTracker] = []
+
+
+Completion = tuple[ReplicatedLog, Any, Any, Any]
+
+
+class Replicator:
+    """The write thread of one worker's replicated logs (see module docstring)."""
+
+    def __init__(
+        self,
+        ctx: zmq.Context,
+        replication: ReplicationConfig,
+        deliver: Callable[[list[Completion]], None],
+        fatal: Callable[[BaseException], None],
+    ) -> None:
+        self.ctx = ctx
+        self.replication = replication
+        self._deliver = deliver
+        self._fatal = fatal
+        self._queue: list[tuple[ReplicatedLog, Any, int, Any]] = []
+        self._lock = threading.Lock()
+        self._waker = transport.Waker()
+        self._stopping = False
+        self._pending: dict[int, collections.deque[_Pending]] = {}
+        self._by_entry: dict[tuple[int, int], _Pending] = {}
+        self._held: dict[int, collections.deque[tuple[ReplicatedLog, Any, int, Any]]] = {}
+        self._socks: dict[str, zmq.Socket] = {}
+        self._endpoint_of: dict[zmq.Socket, str] = {}
+        self._deletes: collections.deque[tuple[int, list[str]]] = collections.deque()
+        self.counters = {"entries": 0, "resends": 0, "rollovers": 0, "completions": 0}
+        self._thread = threading.Thread(target=self._run, name="replicator", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, log_: ReplicatedLog, buffer: WriteBuffer, payload_bytes: int, token: Any):
+        with self._lock:
+            self._queue.append((log_, buffer, payload_bytes, token))
+        self._waker.wake()
+
+    def run_task(self, log_: ReplicatedLog, task: Callable[[], Any]) -> None:
+        """Run `task` on this thread once every entry submitted before it is complete; its
+        result comes back as a completion with buffer None and token ("task", result)."""
+        with self._lock:
+            self._queue.append((log_, None, 0, task))
+        self._waker.wake()
+
+    def delete_ledger(self, ledger_id: int, endpoints: list[str]) -> None:
+        """Ask the bookies to delete a ledger (replicator thread; best effort)."""
+        self._deletes.append((ledger_id, endpoints))
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._waker.wake()
+        self._thread.join(timeout=10)
+
+    # --- thread ------------------------------------------------------------------------
+    def _run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._waker.fd, zmq.POLLIN)
+        for endpoint in self.replication.bookies.values():
+            sock = transport.client_socket(self.ctx, endpoint)
+            sock.setsockopt(zmq.IMMEDIATE, 1)  # never queue for a bookie that is not there
+            sock.setsockopt(zmq.SNDHWM, SEND_HWM)
+            self._socks[endpoint] = sock
+            self._endpoint_of[sock] = endpoint
+            poller.register(sock, zmq.POLLIN)
+        try:
+            while not self._stopping:
+                events = dict(poller.poll(50))
+                if self._waker.fd in events:
+                    self._waker.drain()
+                with self._lock:
+                    batch, self._queue = self._queue, []
+                for log_, buffer, payload_bytes, token in batch:
+                    self._take(log_, buffer, payload_bytes, token)
+                for sock in self._socks.values():
+                    if sock in events:
+                        self._replies(sock)
+                self._resend_overdue()
+                self._send_deletes()
+                done: list[Completion] = []
+                for key in list(self._pending):
+                    self._complete(key, done)
+                if done:
+                    self.counters["completions"] += len(done)
+                    self._deliver(done)
+        except BaseException as exc:  # fail-stop: report, acknowledge nothing more
+            log.critical("replicator: failure, nothing more is acknowledged: %r", exc)
+            self._fatal(exc)
+        finally:
+            for sock in self._socks.values():
+                sock.close(0)
+            self._waker.close()
+
+    def _take(self, log_: ReplicatedLog, buffer: Any, payload_bytes: int, token: Any) -> None:
+        key = id(log_)
+        pending = self._pending.setdefault(key, collections.deque())
+        held = self._held.get(key)
+        if held or (buffer is not None and pending and log_.needs_rollover(payload_bytes)):
+            # a rollover waits until every entry of the old ledger is acknowledged (its
+            # metadata closes it at its last entry); what comes meanwhile waits, in order
+            entry = (log_, buffer, payload_bytes, token)
+            self._held.setdefault(key, collections.deque()).append(entry)
+            return
+        if buffer is None:
+            item = _Pending(log_, None, token, None)
+            pending.append(item)
+            return
+        if log_.needs_rollover(payload_bytes):  # nothing pending: close and open now
+            self._rollover(log_)
+        location, record = log_.seal(buffer, payload_bytes)
+        item = _Pending(log_, buffer, token, location)
+        crc = crc32c.crc32c(record)
+        assert log_.ledger is not None
+        lac = log_.ledger.acked_entry_id
+        add = m.AddEntry(location.ledger_id, location.entry_id, log_.epoch, lac, crc, record)
+        item.frames = codec.encode(add, 0)
+        item.endpoints = log_.endpoints(log_.ledger.info)
+        pending.append(item)
+        self._by_entry[(location.ledger_id, location.entry_id)] = item
+        self.counters["entries"] += 1
+        crash_point("before_write")
+        self._send(item)
+        crash_point("after_write_before_sync")
+
+    def _rollover(self, log_: ReplicatedLog) -> None:
+        self.counters["rollovers"] += 1
+        log_._open_next_ledger()
+        crash_point("rollover_after_create")
+
+    def _send(self, item: _Pending) -> None:
+        item.sent_at = time.monotonic()
+        for endpoint in item.endpoints:
+            if endpoint in item.acked:
+                continue
+            try:
+                tracker = self._socks[endpoint].send_multipart(
+                    item.frames, zmq.NOBLOCK, copy=False, track=True
+                )
+                item.trackers.append(tracker)
+            except zmq.Again:
+                pass  # not connected: the resend after add_timeout_s tries again
+
+    def _replies(self, sock: zmq.Socket) -> None:
+        endpoint = self._endpoint_of[sock]
+        for _, body in transport.replies(sock):
+            if isinstance(body, m.EntryAdded):
+                item = self._by_entry.get((body.ledger_id, body.entry_id))
+                if item is not None:
+                    item.acked.add(endpoint)
+            elif isinstance(body, m.ErrorReply):
+                exc = error_from_code(body.code, body.message, body.fields)
+                if isinstance(exc, Fenced):
+                    raise exc  # another owner recovered this log: stop
+                log.error("replicator: bookie %s refused an add: %s", endpoint, exc)
+                raise exc
+
+    def _resend_overdue(self) -> None:
+        now = time.monotonic()
+        timeout = self.replication.add_timeout_s
+        for pending in self._pending.values():
+            for item in pending:
+                if item.buffer is None or len(item.acked) >= self.replication.ack_quorum:
+                    continue
+                if now - item.sent_at >= timeout:
+                    self.counters["resends"] += 1
+                    item.trackers = [t for t in item.trackers if not t.done]
+                    self._send(item)
+
+    def _complete(self, key: int, done: list[Completion]) -> None:
+        pending = self._pending[key]
+        quorum = self.replication.ack_quorum
+        while pending:
+            item = pending[0]
+            if item.buffer is None:  # a task: everything before it is complete
+                pending.popleft()
+                done.append((item.log, None, ("task", item.token()), None))
+                continue
+            if len(item.acked) < quorum or not all(t.done for t in item.trackers):
+                break
+            pending.popleft()
+            del self._by_entry[(item.location.ledger_id, item.location.entry_id)]
+            ledger = item.log.ledger
+            if ledger is not None and ledger.info.ledger_id == item.location.ledger_id:
+                ledger.acked_entry_id = item.location.entry_id
+            crash_point("after_sync_before_ack")
+            done.append((item.log, item.buffer, item.token, item.location))
+        held = self._held.get(key)
+        if held and not pending:
+            items = list(held)
+            held.clear()
+            for entry in items:
+                self._take(*entry)
+
+    def _send_deletes(self) -> None:
+        while self._deletes:
+            ledger_id, endpoints = self._deletes.popleft()
+            frames = codec.encode(m.DeleteLedger(ledger_id), 0)
+            for endpoint in endpoints:
+                try:
+                    self._socks[endpoint].send_multipart(frames, zmq.NOBLOCK)
+                except (zmq.Again, KeyError):
+                    log.warning(
+                        "replicator: delete of ledger %d not sent to %s", ledger_id, endpoint
+                    )
