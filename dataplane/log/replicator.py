@@ -112,8 +112,10 @@ class Replicator:
 
     def stop(self) -> None:
         self._stopping = True
-        self._waker.wake()
-        self._thread.join(timeout=10)
+        if self._thread.ident is not None:
+            self._waker.wake()
+            self._thread.join(timeout=10)
+        self._waker.close()
 
     # --- thread ------------------------------------------------------------------------
     def _run(self) -> None:
@@ -152,7 +154,6 @@ class Replicator:
         finally:
             for sock in self._socks.values():
                 sock.close(0)
-            self._waker.close()
 
     def _take(self, log_: ReplicatedLog, buffer: Any, payload_bytes: int, token: Any) -> None:
         key = id(log_)

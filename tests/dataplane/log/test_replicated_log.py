@@ -1,0 +1,303 @@
+"""The replicated log on three real bookie processes (E = Qw = 3, Qa = 2).
+
+What it proves: an acknowledged record has Qa durable copies and survives the loss of a
+bookie; a new owner's recovery fences the old one, whose later writes fail as Fenced and are
+never visible; of two racing recoverers exactly one can go on writing; a bit flip in one
+replica's copy is never served (another replica serves); with fewer than Qa bookies up
+nothing is acknowledged, and everything is once they are back; rollover closes ledgers only
+at acknowledged entries.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import threading
+from pathlib import Path
+
+import pytest
+import zmq
+from support.bookies import BookieProcess
+
+from streamvault.client.protocol.errors import Fenced, StreamVaultError
+from streamvault.dataplane.log import LocalFileStore, LogConfig
+from streamvault.dataplane.log.replicated_log import ReplicatedLog, ReplicationConfig
+from streamvault.dataplane.log.replicator import Replicator
+
+WAIT_S = 20.0
+KEY = "container-0001"
+
+
+@pytest.fixture
+def bookies(tmp_path: Path):
+    procs = [BookieProcess(tmp_path / f"bookie-{i}") for i in range(3)]
+    try:
+        for proc in procs:
+            proc.start()
+        yield procs
+    finally:
+        for proc in procs:
+            if proc.proc is not None:
+                try:
+                    os.killpg(proc.proc.pid, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
+            proc.kill()
+
+
+def replication(bookies: list[BookieProcess], **kw) -> ReplicationConfig:
+    return ReplicationConfig(
+        bookies={str(i): b.endpoint for i, b in enumerate(bookies)},
+        ensemble=3,
+        write_quorum=3,
+        ack_quorum=2,
+        add_timeout_s=0.3,
+        recovery_timeout_s=3.0,
+        **kw,
+    )
+
+
+class Owner:
+    """One container's log and its replicator, as a worker holds them."""
+
+    def __init__(self, store: LocalFileStore, rep: ReplicationConfig, **log_config) -> None:
+        self.ctx = zmq.Context()
+        self.done: queue.Queue = queue.Queue()
+        self.fatal: list[BaseException] = []
+        self.replicator = Replicator(
+            self.ctx,
+            rep,
+            deliver=lambda items: [self.done.put(i) for i in items],
+            fatal=self.fatal.append,
+        )
+        self.log = ReplicatedLog(
+            key=KEY,
+            container_id=1,
+            store=store,
+            replicator=self.replicator,
+            replication=rep,
+            ctx=self.ctx,
+            config=LogConfig(**log_config),
+        )
+
+    def recover(self) -> list[bytes]:
+        return [bytes(payload) for _, payload in self.log.recover()]
+
+    def start(self) -> Owner:
+        self.log.start()
+        self.replicator.start()
+        return self
+
+    def submit(self, payload: bytes) -> None:
+        buffer = self.log.acquire_buffer(len(payload))
+        assert buffer is not None
+        buffer.payload[: len(payload)] = payload
+        self.log.submit(buffer, len(payload), payload)
+
+    def completed(self, timeout_s: float = WAIT_S):
+        """The next completion (log, buffer, token, location), or None on timeout."""
+        try:
+            item = self.done.get(timeout=timeout_s)
+        except queue.Empty:
+            return None
+        if item[1] is not None:
+            self.log.release(item[1])
+        return item
+
+    def write(self, payload: bytes) -> None:
+        self.submit(payload)
+        item = self.completed()
+        assert item is not None and item[2] == payload, f"not acknowledged: {self.fatal}"
+
+    def close(self) -> None:
+        self.replicator.stop()
+        self.log.close()
+        self.ctx.term()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> LocalFileStore:
+    return LocalFileStore(str(tmp_path / "coordination"))
+
+
+def test_acknowledged_records_survive_a_dead_bookie_and_recover_in_order(bookies, store):
+    rep = replication(bookies)
+    owner = Owner(store, rep)
+    assert owner.recover() == []
+    owner.start()
+    records = [os.urandom(50 + 1000 * i) for i in range(30)]
+    for record in records[:10]:
+        owner.write(record)
+    bookies[2].kill()  # one of three: Qa = 2 still reachable
+    for record in records[10:]:
+        owner.write(record)
+    owner.close()
+    successor = Owner(store, rep)
+    try:
+        assert successor.recover() == records
+    finally:
+        successor.close()
+
+
+def test_recovery_fences_the_old_owner_whose_late_writes_stay_invisible(bookies, store):
+    rep = replication(bookies)
+    old = Owner(store, rep)
+    old.recover()
+    old.start()
+    for i in range(5):
+        old.write(b"acked-%d" % i)
+    new = Owner(store, rep)
+    try:
+        assert new.recover() == [b"acked-%d" % i for i in range(5)]
+        new.start()
+        old.submit(b"late")  # the zombie owner goes on writing
+        assert old.completed(timeout_s=3.0) is None, "a fenced owner's write was acknowledged"
+        deadline = threading.Event()
+        for _ in range(100):
+            if old.fatal:
+                break
+            deadline.wait(0.05)
+        assert old.fatal and isinstance(old.fatal[0], Fenced), old.fatal
+        new.write(b"new-owner")
+        new.close()
+        third = Owner(store, rep)
+        try:
+            got = third.recover()
+        finally:
+            third.close()
+        assert got == [b"acked-%d" % i for i in range(5)] + [b"new-owner"]
+    finally:
+        old.close()
+
+
+def test_of_two_racing_recoverers_exactly_one_writes(bookies, store):
+    rep = replication(bookies)
+    first = Owner(store, rep)
+    first.recover()
+    first.start()
+    first.write(b"before")
+    first.close()
+    racers = [Owner(store, rep), Owner(store, rep)]
+    outcomes: list[object] = [None, None]
+
+    def run(index: int) -> None:
+        owner = racers[index]
+        try:
+            owner.recover()
+            owner.start()
+            owner.submit(b"racer-%d" % index)
+            item = owner.completed(timeout_s=5.0)
+            outcomes[index] = "wrote" if item is not None else owner.fatal
+        except StreamVaultError as exc:
+            outcomes[index] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    try:
+        assert outcomes.count("wrote") == 1, outcomes
+        loser = outcomes[1 - outcomes.index("wrote")]
+        assert loser, outcomes  # a Fenced / BadVersion error, never a silent success
+        winner = outcomes.index("wrote")
+        for owner in racers:
+            owner.close()
+        check = Owner(store, rep)
+        try:
+            assert check.recover() == [b"before", b"racer-%d" % winner]
+        finally:
+            check.close()
+    finally:
+        for owner in racers:
+            try:
+                owner.close()
+            except Exception:
+                pass
+
+
+def _flip_in_journal(bookie: BookieProcess, needle: bytes) -> None:
+    """Flip one byte of `needle` in the bookie's journal files (a synced record)."""
+    journal = bookie.data_dir / "journal"
+    for path in sorted(journal.glob("journal-*.jnl")):
+        data = path.read_bytes()
+        pos = data.find(needle)
+        if pos >= 0:
+            with open(path, "r+b") as f:
+                f.seek(pos)
+                f.write(bytes([data[pos] ^ 0xFF]))
+                f.flush()
+                os.fsync(f.fileno())
+            return
+    raise AssertionError(f"{needle!r} not found in {journal}")
+
+
+def test_a_bit_flip_on_one_replica_is_never_served(bookies, store):
+    rep = replication(bookies)
+    owner = Owner(store, rep)
+    owner.recover()
+    owner.start()
+    records = [b"record-%03d-" % i + os.urandom(200) for i in range(10)]
+    for record in records:
+        owner.write(record)
+    owner.close()
+    _flip_in_journal(bookies[0], records[3][:11])  # the replica every read asks first
+    successor = Owner(store, rep)
+    try:
+        assert successor.recover() == records
+    finally:
+        successor.close()
+
+
+def test_with_two_of_three_bookies_stopped_nothing_is_acknowledged_until_they_return(
+    bookies, store
+):
+    rep = replication(bookies)
+    owner = Owner(store, rep)
+    owner.recover()
+    owner.start()
+    owner.write(b"first")
+    for bookie in bookies[:2]:
+        os.killpg(bookie.proc.pid, signal.SIGSTOP)
+    try:
+        owner.submit(b"during")
+        assert owner.completed(timeout_s=2.0) is None, "acknowledged with one durable copy"
+    finally:
+        for bookie in bookies[:2]:
+            os.killpg(bookie.proc.pid, signal.SIGCONT)
+    item = owner.completed()
+    assert item is not None and item[2] == b"during" and not owner.fatal
+    owner.close()
+    successor = Owner(store, rep)
+    try:
+        assert successor.recover() == [b"first", b"during"]
+    finally:
+        successor.close()
+
+
+def test_rollover_closes_ledgers_at_acknowledged_entries(bookies, store):
+    rep = replication(bookies)
+    owner = Owner(store, rep, ledger_bytes=64 * 1024, frame_payload_bytes=16 * 1024)
+    owner.recover()
+    owner.start()
+    records = [os.urandom(9000) for _ in range(40)]
+    pending = 0
+    for record in records:  # pipelined: up to `buffers` in flight across rollovers
+        while pending >= owner.log.config.buffers:
+            assert owner.completed() is not None
+            pending -= 1
+        owner.submit(record)
+        pending += 1
+    while pending:
+        assert owner.completed() is not None
+        pending -= 1
+    ledgers = [i for i in owner.log.meta.ledgers]
+    assert len(ledgers) > 3 and all(i.state == "closed" for i in ledgers[:-1])
+    assert owner.replicator.counters["rollovers"] == len(ledgers) - 1
+    owner.close()
+    successor = Owner(store, rep)
+    try:
+        assert successor.recover() == records
+    finally:
+        successor.close()
