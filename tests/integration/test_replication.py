@@ -1,0 +1,168 @@
+"""A standalone with three bookies (`--replicas 3 --ack-quorum 2`), real processes throughout.
+
+What it proves: status lists the bookies; SIGKILL of every process mid-write loses nothing
+acknowledged and the same writer's resends are not duplicated (TESTING.md row 1 over the
+replicated log); SIGKILL of one bookie mid-write stops nothing and loses nothing, and the
+standalone restarts it (row 6); writing many times the cache size keeps the ledgers the
+bookies hold bounded (truncation of the replicated log below what LTS holds, row 18).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from support.cluster import Standalone
+from support.history import check_exactly_once, event, expected_counts, read_all, unique
+
+from streamvault.client import StreamManager
+
+KEYS = 32
+REPLICATED = ["--replicas", "3", "--ack-quorum", "2"]
+LEDGERS_MAX = 8
+"""Ledgers a bookie may hold in the bounded-log test: without truncation 320 MB of 16 MiB
+ledgers would be 20; with it, the cache (32 MiB) plus a checkpoint interval and the open
+ledger of each container that has data (measured: at most 2)."""
+
+
+@pytest.fixture
+def replicated(tmp_path: Path):
+    cluster = Standalone(tmp_path / "data", extra=REPLICATED).start()
+    try:
+        yield cluster
+    finally:
+        cluster.kill()
+
+
+def _bookies(mgr) -> dict[str, tuple[int, str]]:
+    return {p.id: (p.pid, p.state) for p in mgr.status().processes if p.role == "bookie"}
+
+
+def _write(writer, futures: list, total: int, done: threading.Event) -> threading.Thread:
+    def run() -> None:
+        for i in range(total):
+            futures.append(
+                writer.write_event(event(i % KEYS, i // KEYS), routing_key=f"key-{i % KEYS}")
+            )
+            if i % 2000 == 0:
+                time.sleep(0.01)  # spread the writes over the fault
+        done.set()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def _wait_acked(futures: list, count: int, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if sum(1 for f in futures[:count] if f.done()) >= count:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"fewer than {count} events acknowledged in {timeout_s}s")
+
+
+def _wait_bookies_up(mgr, count: int, timeout_s: float = 30.0) -> dict[str, tuple[int, str]]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        bookies = _bookies(mgr)
+        if len(bookies) == count and all(state == "up" for _, state in bookies.values()):
+            return bookies
+        time.sleep(0.2)
+    raise AssertionError(f"bookies not up: {_bookies(mgr)}")
+
+
+def test_sigkill_every_process_mid_write_then_restart_exactly_once(replicated):
+    scope, stream, total = unique("s"), unique("t"), 60_000
+    with StreamManager(replicated.controller) as mgr:
+        mgr.create_scope(scope)
+        mgr.create_stream(scope, stream, initial_segments=4)
+        bookies = _wait_bookies_up(mgr, 3)
+        assert all(pid > 0 for pid, _ in bookies.values())
+        workers = [p for p in mgr.status().processes if p.role == "worker"]
+        assert all("replicated E=3 Qw=3 Qa=2" in w.info["durability_mode"] for w in workers)
+        writer = mgr.create_writer(scope, stream)
+        futures: list = []
+        done = threading.Event()
+        thread = _write(writer, futures, total, done)
+        _wait_acked(futures, 15_000)
+        assert not done.is_set(), "the writer finished before the crash: nothing was tested"
+        replicated.kill()
+        time.sleep(0.5)
+        replicated.start()
+        thread.join(timeout=120)
+        assert done.is_set()
+        writer.flush(timeout=120)
+        assert all(f.done() and f.exception() is None for f in futures)
+        writer.close()
+        got = read_all(mgr, scope, stream, total=total)
+    check_exactly_once(got, expected_counts(total, KEYS))
+
+
+def test_one_bookie_killed_mid_write_loses_nothing_and_is_restarted(replicated):
+    scope, stream, total = unique("s"), unique("t"), 40_000
+    with StreamManager(replicated.controller) as mgr:
+        mgr.create_scope(scope)
+        mgr.create_stream(scope, stream, initial_segments=4)
+        before = _wait_bookies_up(mgr, 3)
+        with mgr.create_writer(scope, stream) as writer:
+            futures: list = []
+            done = threading.Event()
+            thread = _write(writer, futures, total, done)
+            _wait_acked(futures, 10_000)
+            os.kill(before["1"][0], signal.SIGKILL)
+            thread.join(timeout=120)
+            writer.flush(timeout=120)
+        assert all(f.exception() is None for f in futures)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            after = _bookies(mgr)
+            if after.get("1", (0, ""))[0] not in (0, before["1"][0]):
+                break
+            time.sleep(0.2)
+        assert after["1"][0] != before["1"][0], "the killed bookie was not restarted"
+        assert after["0"][0] == before["0"][0] and after["2"][0] == before["2"][0]
+        got = read_all(mgr, scope, stream, total=total)
+    check_exactly_once(got, expected_counts(total, KEYS))
+
+
+@pytest.mark.slow
+def test_the_replicated_log_stays_bounded_while_writing_many_cache_sizes(tmp_path: Path):
+    """Checkpoints and LTS let the containers truncate their logs; the bookies delete the
+    truncated ledgers, so what they hold stays bounded however much is written."""
+    cluster = Standalone(
+        tmp_path / "data",
+        extra=[*REPLICATED, "--ledger-size", "16M", "--flush-wait", "1"],
+        cache_size="32M",
+    ).start()
+    try:
+        scope, stream = unique("s"), unique("t")
+        payload = [os.urandom(1000) for _ in range(1000)]
+        with StreamManager(cluster.controller) as mgr:
+            mgr.create_scope(scope)
+            mgr.create_stream(scope, stream, initial_segments=1)
+            peak = 0
+            with mgr.create_writer(scope, stream) as writer:
+                for i in range(320):  # 320 MB: ten times the cache
+                    writer.write_events(payload, routing_key="k").result(timeout=60)
+                    if i % 40 == 39:
+                        peak = max(peak, max(b["ledgers"] for b in _bookie_info(mgr)))
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                ledgers = max(b["ledgers"] for b in _bookie_info(mgr))
+                deletes = [b["files_freed"] + b["files_deleted"] for b in _bookie_info(mgr)]
+                if ledgers <= LEDGERS_MAX and all(d > 0 for d in deletes):
+                    break
+                time.sleep(0.5)
+            assert max(peak, ledgers) <= LEDGERS_MAX, (peak, ledgers, _bookie_info(mgr))
+            assert all(d > 0 for d in deletes), "no journal file was ever freed"
+    finally:
+        cluster.kill()
+
+
+def _bookie_info(mgr) -> list[dict]:
+    return [p.info for p in mgr.status().processes if p.role == "bookie"]
