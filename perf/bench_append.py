@@ -227,6 +227,10 @@ def main() -> int:
     ap.add_argument(
         "--standalone-args", default="", help="extra options for the standalone it starts"
     )
+    ap.add_argument(
+        "--replicas", type=int, default=0, help="bookies of the standalone (0: one embedded)"
+    )
+    ap.add_argument("--ack-quorum", type=int, default=0)
     ap.add_argument("--no-baselines", action="store_true")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -244,15 +248,22 @@ def main() -> int:
     controller = args.controller
     try:
         if controller is None:
-            proc, controller = start_standalone(
-                os.path.join(tmp, "data"), args.workers, args.standalone_args.split()
-            )
+            extra = args.standalone_args.split()
+            if args.replicas:
+                extra += ["--replicas", str(args.replicas)]
+            if args.ack_quorum:
+                extra += ["--ack-quorum", str(args.ack_quorum)]
+            proc, controller = start_standalone(os.path.join(tmp, "data"), args.workers, extra)
         with StreamManager(controller) as mgr:
             scope, stream = "bench", f"append{os.getpid()}"
             mgr.create_scope(scope)
             mgr.create_stream(scope, stream, initial_segments=args.segments)
             workers = [p for p in mgr.status().processes if p.role == "worker"]
             mode = workers[0].info.get("durability_mode", "?") if workers else "?"
+            replication = "RF=1"
+            bookies = [p for p in mgr.status().processes if p.role == "bookie"]
+            if bookies:  # the workers replicate; the bookies' journals are what syncs
+                replication, mode = mode, bookies[0].info.get("durability_mode", "?")
             results = {"write_events": [], "write_event": [], "paced": []}
             for _ in range(args.runs):  # interleaved, so drift hits both alike
                 results["write_events"].append(
@@ -294,7 +305,7 @@ def main() -> int:
     report = {
         "machine": machine(),
         "durability_mode": mode,
-        "replication": 1,
+        "replication": replication,
         "event_bytes": args.event_bytes,
         "batch": args.batch,
         "segments": args.segments,
@@ -313,7 +324,7 @@ def print_report(report: dict) -> None:
     m = report["machine"]
     print(f"machine: {m['cpu']} x{m['cores']}, python {m['python']}, commit {m['commit']}")
     print(
-        f"streamvault: RF={report['replication']}, durability={report['durability_mode']}, "
+        f"streamvault: {report['replication']}, durability={report['durability_mode']}, "
         f"workers={report['workers']}, segments={report['segments']}, "
         f"{report['event_bytes']} B events, write_events batch={report['batch']}"
     )
