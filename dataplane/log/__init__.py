@@ -1,7 +1,7 @@
 """The durable log: framing, ledgers, log metadata, the group-commit committer.
 
-Interface used by containers (implemented by `LocalDurableLog` for one replica; the
-replicated ledger client of a later issue implements the same calls):
+Interface used by containers (implemented by `LocalDurableLog` on local ledger files and by
+`ReplicatedLog` on bookies; `Committer` and `Replicator` are the matching write threads):
 
     recover() -> iterator of (LogLocation, payload view)   # fence, then replay
     start()                                                # open a new ledger
@@ -10,7 +10,8 @@ replicated ledger client of a later issue implements the same calls):
     release(buffer)                                        # after the completion
     read(ledger_id, position, length) -> bytes
 
-Reading order: framing → ledger → metadata → local_log → probe.
+Reading order: framing → ledger → metadata → local_log → probe; then journal_format →
+journal → bookie → bookie_client → replicated_log → replicator.
 """
 
 from streamvault.dataplane.log.local_log import (
