@@ -1,6 +1,7 @@
 """`streamvault log inspect --data-dir DIR`: list every container log's ledgers and entries
 and verify every record's CRC32C, offline and read-only (no lock is taken, nothing is
-changed, so it can also look at the logs of a running cluster).
+changed, so it can also look at the logs of a running cluster). Replicated logs are checked
+in the bookies' journals (journal_inspect.py).
 
 Exit status: 0 when every record checks out (a torn tail of an open ledger is reported, not
 an error: it was never acknowledged), 1 on corruption (the message names the ledger, entry
@@ -18,6 +19,7 @@ from streamvault.client.protocol.errors import DataCorruption
 from streamvault.dataplane.container import operations as ops
 from streamvault.dataplane.log.ledger import ScanEnd, ledger_path, scan_ledger
 from streamvault.dataplane.log.metadata import LocalFileStore
+from streamvault.tools.journal_inspect import inspect_bookies
 
 OP_NAMES = {
     ops.OP_CREATE: "create",
@@ -30,8 +32,20 @@ OP_NAMES = {
 }
 
 
-def inspect(data_dir: str, *, entries: bool = False) -> tuple[list[dict[str, Any]], str | None]:
-    """Reports per container log, and the first corruption found (or None)."""
+def inspect(data_dir: str, *, entries: bool = False) -> tuple[dict[str, Any], str | None]:
+    """Reports of the local container logs and of the bookies, and the first corruption
+    found (or None)."""
+    logs, error = inspect_local(data_dir, entries=entries)
+    bookies: list[dict[str, Any]] = []
+    if error is None:
+        bookies, error = inspect_bookies(data_dir)
+    return {"logs": logs, "bookies": bookies}, error
+
+
+def inspect_local(
+    data_dir: str, *, entries: bool = False
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Reports per local container log, and the first corruption found (or None)."""
     store = LocalFileStore(os.path.join(data_dir, "coordination"))
     log_root = os.path.join(data_dir, "log")
     reports = []
@@ -100,11 +114,26 @@ def _ledger(directory: str, info: Any, entries: bool) -> dict[str, Any]:
     return out
 
 
-def render(reports: list[dict[str, Any]], error: str | None, as_json: bool) -> str:
+def render(reports: dict[str, Any], error: str | None, as_json: bool) -> str:
     if as_json:
-        return json.dumps({"logs": reports, "corruption": error}, indent=2)
+        return json.dumps({**reports, "corruption": error}, indent=2)
     lines = []
-    for report in reports:
+    for bookie in reports["bookies"]:
+        if "error" in bookie:
+            lines.append(f"bookie {bookie['bookie']}: CORRUPT: {bookie['error']}")
+            continue
+        tail = f"  torn tail cut at {bookie['torn_tail_at']}" if "torn_tail_at" in bookie else ""
+        lines.append(
+            f"bookie {bookie['bookie']}  files={bookie['files']} records={bookie['records']} "
+            f"ledgers={len(bookie['ledgers'])}{tail}"
+        )
+        for ledger, summary in bookie["ledgers"].items():
+            fenced = summary["fenced_epoch"]
+            lines.append(
+                f"  ledger {ledger} entries={summary['entries']} "
+                f"last_entry={summary['last_entry']}" + (f" fenced@{fenced}" if fenced else "")
+            )
+    for report in reports["logs"]:
         lines.append(f"{report['log']}  epoch={report['epoch']}  ledgers={len(report['ledgers'])}")
         for ledger in report["ledgers"]:
             if "error" in ledger:

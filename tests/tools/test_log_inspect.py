@@ -11,6 +11,7 @@ from support.history import event, unique
 
 from streamvault.client import StreamManager
 from streamvault.dataplane.log.framing import RECORD_HEADER_BYTES
+from streamvault.dataplane.log.journal_format import HEADER_BYTES as JOURNAL_HEADER_BYTES
 
 
 def _inspect(data_dir, *extra: str) -> subprocess.CompletedProcess:
@@ -63,3 +64,38 @@ def test_inspect_verifies_every_record_then_reports_corruption(standalone):
     broken = _inspect(standalone.data_dir)
     assert broken.returncode == 1, broken.stdout
     assert "CORRUPTION" in broken.stdout and f"ledger {ledger['ledger']}" in broken.stdout
+
+
+def test_inspect_checks_the_bookie_journals_of_a_replicated_log(tmp_path):
+    """With --replicas 3: every bookie's journal is scanned and every closed ledger's
+    entries are found; damage to a durable commit of one journal is reported (exit 1)."""
+    from support.cluster import Standalone
+
+    cluster = Standalone(tmp_path / "data", extra=["--replicas", "3"]).start()
+    try:
+        scope, stream = unique("s"), unique("t")
+        with StreamManager(cluster.controller) as mgr:
+            mgr.create_scope(scope)
+            mgr.create_stream(scope, stream, initial_segments=1)
+            with mgr.create_writer(scope, stream) as writer:
+                for batch in range(5):
+                    writer.write_events([event(0, batch * 100 + i) for i in range(100)]).result(30)
+        assert cluster.stop() == 0
+    finally:
+        cluster.kill()
+    clean = _inspect(cluster.data_dir, "--json")
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    report = json.loads(clean.stdout)
+    assert report["corruption"] is None
+    assert sorted(b["bookie"] for b in report["bookies"]) == ["0", "1", "2"]
+    assert all(b["records"] > 0 and b["ledgers"] for b in report["bookies"])
+    journal = sorted((cluster.data_dir / "bookie-0" / "journal").glob("journal-*.jnl"))[0]
+    damaged = JOURNAL_HEADER_BYTES + 20  # inside the first record: later commits follow it
+    with open(journal, "r+b") as f:
+        f.seek(damaged)
+        byte = f.read(1)
+        f.seek(damaged)
+        f.write(bytes([byte[0] ^ 0x40]))
+    broken = _inspect(cluster.data_dir)
+    assert broken.returncode == 1, broken.stdout
+    assert "CORRUPTION: bookie 0" in broken.stdout, broken.stdout
