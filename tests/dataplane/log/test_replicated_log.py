@@ -11,22 +11,16 @@ at acknowledged entries.
 from __future__ import annotations
 
 import os
-import queue
 import signal
 import threading
 from pathlib import Path
 
 import pytest
-import zmq
 from support.bookies import BookieProcess
+from support.replicated import Owner, replication
 
 from streamvault.client.protocol.errors import Fenced, StreamVaultError
-from streamvault.dataplane.log import LocalFileStore, LogConfig
-from streamvault.dataplane.log.replicated_log import ReplicatedLog, ReplicationConfig
-from streamvault.dataplane.log.replicator import Replicator
-
-WAIT_S = 20.0
-KEY = "container-0001"
+from streamvault.dataplane.log import LocalFileStore
 
 
 @pytest.fixture
@@ -46,83 +40,13 @@ def bookies(tmp_path: Path):
             proc.kill()
 
 
-def replication(bookies: list[BookieProcess], **kw) -> ReplicationConfig:
-    return ReplicationConfig(
-        bookies={str(i): b.endpoint for i, b in enumerate(bookies)},
-        ensemble=3,
-        write_quorum=3,
-        ack_quorum=2,
-        add_timeout_s=0.3,
-        recovery_timeout_s=3.0,
-        **kw,
-    )
-
-
-class Owner:
-    """One container's log and its replicator, as a worker holds them."""
-
-    def __init__(self, store: LocalFileStore, rep: ReplicationConfig, **log_config) -> None:
-        self.ctx = zmq.Context()
-        self.done: queue.Queue = queue.Queue()
-        self.fatal: list[BaseException] = []
-        self.replicator = Replicator(
-            self.ctx,
-            rep,
-            deliver=lambda items: [self.done.put(i) for i in items],
-            fatal=self.fatal.append,
-        )
-        self.log = ReplicatedLog(
-            key=KEY,
-            container_id=1,
-            store=store,
-            replicator=self.replicator,
-            replication=rep,
-            ctx=self.ctx,
-            config=LogConfig(**log_config),
-        )
-
-    def recover(self) -> list[bytes]:
-        return [bytes(payload) for _, payload in self.log.recover()]
-
-    def start(self) -> Owner:
-        self.log.start()
-        self.replicator.start()
-        return self
-
-    def submit(self, payload: bytes) -> None:
-        buffer = self.log.acquire_buffer(len(payload))
-        assert buffer is not None
-        buffer.payload[: len(payload)] = payload
-        self.log.submit(buffer, len(payload), payload)
-
-    def completed(self, timeout_s: float = WAIT_S):
-        """The next completion (log, buffer, token, location), or None on timeout."""
-        try:
-            item = self.done.get(timeout=timeout_s)
-        except queue.Empty:
-            return None
-        if item[1] is not None:
-            self.log.release(item[1])
-        return item
-
-    def write(self, payload: bytes) -> None:
-        self.submit(payload)
-        item = self.completed()
-        assert item is not None and item[2] == payload, f"not acknowledged: {self.fatal}"
-
-    def close(self) -> None:
-        self.replicator.stop()
-        self.log.close()
-        self.ctx.term()
-
-
 @pytest.fixture
 def store(tmp_path: Path) -> LocalFileStore:
     return LocalFileStore(str(tmp_path / "coordination"))
 
 
 def test_acknowledged_records_survive_a_dead_bookie_and_recover_in_order(bookies, store):
-    rep = replication(bookies)
+    rep = replication([b.endpoint for b in bookies])
     owner = Owner(store, rep)
     assert owner.recover() == []
     owner.start()
@@ -141,7 +65,7 @@ def test_acknowledged_records_survive_a_dead_bookie_and_recover_in_order(bookies
 
 
 def test_recovery_fences_the_old_owner_whose_late_writes_stay_invisible(bookies, store):
-    rep = replication(bookies)
+    rep = replication([b.endpoint for b in bookies])
     old = Owner(store, rep)
     old.recover()
     old.start()
@@ -172,7 +96,7 @@ def test_recovery_fences_the_old_owner_whose_late_writes_stay_invisible(bookies,
 
 
 def test_of_two_racing_recoverers_exactly_one_writes(bookies, store):
-    rep = replication(bookies)
+    rep = replication([b.endpoint for b in bookies])
     first = Owner(store, rep)
     first.recover()
     first.start()
@@ -234,7 +158,7 @@ def _flip_in_journal(bookie: BookieProcess, needle: bytes) -> None:
 
 
 def test_a_bit_flip_on_one_replica_is_never_served(bookies, store):
-    rep = replication(bookies)
+    rep = replication([b.endpoint for b in bookies])
     owner = Owner(store, rep)
     owner.recover()
     owner.start()
@@ -253,7 +177,7 @@ def test_a_bit_flip_on_one_replica_is_never_served(bookies, store):
 def test_with_two_of_three_bookies_stopped_nothing_is_acknowledged_until_they_return(
     bookies, store
 ):
-    rep = replication(bookies)
+    rep = replication([b.endpoint for b in bookies])
     owner = Owner(store, rep)
     owner.recover()
     owner.start()
@@ -277,7 +201,7 @@ def test_with_two_of_three_bookies_stopped_nothing_is_acknowledged_until_they_re
 
 
 def test_rollover_closes_ledgers_at_acknowledged_entries(bookies, store):
-    rep = replication(bookies)
+    rep = replication([b.endpoint for b in bookies])
     owner = Owner(store, rep, ledger_bytes=64 * 1024, frame_payload_bytes=16 * 1024)
     owner.recover()
     owner.start()
