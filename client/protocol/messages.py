@@ -309,6 +309,17 @@ class DeleteLedger(Control):
     ledger_id: int
 
 
+class ListLedgers(Control):
+    """The ledgers a bookie holds with low <= id < high (orphan collection)."""
+
+    low: int
+    high: int
+
+
+class LedgerIds(Control):
+    ids: list[int]
+
+
 # replies
 class Done(Control):
     """Reply of an operation that changes state; `changed` is False if it was already so."""
@@ -367,5 +378,5 @@ CONTROL_TYPES: tuple[type[Control], ...] = (
     CreateScope, DeleteScope, ListScopes, CreateStream, GetStream, ListStreams, SealStream,
     DeleteStream, GetContainerMap, CreateReaderGroup, GetReaderGroup, DeleteReaderGroup,
     Heartbeat, GetStatus, Done, Names, StreamInfo, ContainerMap, ReaderGroupInfo, Status,
-    UploadChunk, ChunkUploaded, DeleteLedger,
+    UploadChunk, ChunkUploaded, DeleteLedger, ListLedgers, LedgerIds,
 )  # fmt: skip

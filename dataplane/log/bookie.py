@@ -11,6 +11,7 @@ One ZeroMQ ROUTER socket serves ledger clients (the containers' replicated logs)
   its reply the old owner can no longer be acknowledged by this bookie (recovery reads
   fence, as the fence itself does).
 - `DeleteLedger` -> `Done` once the delete marker is durable.
+- `ListLedgers` -> `LedgerIds` (the ledgers held in an id range: orphan collection).
 - `GetStatus` -> `Status` with this bookie's counters (commits, syncs, adds, triggers).
 
 Group commit: each turn drains up to `drain_max` messages, queues their records, commits
@@ -163,6 +164,9 @@ class Bookie:
                 self._delete(peer, rid, msg)
             elif isinstance(msg, m.Hello):
                 self._send(peer, self._hello(rid, msg))
+            elif isinstance(msg, m.ListLedgers):
+                ids = [i for i in self.journal.ledgers() if msg.low <= i < msg.high]
+                self._send(peer, codec.encode_reply(m.LedgerIds(sorted(ids)), rid))
             elif isinstance(msg, m.GetStatus):
                 self._send(peer, codec.encode_reply(m.Status([self.process_info()]), rid))
             else:

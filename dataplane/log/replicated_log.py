@@ -49,6 +49,7 @@ from streamvault.client.protocol.errors import (
     Fenced,
     ServiceUnavailable,
     StorageError,
+    StreamVaultError,
 )
 from streamvault.dataplane.log.bookie_client import BookieClient
 from streamvault.dataplane.log.framing import (
@@ -175,6 +176,37 @@ class ReplicatedLog:
         meta.ledgers = [i for i in meta.ledgers if i.last_entry_id >= 0]
         self.meta_version = self.store.cas(self.key, meta, version)
         self.meta = meta
+        self._collect_orphans()
+
+    def _collect_orphans(self) -> None:
+        """Delete this container's ledgers that bookies hold but metadata does not name: a
+        crash between truncation's metadata update and its deletes, a bookie that was down
+        when a delete was sent, or a ledger opened and emptied by recovery. Best effort: a
+        bookie that does not answer is asked again at the next recovery."""
+        low = self.container_id << LEDGER_ID_SHIFT
+        known = {i.ledger_id for i in self.meta.ledgers}
+        client = BookieClient(self.ctx)
+        try:
+            endpoints = list(self.replication.bookies.values())
+            listed = client.call_many(
+                endpoints,
+                m.ListLedgers(low, self.meta.next_ledger_id),
+                needed=len(endpoints),
+                timeout_s=self.replication.recovery_timeout_s,
+            )
+            for endpoint, reply in listed.items():
+                if not isinstance(reply, m.LedgerIds):
+                    log.warning("log=%s orphan listing at %s: %s", self.key, endpoint, reply)
+                    continue
+                for ledger_id in set(reply.ids) - known:
+                    client.call(
+                        endpoint, m.DeleteLedger(ledger_id), self.replication.recovery_timeout_s
+                    )
+                    log.info("log=%s deleted orphan ledger=%d at %s", self.key, ledger_id, endpoint)
+        except StreamVaultError as exc:
+            log.warning("log=%s orphan collection incomplete: %s", self.key, exc)
+        finally:
+            client.close()
 
     def scan(self) -> Iterator[tuple[LogLocation, memoryview]]:
         """The records, changing nothing: open ledgers are read while any bookie has the

@@ -225,3 +225,48 @@ def test_rollover_closes_ledgers_at_acknowledged_entries(bookies, store):
         assert successor.recover() == records
     finally:
         successor.close()
+
+
+def test_ledgers_a_bookie_missed_the_delete_of_are_collected_at_recovery(bookies, store):
+    """Truncation deletes ledgers in metadata first, then on the bookies; a bookie that was
+    down keeps them. The next recovery lists what each bookie holds and deletes the ledgers
+    no metadata names (also what a crash after truncation's metadata update leaves)."""
+    import zmq
+
+    from streamvault.client.protocol import messages as m
+    from streamvault.dataplane.log.bookie_client import BookieClient
+
+    rep = replication([b.endpoint for b in bookies])
+    owner = Owner(store, rep, ledger_bytes=64 * 1024, frame_payload_bytes=16 * 1024)
+    owner.recover()
+    owner.start()
+    for _ in range(30):
+        owner.write(os.urandom(9000))
+    ledgers = [i.ledger_id for i in owner.log.meta.ledgers]
+    assert len(ledgers) >= 4
+    bookies[2].kill()
+    owner.log.truncate_before(ledgers[-1])
+    item = owner.completed()
+    assert item is not None and item[1] is None and item[2][1] == ledgers[:-1]
+    owner.write(b"after truncation")
+    owner.close()
+    bookies[2].start()
+    ctx = zmq.Context()
+    client = BookieClient(ctx)
+    listing = m.ListLedgers(0, 1 << 62)
+    try:
+        held = client.call(bookies[2].endpoint, listing, 10).ids
+        assert set(ledgers[:-1]) <= set(held), "the stopped bookie should still hold them"
+        successor = Owner(store, rep)
+        try:
+            got = successor.recover()
+        finally:
+            successor.close()
+        assert got[-1] == b"after truncation"
+        known = {i.ledger_id for i in successor.log.meta.ledgers}
+        for bookie in bookies:
+            held = set(client.call(bookie.endpoint, listing, 10).ids)
+            assert held <= known, (bookie.endpoint, held - known)
+    finally:
+        client.close()
+        ctx.term()
