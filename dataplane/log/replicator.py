@@ -1,10 +1,12 @@
 """The replicator: one thread per worker that writes its containers' replicated logs.
 
 Each submitted record becomes the next entry of its log's open ledger (ReplicatedLog.seal)
-and is sent, zero-copy, to every bookie of the ledger's ensemble (write quorum = ensemble).
+and is sent to every bookie of the ledger's ensemble (write quorum = ensemble). ZeroMQ copies
+the entry into each send (one memcpy per replica): a zero-copy send would pin the record
+buffer until ZeroMQ lets go of it, and a message queued to a bookie that died is not let go
+of, so its buffer, and every later completion of the log, would wait for that bookie.
 Completions go back to the worker in submission order per log, each once `ack_quorum`
-bookies answered `EntryAdded` and ZeroMQ no longer holds the buffer (send trackers), so a
-buffer is never reused under a send. An entry short of its quorum after `add_timeout_s` is
+bookies answered `EntryAdded`. An entry short of its quorum after `add_timeout_s` is
 sent again to the bookies that have not answered (adds are idempotent); a bookie that is not
 connected is skipped (IMMEDIATE), never queued for without bound. With fewer than
 `ack_quorum` bookies up, nothing is acknowledged until they return.
@@ -44,10 +46,7 @@ SEND_HWM = 10_000
 
 
 class _Pending:
-    __slots__ = (
-        *("log", "buffer", "token", "location", "frames", "acked", "sent_at", "trackers"),
-        "endpoints",
-    )
+    __slots__ = ("log", "buffer", "token", "location", "frames", "acked", "sent_at", "endpoints")
 
     def __init__(self, log_: ReplicatedLog, buffer: Any, token: Any, location: Any) -> None:
         self.endpoints: list[str] = []
@@ -58,7 +57,6 @@ class _Pending:
         self.frames: list[Any] = []
         self.acked: set[str] = set()
         self.sent_at = 0.0
-        self.trackers: list[zmq.MessageTracker] = []
 
 
 Completion = tuple[ReplicatedLog, Any, Any, Any]
@@ -197,10 +195,7 @@ class Replicator:
             if endpoint in item.acked:
                 continue
             try:
-                tracker = self._socks[endpoint].send_multipart(
-                    item.frames, zmq.NOBLOCK, copy=False, track=True
-                )
-                item.trackers.append(tracker)
+                self._socks[endpoint].send_multipart(item.frames, zmq.NOBLOCK, copy=True)
             except zmq.Again:
                 pass  # not connected: the resend after add_timeout_s tries again
 
@@ -227,7 +222,6 @@ class Replicator:
                     continue
                 if now - item.sent_at >= timeout:
                     self.counters["resends"] += 1
-                    item.trackers = [t for t in item.trackers if not t.done]
                     self._send(item)
 
     def _complete(self, key: int, done: list[Completion]) -> None:
@@ -239,7 +233,7 @@ class Replicator:
                 pending.popleft()
                 done.append((item.log, None, ("task", item.token()), None))
                 continue
-            if len(item.acked) < quorum or not all(t.done for t in item.trackers):
+            if len(item.acked) < quorum:
                 break
             pending.popleft()
             del self._by_entry[(item.location.ledger_id, item.location.entry_id)]
