@@ -33,6 +33,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+import time
 from array import array
 from bisect import bisect_right
 from collections.abc import Iterator
@@ -84,6 +85,11 @@ class ReplicationConfig:
     """An entry not acknowledged by its quorum this long is sent again to the bookies that
     have not answered (adds are idempotent: same ledger, entry and bytes)."""
     recovery_timeout_s: float = 10.0
+    bookie_failed_s: float = 2.0
+    """A bookie that has not acknowledged entries this old, which the others did, is taken
+    out of new ensembles (an ensemble change) where enough other bookies exist."""
+    exclusion_s: float = 60.0
+    """How long a failed bookie stays out of new ensembles."""
     read_window: int = 32
     """Entry reads in flight per bookie during recovery."""
 
@@ -156,6 +162,11 @@ class ReplicatedLog:
         self._entry_bytes = 0
         self._entries_lock = threading.Lock()
         self._clients = threading.local()
+        self.excluded: dict[str, float] = {}
+        """Bookie id -> until when it stays out of new ensembles (replicator thread)."""
+        self.change_ensemble = False
+        """Set when a bookie of the open ledger failed and a spare exists: the next record
+        rolls the log over onto a new ensemble (replicator thread)."""
 
     # --- recovery (main thread, before the replicator starts) -------------------------
     def recover(self) -> Iterator[tuple[LogLocation, memoryview]]:
@@ -382,15 +393,14 @@ class ReplicatedLog:
         old = self.ledger
         if old is not None:
             old.info.state, old.info.last_entry_id = "closed", old.acked_entry_id
-        names = sorted(self.replication.bookies)
-        first = (self.container_id + meta.next_ledger_id) % len(names)
-        ensemble = [names[(first + i) % len(names)] for i in range(self.replication.ensemble)]
+        ensemble = self.choose_ensemble(meta.next_ledger_id)
         info = LedgerInfo(meta.next_ledger_id, "open", ensemble=ensemble)
         meta.next_ledger_id += 1
         meta.ledgers.append(info)
         self.meta_version = self.store.cas(self.key, meta, self.meta_version)
         self.positions[info.ledger_id] = array("q")
         self.ledger = _Ledger(info)
+        self.change_ensemble = False
         log.info(
             "log=%s epoch=%d opened ledger=%d ensemble=%s",
             self.key,
@@ -450,12 +460,33 @@ class ReplicatedLog:
             buffer.close()
 
     # --- replicator thread -------------------------------------------------------------
+    def choose_ensemble(self, ledger_id: int) -> list[str]:
+        """E bookies for a new ledger, spread by container and ledger, leaving out bookies
+        excluded as failed while enough others exist."""
+        names = sorted(self.replication.bookies)
+        now = time.monotonic()
+        healthy = [n for n in names if self.excluded.get(n, 0.0) <= now]
+        pool = healthy if len(healthy) >= self.replication.ensemble else names
+        first = (self.container_id + ledger_id) % len(pool)
+        return [pool[(first + i) % len(pool)] for i in range(self.replication.ensemble)]
+
+    def exclude(self, bookie: str) -> bool:
+        """Take a failed bookie out of new ensembles; True if the open ledger should roll
+        over onto an ensemble without it (a spare exists)."""
+        self.excluded[bookie] = time.monotonic() + self.replication.exclusion_s
+        ledger = self.ledger
+        return (
+            ledger is not None
+            and bookie in ledger.info.ensemble
+            and bookie not in self.choose_ensemble(self.meta.next_ledger_id)
+        )
+
     def needs_rollover(self, payload_bytes: int) -> bool:
         ledger = self.ledger
         assert ledger is not None, "start() not called"
-        return (
-            ledger.next_entry_id > 0
-            and ledger.next_pos + record_bytes(payload_bytes) > self.config.ledger_bytes
+        return ledger.next_entry_id > 0 and (
+            ledger.next_pos + record_bytes(payload_bytes) > self.config.ledger_bytes
+            or self.change_ensemble
         )
 
     def seal(self, buffer: WriteBuffer, payload_bytes: int) -> tuple[LogLocation, memoryview]:

@@ -15,6 +15,11 @@ Rollover: a record that does not fit the open ledger waits (with everything afte
 every entry of that ledger is acknowledged; then the ledger is closed at its last entry and
 the next opened in one compare-and-set, and the waiting records go on.
 
+Ensemble change: an entry complete at the quorum but not acknowledged by some bookie within
+`bookie_failed_s` marks that bookie failed; where enough other bookies exist it is left out
+of new ensembles for `exclusion_s`, and the log rolls over (as above) onto a ledger whose
+ensemble does not include it. Entries of the old ledger keep their `ack_quorum` copies.
+
 Fail-stop: a `Fenced` reply (another owner recovered the log) or any other refusal of an
 add stops the thread and reports to the worker, which exits without another ack.
 It must never: acknowledge an entry with fewer than `ack_quorum` durable copies, or before
@@ -46,7 +51,10 @@ SEND_HWM = 10_000
 
 
 class _Pending:
-    __slots__ = ("log", "buffer", "token", "location", "frames", "acked", "sent_at", "endpoints")
+    __slots__ = (
+        *("log", "buffer", "token", "location", "frames", "acked", "sent_at", "endpoints"),
+        "first_sent_at",
+    )
 
     def __init__(self, log_: ReplicatedLog, buffer: Any, token: Any, location: Any) -> None:
         self.endpoints: list[str] = []
@@ -57,6 +65,7 @@ class _Pending:
         self.frames: list[Any] = []
         self.acked: set[str] = set()
         self.sent_at = 0.0
+        self.first_sent_at = 0.0
 
 
 Completion = tuple[ReplicatedLog, Any, Any, Any]
@@ -86,7 +95,13 @@ class Replicator:
         self._socks: dict[str, zmq.Socket] = {}
         self._endpoint_of: dict[zmq.Socket, str] = {}
         self._deletes: collections.deque[tuple[int, list[str]]] = collections.deque()
-        self.counters = {"entries": 0, "resends": 0, "rollovers": 0, "completions": 0}
+        self.counters = dict.fromkeys(
+            ("entries", "resends", "rollovers", "completions", "ensemble_changes"), 0
+        )
+        self._id_of = {endpoint: bookie for bookie, endpoint in replication.bookies.items()}
+        self._missing: dict[str, float] = {}
+        """Endpoint -> when the oldest entry it missed (completed without it) was sent."""
+        self._logs: dict[int, ReplicatedLog] = {}
         self._thread = threading.Thread(target=self._run, name="replicator", daemon=True)
 
     def start(self) -> None:
@@ -139,6 +154,8 @@ class Replicator:
                     if sock in events:
                         self._replies(sock)
                 self._resend_overdue()
+                if self._missing:
+                    self._check_failed()
                 self._send_deletes()
                 done: list[Completion] = []
                 for key in list(self._pending):
@@ -155,6 +172,7 @@ class Replicator:
 
     def _take(self, log_: ReplicatedLog, buffer: Any, payload_bytes: int, token: Any) -> None:
         key = id(log_)
+        self._logs[key] = log_
         pending = self._pending.setdefault(key, collections.deque())
         held = self._held.get(key)
         if held or (buffer is not None and pending and log_.needs_rollover(payload_bytes)):
@@ -191,6 +209,7 @@ class Replicator:
 
     def _send(self, item: _Pending) -> None:
         item.sent_at = time.monotonic()
+        item.first_sent_at = item.first_sent_at or item.sent_at
         for endpoint in item.endpoints:
             if endpoint in item.acked:
                 continue
@@ -203,6 +222,7 @@ class Replicator:
         endpoint = self._endpoint_of[sock]
         for _, body in transport.replies(sock):
             if isinstance(body, m.EntryAdded):
+                self._missing.pop(endpoint, None)  # alive (a late ack counts too)
                 item = self._by_entry.get((body.ledger_id, body.entry_id))
                 if item is not None:
                     item.acked.add(endpoint)
@@ -235,6 +255,9 @@ class Replicator:
                 continue
             if len(item.acked) < quorum:
                 break
+            for endpoint in item.endpoints:
+                if endpoint not in item.acked:  # complete without it: it may have failed
+                    self._missing.setdefault(endpoint, item.first_sent_at)
             pending.popleft()
             del self._by_entry[(item.location.ledger_id, item.location.entry_id)]
             ledger = item.log.ledger
@@ -248,6 +271,28 @@ class Replicator:
             held.clear()
             for entry in items:
                 self._take(*entry)
+
+    def _check_failed(self) -> None:
+        """A bookie that has acknowledged nothing since an entry it missed was sent
+        `bookie_failed_s` ago is failed: every log whose open ledger has it, where a spare
+        exists, changes its ensemble (rolls over onto a ledger without it once nothing of
+        the old one is in flight)."""
+        now = time.monotonic()
+        for endpoint, since in list(self._missing.items()):
+            if now - since < self.replication.bookie_failed_s:
+                continue
+            # declared failed once: it stays out of new ensembles for exclusion_s, then may
+            # be chosen again (and is declared failed again if it still misses entries)
+            del self._missing[endpoint]
+            bookie = self._id_of[endpoint]
+            for log_ in self._logs.values():
+                if log_.change_ensemble or not log_.exclude(bookie):
+                    continue
+                log_.change_ensemble = True
+                self.counters["ensemble_changes"] += 1
+                log.warning(
+                    "log=%s bookie %s (%s) failed: ensemble change", log_.key, bookie, endpoint
+                )
 
     def _send_deletes(self) -> None:
         while self._deletes:

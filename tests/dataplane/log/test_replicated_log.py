@@ -270,3 +270,37 @@ def test_ledgers_a_bookie_missed_the_delete_of_are_collected_at_recovery(bookies
     finally:
         client.close()
         ctx.term()
+
+
+def test_a_dead_bookie_is_replaced_by_an_ensemble_change(bookies, store, tmp_path):
+    """Four bookies, E = Qw = 3, Qa = 2: a bookie of the open ledger dies; entries keep
+    completing at Qa, and once it has missed entries for bookie_failed_s the log rolls over
+    onto an ensemble without it (metadata CAS); recovery reads every record back."""
+    spare = BookieProcess(tmp_path / "bookie-3").start()
+    try:
+        everyone = [*bookies, spare]
+        rep = replication([b.endpoint for b in everyone], bookie_failed_s=0.5)
+        owner = Owner(store, rep)
+        owner.recover()
+        owner.start()
+        records = [os.urandom(200) for _ in range(40)]
+        owner.write(records[0])
+        first = owner.log.ledger.info
+        victim = int(first.ensemble[0])
+        everyone[victim].kill()
+        for record in records[1:]:
+            owner.write(record)
+            threading.Event().wait(0.05)
+        assert owner.replicator.counters["ensemble_changes"] >= 1
+        current = owner.log.ledger.info
+        assert current.ledger_id != first.ledger_id
+        assert str(victim) not in current.ensemble and len(current.ensemble) == 3
+        owner.close()
+        everyone[victim].start()
+        successor = Owner(store, rep)
+        try:
+            assert successor.recover() == records
+        finally:
+            successor.close()
+    finally:
+        spare.kill()
