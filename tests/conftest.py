@@ -33,3 +33,22 @@ def manager(shared_standalone: Standalone):
 
     with StreamManager(shared_standalone.controller, timeout_s=30) as mgr:
         yield mgr
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("journal simulation (tests/dataplane/log/test_journal_sim.py)")
+    group.addoption(
+        "--sim-seeds", type=int, default=500, help="how many seeds the journal simulation runs"
+    )
+    group.addoption(
+        "--sim-seed", type=int, default=None, help="replay this one journal simulation seed"
+    )
+
+
+@pytest.fixture
+def sim_seeds(request: pytest.FixtureRequest) -> list[int]:
+    """The seeds the deterministic simulation runs: `--sim-seed S` alone, else 0..N-1."""
+    seed = request.config.getoption("--sim-seed")
+    if seed is not None:
+        return [seed]
+    return list(range(request.config.getoption("--sim-seeds")))

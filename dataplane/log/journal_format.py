@@ -8,17 +8,21 @@ Layout of one record (little-endian), `HEADER` (64 bytes) then the payload:
 `crc32c` covers the header's first 60 bytes and the payload. Records of one commit are packed
 back to back, each padded with zeros to an 8-byte boundary; all records of a commit carry the
 same `commit_seq`, the last one has `FLAG_COMMIT_END`, and the commit is padded with zeros to
-a 4096 boundary, where the next commit (higher `commit_seq`) starts. `file_seq` is the
-sequence number of the file the record was written to: contents a recycled file kept from
-its previous life carry an older `file_seq` and are never taken for records of this file.
+a 4096 boundary, where the next commit (`commit_seq` + 1, also across files) starts.
+`file_seq` is the sequence number of the file the record was written to: contents a recycled
+file kept from its previous life carry an older `file_seq` and are never taken for records
+of this file.
 
 Invariants the scanner relies on: a commit is written (one pwrite) only after the previous
 commit's fdatasync returned, and recovery zeroes the torn remains of the one commit that may
 have been in flight before the journal writes again. So beyond the end of the valid commits
 of a file there is nothing of this file's `file_seq` except, in the last file, pieces of the
 in-flight commit (`commit_seq` = last valid + 1). Anything else proves that durable data was
-damaged: `DataCorruption`, never a silent cut. A commit is all or nothing: the records of a
-commit without its valid end record are never yielded.
+damaged: `DataCorruption`, never a silent cut. Commit seqs are contiguous, so a commit found
+where its predecessor should be (a misdirected write over it), or a file whose first commit
+does not follow the previous file's last (that file's final commit was damaged), is not
+taken as the next commit: the scan stops there and the probe proves the damage. A commit is
+all or nothing: the records of a commit without its valid end record are never yielded.
 """
 
 from __future__ import annotations
@@ -151,8 +155,8 @@ def scan_file(
             break
         if pending and record.commit_seq != pending[0].commit_seq:
             break
-        if not pending and last_seq is not None and record.commit_seq <= last_seq:
-            break
+        if not pending and last_seq is not None and record.commit_seq != last_seq + 1:
+            break  # commit seqs are contiguous across files: a gap means a commit was lost
         pending.append(record)
         pos += packed_bytes(record.payload_bytes)
         if record.flags & FLAG_COMMIT_END:

@@ -583,3 +583,64 @@ def test_durable_state_matches_a_model_across_reopens_and_torn_tails(tmp_path_fa
                 model.dead = {d for d in model.dead if d not in model.entries}
     finally:
         journal.close()
+
+
+# --- regressions found by the deterministic simulation (test_journal_sim.py) ---------------
+def test_damaged_last_commit_of_an_earlier_file_is_corruption_not_a_cut(tmp_path):
+    """Commit seqs run on across files: if the final commit of a file that was rolled over
+    from is damaged, the next file's first commit proves it was durable (it used to be cut
+    silently, losing acknowledged entries)."""
+    journal = Journal(str(tmp_path), SMALL)
+    entry = 0
+    while len(_journal_files(tmp_path)) < 2:
+        _fill(journal, [1], range(entry, entry + 5), size=600)
+        journal.commit()
+        entry += 5
+    journal.close()
+    first = _journal_files(tmp_path)[0]
+    records, _ = _scan(first, last=False)
+    tail = max(r.commit_seq for r in records)
+    victim = min((r for r in records if r.commit_seq == tail), key=lambda r: r.pos)
+    _flip(first, victim.pos + HEADER_BYTES + 1)
+    with pytest.raises(DataCorruption, match="written after it was durable"):
+        Journal(str(tmp_path), SMALL)
+
+
+def test_commit_found_in_place_of_its_predecessor_is_corruption(tmp_path):
+    """A misdirected write of commit 3 over commit 2 (both one block) must not be taken for
+    the commit after 1: that would drop commit 2 silently."""
+    journal = Journal(str(tmp_path), MEDIUM)
+    for entry in range(3):
+        _fill(journal, [1], range(entry, entry + 1))
+        journal.commit()
+    journal.close()
+    path = _journal_files(tmp_path)[0]
+    data = path.read_bytes()
+    _patch(path, BLOCK_BYTES, data[2 * BLOCK_BYTES : 3 * BLOCK_BYTES])
+    _patch(path, 2 * BLOCK_BYTES, bytes(BLOCK_BYTES))
+    with pytest.raises(DataCorruption, match="after commit_seq 1"):
+        Journal(str(tmp_path), MEDIUM)
+
+
+@pytest.mark.parametrize("case", ["small", "large", "zero_fill"])
+def test_failed_pwrite_is_fail_stop_and_close_works(tmp_path, monkeypatch, case):
+    """A pwrite error raised through the Disk used to leave a slice of the write buffer
+    alive in the traceback, so closing the buffer raised BufferError in place of the error:
+    no fail-stop (zero-fill of a new file, large entries) or a failing `close`."""
+    journal = Journal(str(tmp_path), SMALL)
+    if case == "zero_fill":  # the next commit rolls over into a new file
+        journal.add_entry(1, 0, epoch=1, lac=-1, payload=bytes(60_000), token=0)
+        journal.commit()
+    size = {"small": 100, "large": 40_000, "zero_fill": 60_000}[case]
+    journal.add_entry(1, 1, epoch=1, lac=0, payload=bytes(size), token=1)
+
+    def failing_pwrite(fd: int, data: memoryview, pos: int) -> int:
+        raise OSError(errno.ENOSPC, "injected")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(journal_module.os, "pwrite", failing_pwrite)
+        with pytest.raises(StorageError, match="injected"):
+            journal.commit()
+    with pytest.raises(StorageError, match="refusing"):
+        journal.commit()
+    journal.close()
