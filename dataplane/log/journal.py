@@ -42,7 +42,7 @@ import os
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from streamvault.client.protocol.crashpoints import crash_point
+from streamvault.client.protocol.crashpoints import crash_point, fault_point
 from streamvault.client.protocol.errors import DataCorruption, StorageError
 from streamvault.dataplane.log.disk import Disk, OsDisk
 from streamvault.dataplane.log.framing import BLOCK_BYTES, RECORD_PAYLOAD_BYTES_MAX, align_up
@@ -432,6 +432,7 @@ class Journal:
             if written != total:
                 raise OSError(errno.EIO, f"short write {written} of {total} to {file.path}")
             crash_point("journal_after_write_before_sync")
+            fault_point("journal_fdatasync_eio")
             self._disk.fdatasync(self._write_fd)
             crash_point("journal_after_sync")
         finally:

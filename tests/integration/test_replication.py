@@ -248,3 +248,36 @@ def test_a_bookie_killed_mid_commit_loses_nothing(tmp_path: Path, point: str):
         check_exactly_once(got, expected_counts(total, KEYS))
     finally:
         cluster.kill()
+
+
+def test_fsync_eio_on_a_bookie_is_fail_stop_and_loses_nothing(tmp_path: Path):
+    """TESTING.md row 9 on a replica: one bookie's fdatasync returns EIO (a fault point,
+    once); it stops without acknowledging anything of that commit (exit 3, never retried),
+    the standalone restarts it, and every event is read exactly once."""
+    marker = tmp_path / "fired"
+    cluster = Standalone(
+        tmp_path / "data",
+        extra=REPLICATED,
+        env={"STREAMVAULT_FAULT_POINT": f"journal_fdatasync_eio:{marker}"},
+    ).start()
+    total = 20_000
+    try:
+        scope, stream = unique("s"), unique("t")
+        with StreamManager(cluster.controller) as mgr:
+            mgr.create_scope(scope)
+            mgr.create_stream(scope, stream, initial_segments=2)
+            with mgr.create_writer(scope, stream) as writer:
+                futures: list = []
+                done = threading.Event()
+                _write(writer, futures, total, done).join(timeout=120)
+                writer.flush(timeout=120)
+            assert all(f.exception() is None for f in futures)
+            assert marker.exists(), "the fault point never fired"
+            _wait_bookies_up(mgr, 3)
+            got = read_all(mgr, scope, stream, total=total)
+        check_exactly_once(got, expected_counts(total, KEYS))
+        logs = cluster.logs(tail=400)
+        assert "fault point journal_fdatasync_eio" in logs, logs
+        assert "exited code=3" in logs, logs
+    finally:
+        cluster.kill()
