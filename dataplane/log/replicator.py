@@ -20,6 +20,9 @@ Ensemble change: an entry complete at the quorum but not acknowledged by some bo
 of new ensembles for `exclusion_s`, and the log rolls over (as above) onto a ledger whose
 ensemble does not include it. Entries of the old ledger keep their `ack_quorum` copies.
 
+Catch-up (catchup.py): entries a bookie missed are copied to it from another replica once it
+answers again, so a restarted bookie holds the write quorum's copies again.
+
 Fail-stop: a `Fenced` reply (another owner recovered the log) or any other refusal of an
 add stops the thread and reports to the worker, which exits without another ack.
 It must never: acknowledge an entry with fewer than `ack_quorum` durable copies, or before
@@ -42,6 +45,7 @@ from streamvault.client.protocol import codec, transport
 from streamvault.client.protocol import messages as m
 from streamvault.client.protocol.crashpoints import crash_point
 from streamvault.client.protocol.errors import Fenced, error_from_code
+from streamvault.dataplane.log.catchup import CatchUp
 from streamvault.dataplane.log.local_log import WriteBuffer
 from streamvault.dataplane.log.replicated_log import ReplicatedLog, ReplicationConfig
 
@@ -102,6 +106,7 @@ class Replicator:
         self._missing: dict[str, float] = {}
         """Endpoint -> when the oldest entry it missed (completed without it) was sent."""
         self._logs: dict[int, ReplicatedLog] = {}
+        self.catchup = CatchUp(self._send_to)
         self._thread = threading.Thread(target=self._run, name="replicator", daemon=True)
 
     def start(self) -> None:
@@ -156,6 +161,8 @@ class Replicator:
                 self._resend_overdue()
                 if self._missing:
                     self._check_failed()
+                self.catchup.tick()
+                self.counters.update(self.catchup.counters)
                 self._send_deletes()
                 done: list[Completion] = []
                 for key in list(self._pending):
@@ -207,6 +214,13 @@ class Replicator:
         log_._open_next_ledger()
         crash_point("rollover_after_create")
 
+    def _send_to(self, endpoint: str, frames: list[Any]) -> bool:
+        try:
+            self._socks[endpoint].send_multipart(frames, zmq.NOBLOCK, copy=True)
+            return True
+        except zmq.Again:
+            return False
+
     def _send(self, item: _Pending) -> None:
         item.sent_at = time.monotonic()
         item.first_sent_at = item.first_sent_at or item.sent_at
@@ -220,12 +234,19 @@ class Replicator:
 
     def _replies(self, sock: zmq.Socket) -> None:
         endpoint = self._endpoint_of[sock]
-        for _, body in transport.replies(sock):
+        for header, body in transport.replies(sock):
+            if self.catchup.owns(header.request_id):
+                if isinstance(body, m.ErrorReply) and body.code == Fenced.code:
+                    raise error_from_code(body.code, body.message, body.fields)
+                self.catchup.on_reply(header.request_id, body)
+                continue
             if isinstance(body, m.EntryAdded):
                 self._missing.pop(endpoint, None)  # alive (a late ack counts too)
-                item = self._by_entry.get((body.ledger_id, body.entry_id))
+                key = (body.ledger_id, body.entry_id)
+                item = self._by_entry.get(key)
                 if item is not None:
                     item.acked.add(endpoint)
+                self.catchup.acked(endpoint, key)
             elif isinstance(body, m.ErrorReply):
                 exc = error_from_code(body.code, body.message, body.fields)
                 if isinstance(exc, Fenced):
@@ -255,9 +276,11 @@ class Replicator:
                 continue
             if len(item.acked) < quorum:
                 break
+            key = (item.location.ledger_id, item.location.entry_id)
             for endpoint in item.endpoints:
                 if endpoint not in item.acked:  # complete without it: it may have failed
                     self._missing.setdefault(endpoint, item.first_sent_at)
+                    self.catchup.missed(endpoint, item.log, key, sorted(item.acked))
             pending.popleft()
             del self._by_entry[(item.location.ledger_id, item.location.entry_id)]
             ledger = item.log.ledger

@@ -1,0 +1,124 @@
+"""Catch-up: copying to a bookie the entries it missed while it was down or cut off.
+
+An entry completes at the ack quorum; a bookie of its write quorum that had not acknowledged
+it by then *missed* it (the entry has fewer than Qw copies). `CatchUp` remembers such entries
+per bookie (bounded), forgets one when the bookie's late ack comes, and once the bookie
+answers again (it acknowledged something), copies the rest to it: read the entry from a
+bookie that has it, add it to the lagging one (adds are idempotent), a bounded number at a
+time. Entries of ledgers the log has since deleted are skipped.
+
+Runs on the replicator thread, which owns the sockets: `send(endpoint, frames) -> bool`
+sends without blocking. It never blocks the write path and never holds payloads beyond one
+request's round trip; entries beyond `lagging_max` per bookie are dropped from catch-up
+(counted: they keep their quorum's copies).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import crc32c
+
+from streamvault.client.protocol import codec
+from streamvault.client.protocol import messages as m
+
+log = logging.getLogger(__name__)
+
+Key = tuple[int, int]  # (ledger id, entry id)
+
+
+class CatchUp:
+    def __init__(
+        self,
+        send: Callable[[str, list[Any]], bool],
+        *,
+        lagging_max: int = 100_000,
+        in_flight_max: int = 16,
+        timeout_s: float = 5.0,
+    ) -> None:
+        self._send = send
+        self.lagging_max = lagging_max
+        self.in_flight_max = in_flight_max
+        self.timeout_s = timeout_s
+        self._lagging: dict[str, collections.OrderedDict[Key, tuple[Any, list[str]]]] = {}
+        self._alive: set[str] = set()
+        self._requests: dict[int, tuple[str, str, Key, Any, float]] = {}
+        """request id -> (stage "read"/"add", target endpoint, key, log, sent at)."""
+        self._busy: dict[str, set[Key]] = collections.defaultdict(set)
+        self.counters = {"catchup_copied": 0, "catchup_dropped": 0, "catchup_lagging": 0}
+
+    def missed(self, target: str, log_: Any, key: Key, sources: list[str]) -> None:
+        lagging = self._lagging.setdefault(target, collections.OrderedDict())
+        lagging[key] = (log_, sources)
+        self._alive.discard(target)
+        if len(lagging) > self.lagging_max:
+            lagging.popitem(last=False)
+            self.counters["catchup_dropped"] += 1
+
+    def acked(self, endpoint: str, key: Key) -> None:
+        """`endpoint` answered EntryAdded for `key` (a late ack, or a catch-up add)."""
+        lagging = self._lagging.get(endpoint)
+        if lagging and lagging.pop(key, None) is not None:
+            self.counters["catchup_copied"] += 1
+        self._busy[endpoint].discard(key)
+        if lagging is not None:
+            self._alive.add(endpoint)
+
+    def owns(self, request_id: int) -> bool:
+        return request_id in self._requests
+
+    def on_reply(self, request_id: int, body: Any) -> None:
+        """A reply to one of catch-up's own requests."""
+        stage, target, key, log_, _ = self._requests.pop(request_id)
+        if stage == "read" and isinstance(body, m.EntryRead) and body.found:
+            payload = bytes(body.payload)
+            add = m.AddEntry(key[0], key[1], log_.epoch, -1, crc32c.crc32c(payload), payload)
+            rid = codec.next_request_id()
+            if self._send(target, codec.encode(add, rid)):
+                self._requests[rid] = ("add", target, key, log_, time.monotonic())
+                return
+        elif stage == "read" and isinstance(body, m.EntryRead):  # nobody has it any more
+            self._lagging.get(target, {}).pop(key, None)
+        elif stage == "add" and isinstance(body, m.EntryAdded):
+            self.acked(target, key)
+            return
+        self._busy[target].discard(key)  # an error: try again later
+
+    def tick(self) -> None:
+        """Expire stuck requests; start copies for bookies that answer again."""
+        now = time.monotonic()
+        for rid, (_, target, key, _, sent_at) in list(self._requests.items()):
+            if now - sent_at > self.timeout_s:
+                del self._requests[rid]
+                self._busy[target].discard(key)
+        self.counters["catchup_lagging"] = sum(len(v) for v in self._lagging.values())
+        for target in list(self._alive):
+            lagging = self._lagging.get(target)
+            if not lagging:
+                self._alive.discard(target)
+                self._lagging.pop(target, None)
+                continue
+            self._start(target, lagging)
+
+    def _start(self, target: str, lagging: collections.OrderedDict) -> None:
+        busy = self._busy[target]
+        for key, (log_, sources) in list(lagging.items()):
+            if len(busy) >= self.in_flight_max:
+                return
+            if key in busy:
+                continue
+            if key[0] not in log_.positions:  # the ledger was truncated meanwhile
+                del lagging[key]
+                continue
+            source = sources[hash(key) % len(sources)] if sources else None
+            if source is None:
+                del lagging[key]
+                continue
+            rid = codec.next_request_id()
+            if self._send(source, codec.encode(m.ReadEntry(key[0], key[1], 0, False), rid)):
+                self._requests[rid] = ("read", target, key, log_, time.monotonic())
+                busy.add(key)
