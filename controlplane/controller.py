@@ -38,7 +38,6 @@ from streamvault.client.protocol.errors import (
     StreamVaultError,
     UnsupportedVersion,
 )
-from streamvault.client.protocol.limits import PROTOCOL_VERSION, PROTOCOL_VERSION_MIN
 from streamvault.client.protocol.naming import check_name, container_for, segment_name
 from streamvault.controlplane.metadata import ACTIVE, MetadataStore
 from streamvault.controlplane.registry import Registry
@@ -187,14 +186,8 @@ class Controller:
             self._submit(peer, rid, msg)
             return None
         if isinstance(msg, m.Hello):
-            if msg.max_version < PROTOCOL_VERSION_MIN or msg.min_version > PROTOCOL_VERSION:
-                raise UnsupportedVersion(
-                    "hello: no common protocol version",
-                    min_version=PROTOCOL_VERSION_MIN,
-                    max_version=PROTOCOL_VERSION,
-                )
-            reply = m.HelloReply(
-                min(msg.max_version, PROTOCOL_VERSION), "controller", "0", self.incarnation
+            reply = codec.hello_reply(
+                msg, role="controller", server_id="0", incarnation=self.incarnation
             )
             return codec.encode(reply, rid)
         return codec.encode_reply(self._read(msg), rid)

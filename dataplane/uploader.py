@@ -134,7 +134,9 @@ class Uploader:
                 rid = header.request_id
                 _, msg = codec.decode(body)
                 if isinstance(msg, m.Hello):
-                    reply = m.HelloReply(1, "uploader", "0", self.incarnation)
+                    reply = codec.hello_reply(
+                        msg, role="uploader", server_id="0", incarnation=self.incarnation
+                    )
                     self._send(peer, codec.encode(reply, rid))
                     continue
                 if not isinstance(msg, m.UploadChunk):

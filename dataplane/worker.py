@@ -45,8 +45,6 @@ from streamvault.client.protocol.errors import (
 )
 from streamvault.client.protocol.limits import (
     INVALID_MESSAGES_BEFORE_DISCONNECT,
-    PROTOCOL_VERSION,
-    PROTOCOL_VERSION_MIN,
 )
 from streamvault.client.protocol.naming import container_for
 from streamvault.dataplane.cache import BlockRing, SharedCache
@@ -438,16 +436,16 @@ class Worker:
         raise InvalidMessage(f"worker: unexpected message {type(msg).__name__}")
 
     def _hello(self, peer: bytes, rid: int, msg: m.Hello) -> list[Any]:
-        if msg.max_version < PROTOCOL_VERSION_MIN or msg.min_version > PROTOCOL_VERSION:
-            self.ignored_peers.add(peer)  # answered once with the supported range, then closed
-            raise UnsupportedVersion(
-                f"hello: client versions {msg.min_version}..{msg.max_version} do not meet "
-                f"{PROTOCOL_VERSION_MIN}..{PROTOCOL_VERSION}",
-                min_version=PROTOCOL_VERSION_MIN,
-                max_version=PROTOCOL_VERSION,
+        try:
+            reply = codec.hello_reply(
+                msg,
+                role="worker",
+                server_id=str(self.config.worker_id),
+                incarnation=self.incarnation,
             )
-        version = min(msg.max_version, PROTOCOL_VERSION)
-        reply = m.HelloReply(version, "worker", str(self.config.worker_id), self.incarnation)
+        except UnsupportedVersion:
+            self.ignored_peers.add(peer)  # answered once with the supported range, then closed
+            raise
         return codec.encode(reply, rid)
 
     def _send(self, peer: bytes, frames: list[Any]) -> None:

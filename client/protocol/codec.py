@@ -254,6 +254,19 @@ def encode_reply(body: m.Control, request_id: int) -> list[Any]:
     return encode(body, request_id, flags=FLAG_REPLY)
 
 
+def hello_reply(msg: m.Hello, *, role: str, server_id: str, incarnation: str) -> m.HelloReply:
+    """The server's answer to `Hello`: the highest version both speak, or UnsupportedVersion
+    carrying the range this build supports (every server answers the same way)."""
+    if msg.max_version < PROTOCOL_VERSION_MIN or msg.min_version > PROTOCOL_VERSION:
+        raise UnsupportedVersion(
+            f"hello: client versions {msg.min_version}..{msg.max_version} do not meet "
+            f"{PROTOCOL_VERSION_MIN}..{PROTOCOL_VERSION} ({role})",
+            min_version=PROTOCOL_VERSION_MIN,
+            max_version=PROTOCOL_VERSION,
+        )
+    return m.HelloReply(min(msg.max_version, PROTOCOL_VERSION), role, server_id, incarnation)
+
+
 def encode_error(
     request_id: int, code: int, message: str, fields: dict[str, Any] | None = None
 ) -> list[bytes]:

@@ -52,8 +52,6 @@ from streamvault.client.protocol.errors import (
 )
 from streamvault.client.protocol.limits import (
     INVALID_MESSAGES_BEFORE_DISCONNECT,
-    PROTOCOL_VERSION,
-    PROTOCOL_VERSION_MIN,
 )
 from streamvault.dataplane.log.journal import Journal, JournalConfig
 
@@ -268,17 +266,10 @@ class Bookie:
         return codec.encode(reply, rid)
 
     def _hello(self, rid: int, msg: m.Hello) -> list[Any]:
-        if msg.max_version < PROTOCOL_VERSION_MIN or msg.min_version > PROTOCOL_VERSION:
-            raise UnsupportedVersion(
-                f"hello: versions {msg.min_version}..{msg.max_version} not in "
-                f"{PROTOCOL_VERSION_MIN}..{PROTOCOL_VERSION}",
-                min_version=PROTOCOL_VERSION_MIN,
-                max_version=PROTOCOL_VERSION,
-            )
-        version = min(msg.max_version, PROTOCOL_VERSION)
-        return codec.encode(
-            m.HelloReply(version, "bookie", self.config.bookie_id, self.incarnation), rid
+        reply = codec.hello_reply(
+            msg, role="bookie", server_id=self.config.bookie_id, incarnation=self.incarnation
         )
+        return codec.encode(reply, rid)
 
     # --- plumbing ----------------------------------------------------------------------
     def _send(self, peer: bytes, frames: list[Any]) -> None:

@@ -77,6 +77,48 @@ class WriteBuffer:
         self.mm.close()
 
 
+class BufferPool:
+    """The record buffers of one log (main thread): `buffers` pooled ones of the frame size,
+    and one of its own for a record larger than that; at most `buffers` records in flight
+    (counted from `submitted` to `release`)."""
+
+    def __init__(self, key: str, config: LogConfig) -> None:
+        self.key = key
+        self.config = config
+        self._free = [
+            WriteBuffer(config.frame_payload_bytes, pooled=True) for _ in range(config.buffers)
+        ]
+        self.in_flight = 0
+
+    def acquire(self, payload_bytes: int) -> WriteBuffer | None:
+        """A buffer for a record of at least `payload_bytes`, or None at the in-flight limit."""
+        if payload_bytes > RECORD_PAYLOAD_BYTES_MAX:
+            raise ValueError(
+                f"log {self.key}: payload_bytes={payload_bytes} > {RECORD_PAYLOAD_BYTES_MAX}"
+            )
+        if self.in_flight >= self.config.buffers:
+            return None
+        if payload_bytes > self.config.frame_payload_bytes:
+            return WriteBuffer(payload_bytes, pooled=False)
+        return self._free.pop() if self._free else None
+
+    def submitted(self) -> None:
+        self.in_flight += 1
+
+    def release(self, buffer: WriteBuffer) -> None:
+        """Return a buffer after its record completed."""
+        self.in_flight -= 1
+        if buffer.pooled:
+            self._free.append(buffer)
+        else:
+            buffer.close()
+
+    def close(self) -> None:
+        for buffer in self._free:
+            buffer.close()
+        self._free.clear()
+
+
 class LogConfig(NamedTuple):
     ledger_bytes: int = 128 * 1024 * 1024
     """Size of each preallocated ledger file; the log rolls over to a new ledger when full."""
@@ -126,11 +168,8 @@ class LocalDurableLog:
         self.meta_version = 0
         self.epoch = 0
         self.ledger: LedgerFile | None = None  # the open ledger (committer thread only)
-        self._free: list[WriteBuffer] = [
-            WriteBuffer(config.frame_payload_bytes, pooled=True) for _ in range(config.buffers)
-        ]
+        self.pool = BufferPool(key, config)
         self._read_fds: collections.OrderedDict[int, int] = collections.OrderedDict()
-        self.in_flight = 0
 
     # --- recovery --------------------------------------------------------------------
     def recover(self) -> Iterator[tuple[LogLocation, memoryview]]:
@@ -266,27 +305,19 @@ class LocalDurableLog:
     # --- write path (main thread) ------------------------------------------------------
     def acquire_buffer(self, payload_bytes: int) -> WriteBuffer | None:
         """A buffer for a record of at least `payload_bytes`, or None at the in-flight limit."""
-        if payload_bytes > RECORD_PAYLOAD_BYTES_MAX:
-            raise ValueError(
-                f"log {self.key}: payload_bytes={payload_bytes} > {RECORD_PAYLOAD_BYTES_MAX}"
-            )
-        if self.in_flight >= self.config.buffers:
-            return None
-        if payload_bytes > self.config.frame_payload_bytes:
-            return WriteBuffer(payload_bytes, pooled=False)
-        return self._free.pop() if self._free else None
+        return self.pool.acquire(payload_bytes)
+
+    @property
+    def in_flight(self) -> int:
+        return self.pool.in_flight
 
     def submit(self, buffer: WriteBuffer, payload_bytes: int, token: Any) -> None:
-        self.in_flight += 1
+        self.pool.submitted()
         self.committer.submit(self, buffer, payload_bytes, token)
 
     def release(self, buffer: WriteBuffer) -> None:
         """Return a buffer after its record completed (main thread)."""
-        self.in_flight -= 1
-        if buffer.pooled:
-            self._free.append(buffer)
-        else:
-            buffer.close()
+        self.pool.release(buffer)
 
     # --- committer thread ------------------------------------------------------------
     def write_record(self, buffer: WriteBuffer, payload_bytes: int) -> LogLocation:
@@ -339,9 +370,7 @@ class LocalDurableLog:
         self._read_fds.clear()
         if self.ledger is not None:
             self.ledger.close()
-        for buffer in self._free:
-            buffer.close()
-        self._free.clear()
+        self.pool.close()
         os.close(self._lock_fd)
 
 

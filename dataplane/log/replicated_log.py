@@ -55,13 +55,12 @@ from streamvault.client.protocol.errors import (
 from streamvault.dataplane.log.bookie_client import BookieClient
 from streamvault.dataplane.log.framing import (
     RECORD_HEADER_BYTES,
-    RECORD_PAYLOAD_BYTES_MAX,
     check_record,
     parse_header,
     record_bytes,
     seal_record,
 )
-from streamvault.dataplane.log.local_log import LogConfig, LogLocation, WriteBuffer
+from streamvault.dataplane.log.local_log import BufferPool, LogConfig, LogLocation, WriteBuffer
 from streamvault.dataplane.log.metadata import CoordinationStore, LedgerInfo, LogMetadata
 
 if TYPE_CHECKING:
@@ -153,11 +152,7 @@ class ReplicatedLog:
         self.epoch = 0
         self.ledger: _Ledger | None = None
         self.positions: dict[int, array] = {}
-        self._free = [
-            WriteBuffer(self.config.frame_payload_bytes, pooled=True)
-            for _ in range(self.config.buffers)
-        ]
-        self.in_flight = 0
+        self.pool = BufferPool(key, self.config)
         self._entries: collections.OrderedDict[tuple[int, int], bytes] = collections.OrderedDict()
         self._entry_bytes = 0
         self._entries_lock = threading.Lock()
@@ -440,24 +435,18 @@ class ReplicatedLog:
 
     # --- write path (main thread) ------------------------------------------------------
     def acquire_buffer(self, payload_bytes: int) -> WriteBuffer | None:
-        if payload_bytes > RECORD_PAYLOAD_BYTES_MAX:
-            raise ValueError(f"log {self.key}: payload_bytes={payload_bytes} > max")
-        if self.in_flight >= self.config.buffers:
-            return None
-        if payload_bytes > self.config.frame_payload_bytes:
-            return WriteBuffer(payload_bytes, pooled=False)
-        return self._free.pop() if self._free else None
+        return self.pool.acquire(payload_bytes)
+
+    @property
+    def in_flight(self) -> int:
+        return self.pool.in_flight
 
     def submit(self, buffer: WriteBuffer, payload_bytes: int, token: Any) -> None:
-        self.in_flight += 1
+        self.pool.submitted()
         self.replicator.submit(self, buffer, payload_bytes, token)
 
     def release(self, buffer: WriteBuffer) -> None:
-        self.in_flight -= 1
-        if buffer.pooled:
-            self._free.append(buffer)
-        else:
-            buffer.close()
+        self.pool.release(buffer)
 
     # --- replicator thread -------------------------------------------------------------
     def choose_ensemble(self, ledger_id: int) -> list[str]:
@@ -554,6 +543,4 @@ class ReplicatedLog:
         client = getattr(self._clients, "client", None)
         if client is not None:
             client.close()
-        for buffer in self._free:
-            buffer.close()
-        self._free.clear()
+        self.pool.close()
