@@ -216,6 +216,33 @@ def test_a_worker_killed_mid_rollover_or_truncation_loses_nothing(tmp_path: Path
     assert inspect.returncode == 0, inspect.stdout[-2000:] + inspect.stderr[-2000:]
 
 
+def _armed_run(tmp_path: Path, env_name: str, point: str, total: int) -> Standalone:
+    """A replicated standalone with `point` armed (once, by marker) in every process; write
+    `total` events, check every future, that the point fired, and that every event is read
+    exactly once after the bookies are all up again. Returns the (killed) cluster."""
+    marker = tmp_path / "fired"
+    cluster = Standalone(
+        tmp_path / "data", extra=REPLICATED, env={env_name: f"{point}:{marker}"}
+    ).start()
+    try:
+        scope, stream = unique("s"), unique("t")
+        with StreamManager(cluster.controller) as mgr:
+            mgr.create_scope(scope)
+            mgr.create_stream(scope, stream, initial_segments=2)
+            with mgr.create_writer(scope, stream) as writer:
+                futures: list = []
+                _write(writer, futures, total, threading.Event()).join(timeout=120)
+                writer.flush(timeout=120)
+            assert all(f.exception() is None for f in futures)
+            assert marker.exists(), f"{point} never fired"
+            _wait_bookies_up(mgr, 3)
+            got = read_all(mgr, scope, stream, total=total)
+        check_exactly_once(got, expected_counts(total, KEYS))
+        return cluster
+    finally:
+        cluster.kill()
+
+
 @pytest.mark.parametrize(
     "point", ["journal_before_write", "journal_after_write_before_sync", "journal_after_sync"]
 )
@@ -223,61 +250,14 @@ def test_a_bookie_killed_mid_commit_loses_nothing(tmp_path: Path, point: str):
     """TESTING.md rows 1 and 3 on a replica: one bookie SIGKILLs itself at a point of its
     group commit (once); the standalone restarts it and its journal recovers (a torn tail
     cut); the log went on at Qa meanwhile; every event is read exactly once."""
-    marker = tmp_path / "fired"
-    cluster = Standalone(
-        tmp_path / "data",
-        extra=REPLICATED,
-        env={"STREAMVAULT_CRASH_POINT": f"{point}:{marker}"},
-    ).start()
-    total = 30_000
-    try:
-        scope, stream = unique("s"), unique("t")
-        with StreamManager(cluster.controller) as mgr:
-            mgr.create_scope(scope)
-            mgr.create_stream(scope, stream, initial_segments=2)
-            with mgr.create_writer(scope, stream) as writer:
-                futures: list = []
-                done = threading.Event()
-                thread = _write(writer, futures, total, done)
-                thread.join(timeout=120)
-                writer.flush(timeout=120)
-            assert all(f.exception() is None for f in futures)
-            assert marker.exists(), f"crash point {point} never fired"
-            _wait_bookies_up(mgr, 3)
-            got = read_all(mgr, scope, stream, total=total)
-        check_exactly_once(got, expected_counts(total, KEYS))
-    finally:
-        cluster.kill()
+    _armed_run(tmp_path, "STREAMVAULT_CRASH_POINT", point, total=30_000)
 
 
 def test_fsync_eio_on_a_bookie_is_fail_stop_and_loses_nothing(tmp_path: Path):
     """TESTING.md row 9 on a replica: one bookie's fdatasync returns EIO (a fault point,
     once); it stops without acknowledging anything of that commit (exit 3, never retried),
     the standalone restarts it, and every event is read exactly once."""
-    marker = tmp_path / "fired"
-    cluster = Standalone(
-        tmp_path / "data",
-        extra=REPLICATED,
-        env={"STREAMVAULT_FAULT_POINT": f"journal_fdatasync_eio:{marker}"},
-    ).start()
-    total = 20_000
-    try:
-        scope, stream = unique("s"), unique("t")
-        with StreamManager(cluster.controller) as mgr:
-            mgr.create_scope(scope)
-            mgr.create_stream(scope, stream, initial_segments=2)
-            with mgr.create_writer(scope, stream) as writer:
-                futures: list = []
-                done = threading.Event()
-                _write(writer, futures, total, done).join(timeout=120)
-                writer.flush(timeout=120)
-            assert all(f.exception() is None for f in futures)
-            assert marker.exists(), "the fault point never fired"
-            _wait_bookies_up(mgr, 3)
-            got = read_all(mgr, scope, stream, total=total)
-        check_exactly_once(got, expected_counts(total, KEYS))
-        logs = cluster.logs(tail=400)
-        assert "fault point journal_fdatasync_eio" in logs, logs
-        assert "exited code=3" in logs, logs
-    finally:
-        cluster.kill()
+    cluster = _armed_run(tmp_path, "STREAMVAULT_FAULT_POINT", "journal_fdatasync_eio", total=20_000)
+    logs = cluster.logs(tail=400)
+    assert "fault point journal_fdatasync_eio" in logs, logs
+    assert "exited code=3" in logs, logs
