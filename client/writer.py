@@ -73,9 +73,10 @@ class WriterConfig:
     buffer_bytes_max: int = 1024 * 1024
     """Unacknowledged bytes per writer; `write_*` blocks beyond this. A writer producing as
     fast as it can waits about buffer / throughput for its acks, so this bounds latency:
-    1 MiB at ~200 MB/s is ~5 ms (measured: p95 < 10 ms at > 2 M 100-byte events/s with
-    uploads to LTS running; 4 MiB gave ~3 M events/s at p95 ~25 ms). An event larger
-    than this is admitted alone."""
+    1 MiB at ~180 MB/s is ~6 ms (measured with perf/bench_append.py on two cores, LTS
+    uploads running: 1.7-1.9 M 100-byte events/s saturated at p95 11-12 ms, and p95 9-11 ms
+    at 1 M events/s offered; a 0.5 MiB buffer cut throughput more than latency). An event
+    larger than this is admitted alone."""
     ack_timeout_s: float = 30.0
     """A block unacknowledged this long resets its connection (and is resent)."""
     reroute_after_s: float = 1.0
