@@ -10,38 +10,20 @@ import time
 
 import psutil
 import pytest
-from support.history import check_exactly_once, event, expected_counts, read_all, unique
+from support.history import (
+    check_exactly_once,
+    event,
+    expected_counts,
+    read_all,
+    unique,
+    wait_acked,
+    write_in_background,
+)
 
 from streamvault.client import StreamManager
 
 KEYS = 64
 EVENTS = 100_000
-
-
-def _write_in_background(
-    writer, futures: list, total: int, done: threading.Event
-) -> threading.Thread:
-    def run() -> None:
-        for i in range(total):
-            futures.append(
-                writer.write_event(event(i % KEYS, i // KEYS), routing_key=f"key-{i % KEYS}")
-            )
-            if i % 2000 == 0:
-                time.sleep(0.01)  # spread the writes over the crash
-        done.set()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
-
-
-def _wait_acked(futures: list, count: int, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if sum(1 for f in futures[:count] if f.done()) >= count:
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"fewer than {count} events acknowledged in {timeout_s}s")
 
 
 def test_sigkill_every_process_mid_write_then_restart_same_writer_exactly_once(standalone):
@@ -52,8 +34,8 @@ def test_sigkill_every_process_mid_write_then_restart_same_writer_exactly_once(s
         writer = mgr.create_writer(scope, stream)
         futures: list = []
         done = threading.Event()
-        thread = _write_in_background(writer, futures, EVENTS, done)
-        _wait_acked(futures, 20_000, timeout_s=60)
+        thread = write_in_background(writer, futures, EVENTS, done, keys=KEYS)
+        wait_acked(futures, 20_000, timeout_s=60)
         assert not done.is_set(), "the writer finished before the crash: nothing was tested"
         standalone.kill()  # SIGKILL to every process of the standalone, mid-write
         time.sleep(0.5)
@@ -77,8 +59,8 @@ def test_killed_worker_is_restarted_and_its_containers_recover(standalone):
         with mgr.create_writer(scope, stream) as writer:
             futures: list = []
             done = threading.Event()
-            thread = _write_in_background(writer, futures, 40_000, done)
-            _wait_acked(futures, 10_000, timeout_s=60)
+            thread = write_in_background(writer, futures, 40_000, done, keys=KEYS)
+            wait_acked(futures, 10_000, timeout_s=60)
             os.kill(before["0"], signal.SIGKILL)
             thread.join(timeout=120)
             writer.flush(timeout=120)

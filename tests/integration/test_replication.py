@@ -17,7 +17,15 @@ from pathlib import Path
 
 import pytest
 from support.cluster import Standalone
-from support.history import check_exactly_once, event, expected_counts, read_all, unique
+from support.history import (
+    check_exactly_once,
+    event,
+    expected_counts,
+    read_all,
+    unique,
+    wait_acked,
+    write_in_background,
+)
 
 from streamvault.client import StreamManager
 
@@ -42,30 +50,6 @@ def _bookies(mgr) -> dict[str, tuple[int, str]]:
     return {p.id: (p.pid, p.state) for p in mgr.status().processes if p.role == "bookie"}
 
 
-def _write(writer, futures: list, total: int, done: threading.Event) -> threading.Thread:
-    def run() -> None:
-        for i in range(total):
-            futures.append(
-                writer.write_event(event(i % KEYS, i // KEYS), routing_key=f"key-{i % KEYS}")
-            )
-            if i % 2000 == 0:
-                time.sleep(0.01)  # spread the writes over the fault
-        done.set()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
-
-
-def _wait_acked(futures: list, count: int, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if sum(1 for f in futures[:count] if f.done()) >= count:
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"fewer than {count} events acknowledged in {timeout_s}s")
-
-
 def _wait_bookies_up(mgr, count: int, timeout_s: float = 30.0) -> dict[str, tuple[int, str]]:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -88,8 +72,8 @@ def test_sigkill_every_process_mid_write_then_restart_exactly_once(replicated):
         writer = mgr.create_writer(scope, stream)
         futures: list = []
         done = threading.Event()
-        thread = _write(writer, futures, total, done)
-        _wait_acked(futures, 15_000)
+        thread = write_in_background(writer, futures, total, done, keys=KEYS)
+        wait_acked(futures, 15_000)
         assert not done.is_set(), "the writer finished before the crash: nothing was tested"
         replicated.kill()
         time.sleep(0.5)
@@ -112,8 +96,8 @@ def test_one_bookie_killed_mid_write_loses_nothing_and_is_restarted(replicated):
         with mgr.create_writer(scope, stream) as writer:
             futures: list = []
             done = threading.Event()
-            thread = _write(writer, futures, total, done)
-            _wait_acked(futures, 10_000)
+            thread = write_in_background(writer, futures, total, done, keys=KEYS)
+            wait_acked(futures, 10_000)
             os.kill(before["1"][0], signal.SIGKILL)
             thread.join(timeout=120)
             writer.flush(timeout=120)
@@ -231,7 +215,8 @@ def _armed_run(tmp_path: Path, env_name: str, point: str, total: int) -> Standal
             mgr.create_stream(scope, stream, initial_segments=2)
             with mgr.create_writer(scope, stream) as writer:
                 futures: list = []
-                _write(writer, futures, total, threading.Event()).join(timeout=120)
+                done = threading.Event()
+                write_in_background(writer, futures, total, done, keys=KEYS).join(timeout=120)
                 writer.flush(timeout=120)
             assert all(f.exception() is None for f in futures)
             assert marker.exists(), f"{point} never fired"

@@ -94,3 +94,33 @@ def read_all(
             results[index].append(ev.data)
         reader.close()
     return [data for part in results for data in part]
+
+
+def write_in_background(
+    writer, futures: list, total: int, done: threading.Event, *, keys: int
+) -> threading.Thread:
+    """Write `total` events over `keys` routing keys from a thread, appending each future;
+    set `done` at the end. Writes are spread out a little so that a fault lands mid-write."""
+
+    def run() -> None:
+        for i in range(total):
+            futures.append(
+                writer.write_event(event(i % keys, i // keys), routing_key=f"key-{i % keys}")
+            )
+            if i % 2000 == 0:
+                time.sleep(0.01)
+        done.set()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def wait_acked(futures: list, count: int, timeout_s: float = 60.0) -> None:
+    """Wait (bounded) until the first `count` futures are done."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if sum(1 for f in futures[:count] if f.done()) >= count:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"fewer than {count} events acknowledged in {timeout_s}s")
