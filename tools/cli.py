@@ -71,6 +71,12 @@ def _parser() -> argparse.ArgumentParser:
         help="durable copies before an ack (default: a majority of --replicas)",
     )
     p.add_argument("--bookie-port-base", type=int, default=3181, help="bookie i listens on base+i")
+    p.add_argument(
+        "--journal-file-size",
+        type=parse_size,
+        default=256 << 20,
+        help="bookie journal file size, K/M/G suffix allowed (default 256M)",
+    )
     _storage_options(p)
     _common(p)
 
@@ -256,6 +262,7 @@ def _run(args: argparse.Namespace) -> int:
                 replicas=args.replicas,
                 ack_quorum=args.ack_quorum,
                 bookie_port_base=0 if args.ephemeral_ports else args.bookie_port_base,
+                journal_file_bytes=args.journal_file_size,
             )
         )
     if args.command == "controller":

@@ -55,6 +55,8 @@ class StandaloneConfig:
     """Durable copies before an ack; 0: a majority of `replicas`."""
     bookie_port_base: int = 3181
     """Bookie i listens on base + i; 0: ephemeral ports, chosen at start for the run."""
+    journal_file_bytes: int = 256 << 20
+    """Size of each bookie journal file (preallocated and zero-filled)."""
 
     def __post_init__(self) -> None:
         if self.replicas < 0 or self.ack_quorum < 0:
@@ -190,6 +192,7 @@ class Standalone:
             endpoint = f"tcp://127.0.0.1:{port}"
             data = os.path.join(self.data_dir, f"bookie-{i}")
             command = base + ["bookie", "--id", str(i), "--port", str(port)]
+            command += ["--journal-file-size", str(config.journal_file_bytes)]
             command += ["--controller", config.controller, *common]
             command[command.index("--data-dir") + 1] = data
             if not config.allow_direct_io:

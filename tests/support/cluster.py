@@ -78,6 +78,7 @@ class Standalone:
             "--no-pin",
             "--cache-size",
             self.cache_size,
+            *self.small_files(),
             *self.extra,
         ]
         with open(log_path, "wb") as log:
@@ -102,6 +103,17 @@ class Standalone:
             time.sleep(0.05)
         self.kill()
         raise AssertionError(f"standalone not ready in {timeout_s}s:\n{self.logs()}")
+
+    def small_files(self) -> list[str]:
+        """Smaller preallocated files than the defaults (128 MiB ledgers per container,
+        256 MiB bookie journal files, all allocated on disk) unless a test sets its own:
+        a test suite's standalones would otherwise hold many GiB of disk."""
+        out = []
+        if "--ledger-size" not in self.extra:
+            out += ["--ledger-size", "32M"]
+        if "--replicas" in self.extra and "--journal-file-size" not in self.extra:
+            out += ["--journal-file-size", "32M"]
+        return out
 
     def group_pids(self) -> list[int]:
         if self.proc is None:
