@@ -92,6 +92,16 @@ def start_standalone(
     return proc, f"tcp://127.0.0.1:{port}"
 
 
+def stop_standalone(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL if it has not stopped in 30 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=30)
+
+
 def run_write_events(
     mgr,
     scope: str,
@@ -290,11 +300,7 @@ def main() -> int:
         ours = [median_of(runs) for runs in results.values() if runs]
     finally:
         if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_standalone(proc)
         shutil.rmtree(tmp, ignore_errors=True)
 
     baselines: list[dict] = []

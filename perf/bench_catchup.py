@@ -33,7 +33,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_append import machine, percentiles, start_standalone  # noqa: E402
+from bench_append import machine, percentiles, start_standalone, stop_standalone  # noqa: E402
 
 from streamvault.client import StreamManager  # noqa: E402
 from streamvault.dataplane.cache.shared_cache import parse_size  # noqa: E402
@@ -141,8 +141,7 @@ def one_run(args: argparse.Namespace) -> dict:
             stop.set()
             thread.join(timeout=60)
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        stop_standalone(proc)
         shutil.rmtree(tmp, ignore_errors=True)
     half = reader_started - backlog_s / 2
     before = [lat for t, lat in latencies if half <= t < reader_started]

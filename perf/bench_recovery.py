@@ -35,7 +35,7 @@ import psutil
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_append import machine, start_standalone  # noqa: E402
+from bench_append import machine, start_standalone, stop_standalone  # noqa: E402
 
 from streamvault.client import StreamManager  # noqa: E402
 from streamvault.dataplane.cache.shared_cache import cache_path_for  # noqa: E402
@@ -156,11 +156,7 @@ def one_run(args: argparse.Namespace, run: int) -> dict:
             "tail_read_s": tail_s,
         }
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_standalone(proc)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

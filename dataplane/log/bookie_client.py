@@ -22,7 +22,6 @@ from streamvault.client.protocol import codec, transport
 from streamvault.client.protocol import messages as m
 from streamvault.client.protocol.errors import (
     RequestTimeout,
-    StreamVaultError,
     error_from_code,
 )
 
@@ -117,8 +116,3 @@ class BookieClient:
         for sock in self.socks.values():
             sock.close(0)
         self.socks.clear()
-
-
-def answered(results: dict[str, Any]) -> dict[str, Any]:
-    """The replies that are not errors."""
-    return {e: r for e, r in results.items() if not isinstance(r, StreamVaultError)}

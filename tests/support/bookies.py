@@ -3,16 +3,17 @@ the test; its stderr goes to a log file shown when a test fails."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import zmq
 
-from streamvault.client.protocol import codec
 from streamvault.client.protocol import messages as m
 from streamvault.client.protocol.limits import PROTOCOL_VERSION
 from streamvault.dataplane.log.bookie_client import BookieClient
@@ -106,4 +107,20 @@ class BookieProcess:
             return "(no log)"
 
 
-__all__ = ["BookieProcess", "codec"]
+@contextlib.contextmanager
+def running_bookies(root: Path, count: int = 3) -> Iterator[list[BookieProcess]]:
+    """`count` bookie processes under `root`, started; killed at the end (after SIGCONT, in
+    case a test left one stopped)."""
+    procs = [BookieProcess(root / f"bookie-{i}") for i in range(count)]
+    try:
+        for proc in procs:
+            proc.start()
+        yield procs
+    finally:
+        for proc in procs:
+            if proc.proc is not None:
+                try:
+                    os.killpg(proc.proc.pid, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
+            proc.kill()

@@ -10,6 +10,7 @@ import shutil
 import tempfile
 import threading
 from pathlib import Path
+from typing import Any
 
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
@@ -42,15 +43,7 @@ class ContainerOverLog(RuleBasedStateMachine):
     def _open(self) -> None:
         self.done: list = []
         self.cond = threading.Condition()
-        self.committer = Committer(self._deliver, lambda exc: None)
-        self.log = LocalDurableLog(
-            str(self.root / "log"),
-            key="c0",
-            store=LocalFileStore(str(self.root / "coord")),
-            committer=self.committer,
-            mode=durability_mode(str(self.root)),
-            config=CONFIG,
-        )
+        self.log = self._new_log()
         self.container = Container(0, frame_payload_bytes=CONFIG.frame_payload_bytes)
         for location, payload in self.log.recover():
             self.container.replay(payload, location.ledger_id, location.record_pos)
@@ -62,6 +55,18 @@ class ContainerOverLog(RuleBasedStateMachine):
         for writer in WRITERS:
             setup = self.container.setup_append(PEER, 0, m.SetupAppend(writer, SEG))
             assert setup is not None
+
+    def _new_log(self) -> Any:
+        """The log under test and its write thread (`self.committer`), not yet started."""
+        self.committer = Committer(self._deliver, lambda exc: None)
+        return LocalDurableLog(
+            str(self.root / "log"),
+            key="c0",
+            store=LocalFileStore(str(self.root / "coord")),
+            committer=self.committer,
+            mode=durability_mode(str(self.root)),
+            config=CONFIG,
+        )
 
     def _deliver(self, done: list) -> None:
         with self.cond:

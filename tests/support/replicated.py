@@ -83,3 +83,12 @@ class Owner:
         self.replicator.stop()
         self.log.close()
         self.ctx.term()
+
+
+def recovered(store: LocalFileStore, rep: ReplicationConfig) -> list[bytes]:
+    """What a new owner of the log recovers (it fences the log, then closes)."""
+    owner = Owner(store, rep)
+    try:
+        return owner.recover()
+    finally:
+        owner.close()

@@ -18,12 +18,10 @@ import zmq
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import rule
-from support.bookies import BookieProcess
-from support.container_model import CONFIG, PEER, SEG, WRITERS, ContainerOverLog
+from support.bookies import BookieProcess, running_bookies
+from support.container_model import CONFIG, WRITERS, ContainerOverLog
 from support.replicated import replication
 
-from streamvault.client.protocol import messages as m
-from streamvault.dataplane.container import Container
 from streamvault.dataplane.log import LocalFileStore
 from streamvault.dataplane.log.replicated_log import ReplicatedLog
 from streamvault.dataplane.log.replicator import Replicator
@@ -35,29 +33,19 @@ CONTAINER_IDS = itertools.count(1)
 
 @pytest.fixture(scope="module", autouse=True)
 def bookies(tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.mktemp("bookies")
-    BOOKIES[:] = [BookieProcess(root / f"bookie-{i}") for i in range(3)]
-    try:
-        for bookie in BOOKIES:
-            bookie.start()
-        yield BOOKIES
-    finally:
-        for bookie in BOOKIES:
-            if bookie.proc is not None:
-                os.killpg(bookie.proc.pid, signal.SIGCONT)
-            bookie.kill()
+    with running_bookies(tmp_path_factory.mktemp("bookies")) as procs:
+        BOOKIES[:] = procs
+        yield procs
 
 
 class ContainerOverReplicatedLog(ContainerOverLog):
-    def _open(self) -> None:
+    def _new_log(self) -> ReplicatedLog:
         if not hasattr(self, "container_id"):
             self.container_id = next(CONTAINER_IDS)
-        self.done: list = []
-        self.cond = threading.Condition()
         self.ctx = zmq.Context()
         rep = replication([b.endpoint for b in BOOKIES])
         self.committer = Replicator(self.ctx, rep, self._deliver, lambda exc: None)
-        self.log = ReplicatedLog(
+        return ReplicatedLog(
             key=f"container-{self.container_id}",
             container_id=self.container_id,
             store=LocalFileStore(str(self.root / "coord")),
@@ -66,16 +54,6 @@ class ContainerOverReplicatedLog(ContainerOverLog):
             ctx=self.ctx,
             config=CONFIG,
         )
-        self.container = Container(0, frame_payload_bytes=CONFIG.frame_payload_bytes)
-        for location, payload in self.log.recover():
-            self.container.replay(payload, location.ledger_id, location.record_pos)
-        self.log.start()
-        self.committer.start()
-        if SEG not in self.container.segments:
-            self.container.create_segment(PEER, 0, SEG)
-            self._commit()
-        for writer in WRITERS:
-            assert self.container.setup_append(PEER, 0, m.SetupAppend(writer, SEG)) is not None
 
     def _close(self) -> None:
         self.committer.stop()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from support import loopfs
 from support.bookies import BookieProcess
-from support.replicated import Owner, replication
+from support.replicated import Owner, recovered, replication
 
 from streamvault.dataplane.log import LocalFileStore
 from streamvault.dataplane.log.bookie import EXIT_IO_ERROR
@@ -57,11 +57,7 @@ def test_a_full_disk_stops_one_bookie_and_the_log_goes_on(tmp_path: Path):
             owner.write(record)
             records.append(record)
         owner.close()
-        successor = Owner(store, rep)
-        try:
-            assert successor.recover() == records
-        finally:
-            successor.close()
+        assert recovered(store, rep) == records
     finally:
         for bookie in bookies:
             bookie.kill()

@@ -16,8 +16,8 @@ import threading
 from pathlib import Path
 
 import pytest
-from support.bookies import BookieProcess
-from support.replicated import Owner, replication
+from support.bookies import BookieProcess, running_bookies
+from support.replicated import Owner, recovered, replication
 
 from streamvault.client.protocol.errors import Fenced, StreamVaultError
 from streamvault.dataplane.log import LocalFileStore
@@ -25,19 +25,8 @@ from streamvault.dataplane.log import LocalFileStore
 
 @pytest.fixture
 def bookies(tmp_path: Path):
-    procs = [BookieProcess(tmp_path / f"bookie-{i}") for i in range(3)]
-    try:
-        for proc in procs:
-            proc.start()
+    with running_bookies(tmp_path) as procs:
         yield procs
-    finally:
-        for proc in procs:
-            if proc.proc is not None:
-                try:
-                    os.killpg(proc.proc.pid, signal.SIGCONT)
-                except ProcessLookupError:
-                    pass
-            proc.kill()
 
 
 @pytest.fixture
@@ -57,11 +46,7 @@ def test_acknowledged_records_survive_a_dead_bookie_and_recover_in_order(bookies
     for record in records[10:]:
         owner.write(record)
     owner.close()
-    successor = Owner(store, rep)
-    try:
-        assert successor.recover() == records
-    finally:
-        successor.close()
+    assert recovered(store, rep) == records
 
 
 def test_recovery_fences_the_old_owner_whose_late_writes_stay_invisible(bookies, store):
@@ -167,11 +152,7 @@ def test_a_bit_flip_on_one_replica_is_never_served(bookies, store):
         owner.write(record)
     owner.close()
     _flip_in_journal(bookies[0], records[3][:11])  # the replica every read asks first
-    successor = Owner(store, rep)
-    try:
-        assert successor.recover() == records
-    finally:
-        successor.close()
+    assert recovered(store, rep) == records
 
 
 def test_with_two_of_three_bookies_stopped_nothing_is_acknowledged_until_they_return(
@@ -220,11 +201,7 @@ def test_rollover_closes_ledgers_at_acknowledged_entries(bookies, store):
     assert len(ledgers) > 3 and all(i.state == "closed" for i in ledgers[:-1])
     assert owner.replicator.counters["rollovers"] == len(ledgers) - 1
     owner.close()
-    successor = Owner(store, rep)
-    try:
-        assert successor.recover() == records
-    finally:
-        successor.close()
+    assert recovered(store, rep) == records
 
 
 def test_ledgers_a_bookie_missed_the_delete_of_are_collected_at_recovery(bookies, store):
@@ -297,11 +274,7 @@ def test_a_dead_bookie_is_replaced_by_an_ensemble_change(bookies, store, tmp_pat
         assert str(victim) not in current.ensemble and len(current.ensemble) == 3
         owner.close()
         everyone[victim].start()
-        successor = Owner(store, rep)
-        try:
-            assert successor.recover() == records
-        finally:
-            successor.close()
+        assert recovered(store, rep) == records
     finally:
         spare.kill()
 

@@ -10,40 +10,27 @@ import os
 from pathlib import Path
 
 import pytest
-from support.bookies import BookieProcess
+from support.bookies import running_bookies
 from support.fault_proxy import FaultProxy
-from support.replicated import Owner, replication
+from support.replicated import Owner, recovered, replication
 
 from streamvault.dataplane.log import LocalFileStore
 
 
 @pytest.fixture
 def cluster(tmp_path: Path):
-    bookies = [BookieProcess(tmp_path / f"bookie-{i}") for i in range(3)]
-    proxies: list[FaultProxy] = []
-    try:
-        for bookie in bookies:
-            bookie.start()
-            proxies.append(FaultProxy(bookie.port))
-        yield bookies, proxies
-    finally:
-        for proxy in proxies:
-            proxy.close()
-        for bookie in bookies:
-            bookie.kill()
+    with running_bookies(tmp_path) as bookies:
+        proxies = [FaultProxy(bookie.port) for bookie in bookies]
+        try:
+            yield bookies, proxies
+        finally:
+            for proxy in proxies:
+                proxy.close()
 
 
 @pytest.fixture
 def store(tmp_path: Path) -> LocalFileStore:
     return LocalFileStore(str(tmp_path / "coordination"))
-
-
-def _recovered(store: LocalFileStore, endpoints: list[str]) -> list[bytes]:
-    owner = Owner(store, replication(endpoints))
-    try:
-        return owner.recover()
-    finally:
-        owner.close()
 
 
 def test_partitions_stop_acks_only_below_the_ack_quorum(cluster, store):
@@ -69,7 +56,7 @@ def test_partitions_stop_acks_only_below_the_ack_quorum(cluster, store):
             owner.write(record)
     finally:
         owner.close()
-    assert _recovered(store, [b.endpoint for b in bookies]) == records
+    assert recovered(store, replication([b.endpoint for b in bookies])) == records
 
 
 def test_lost_acks_and_resets_are_repaired_by_resends_without_duplicates(cluster, store):
@@ -96,4 +83,4 @@ def test_lost_acks_and_resets_are_repaired_by_resends_without_duplicates(cluster
             owner.write(record)
     finally:
         owner.close()
-    assert _recovered(store, [b.endpoint for b in bookies]) == records
+    assert recovered(store, replication([b.endpoint for b in bookies])) == records
