@@ -129,6 +129,13 @@ class NoSuchReaderGroup(InvalidRequestError):
     code = 413
 
 
+class NoSuchLedger(InvalidRequestError):
+    """A bookie was asked to add to or fence a ledger it has deleted (the log was truncated
+    below it: only an owner that is no longer the owner still writes there)."""
+
+    code = 414
+
+
 class SegmentSealed(InvalidRequestError):
     code = 420
 

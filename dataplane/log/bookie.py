@@ -20,6 +20,13 @@ trigger), then answers. While a commit's fdatasync runs, requests queue in the s
 the next turn takes them all. Replies to reads and fences are computed after the commit, so
 they only ever describe durable state.
 
+An add or fence below the epoch its container was last fenced at (container_fences.py) is
+refused with `Fenced`, even for a ledger the bookie no longer (or never) held; an add or
+fence to a deleted ledger gets `NoSuchLedger`.
+
+`BookieCore` is all of the above without sockets (the protocol simulation drives it over a
+simulated network); `Bookie` is the process: a ROUTER socket and a heartbeat around it.
+
 Fail-stop: an I/O error from the journal ends the process (exit code 3) without another
 reply; its supervisor restarts it and the journal's recovery decides what was durable.
 It must never: acknowledge an entry before its commit returned, accept an add below a
@@ -33,6 +40,7 @@ import os
 import signal
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,13 +55,16 @@ from streamvault.client.protocol.errors import (
     InternalError,
     InvalidArgument,
     InvalidMessage,
+    NoSuchLedger,
     StorageError,
     UnsupportedVersion,
 )
 from streamvault.client.protocol.limits import (
     INVALID_MESSAGES_BEFORE_DISCONNECT,
 )
+from streamvault.dataplane.log.container_fences import ContainerFences
 from streamvault.dataplane.log.journal import Journal, JournalConfig
+from streamvault.dataplane.log.metadata import LEDGER_ID_SHIFT
 
 log = logging.getLogger(__name__)
 
@@ -78,75 +89,54 @@ class BookieConfig:
             raise ValueError(f"BookieConfig: drain_max={self.drain_max} must be > 0")
 
 
-class Bookie:
-    def __init__(self, config: BookieConfig) -> None:
-        self.config = config
-        os.makedirs(config.data_dir, exist_ok=True)
-        self.journal = Journal(os.path.join(config.data_dir, "journal"), config.journal)
-        self.ctx = zmq.Context()
-        self.router = transport.server_socket(self.ctx)
-        self.router.bind(config.bind)
-        self.endpoint = self.router.getsockopt(zmq.LAST_ENDPOINT).decode()
+class BookieCore:
+    """The bookie's request handling, without sockets or clocks (sans-I/O): the process
+    (`Bookie`) feeds it the requests it receives and sends what it emits; the protocol
+    simulation (tests/dataplane/log/test_quorum_sim.py) does the same over a simulated
+    network and disk. `send(peer, frames)` must not block."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        send: Callable[[bytes, list[Any]], None],
+        *,
+        bookie_id: str = "0",
+        status: Callable[[], m.ProcessInfo] | None = None,
+    ) -> None:
+        self.journal = journal
+        self.send = send
+        self.bookie_id = bookie_id
+        self.status = status
         self.incarnation = uuid.uuid4().hex
-        self.heartbeat = (
-            transport.HeartbeatSender(self.ctx, config.controller) if config.controller else None
-        )
-        self.stopping = False
         self.pending_fences: dict[int, int] = {}
+        self.container_fences = ContainerFences(journal.directory, journal.disk)
+        for ledger_id in journal.ledgers():  # fences the journal holds count too
+            epoch = journal.fenced_epoch(ledger_id)
+            if epoch is not None:
+                self.container_fences.raise_to(ledger_id >> LEDGER_ID_SHIFT, epoch)
+        self.container_fences.persist()
         self.invalid_counts: dict[bytes, int] = {}
         self.counters = {"adds": 0, "reads": 0, "fenced_rejects": 0, "crc_rejects": 0}
-        self.dropped_sends = 0
+        self._after_commit: list[tuple[bytes, int, m.ReadEntry]] = []
 
-    # --- loop ------------------------------------------------------------------------
-    def serve_forever(self) -> int:
-        log.info(
-            "bookie up endpoint=%s journal=%s durability_mode=%s",
-            self.endpoint,
-            self.journal.directory,
-            self.journal.durability_mode,
-        )
-        poller = zmq.Poller()
-        poller.register(self.router, zmq.POLLIN)
-        next_beat = 0.0
-        try:
-            while not self.stopping:
-                now = time.monotonic()
-                if now >= next_beat:
-                    self._beat()
-                    next_beat = now + self.config.heartbeat_s
-                if poller.poll(200):
-                    self._turn()
-        except StorageError as exc:
-            log.critical("bookie: journal I/O failure, stopping without another ack: %s", exc)
-            return EXIT_IO_ERROR
-        finally:
-            self._close()
-        return 0
-
-    def _turn(self) -> None:
-        """One group-commit cycle: drain, queue, commit once, answer."""
-        after_commit: list[tuple[bytes, int, m.ReadEntry]] = []
-        for _ in range(self.config.drain_max):
-            try:
-                frames = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                break
-            self._handle(frames, after_commit)
+    def end_turn(self) -> None:
+        """Commit what this turn's requests queued (one group commit), then answer them:
+        adds once durable, reads and fences describing durable state only."""
         replies: list[tuple[bytes, list[Any]]] = []
         if self.journal.pending():
             for token in self.journal.commit():
                 if token is not None:
                     replies.append(token)
+        self.container_fences.persist()  # before any fence of this turn is answered
         self.pending_fences.clear()
+        after_commit, self._after_commit = self._after_commit, []
         for peer, rid, read in after_commit:
             replies.append((peer, self._read(rid, read)))
         for peer, frames in replies:
-            self._send(peer, frames)
+            self.send(peer, frames)
 
-    def _handle(self, frames: list[Any], after_commit: list) -> None:
-        if len(frames) < 2:
-            return
-        peer, body = frames[0].bytes, frames[1:]
+    def receive(self, peer: bytes, body: list[Any]) -> None:
+        """One request of this turn (answered at once, or at `end_turn`)."""
         rid = 0
         try:
             header, msg = codec.decode(body)
@@ -157,29 +147,30 @@ class Bookie:
             elif isinstance(msg, m.ReadEntry):
                 if msg.fence:
                     self._fence(msg.ledger_id, msg.epoch)
-                after_commit.append((peer, rid, msg))
+                self._after_commit.append((peer, rid, msg))
             elif isinstance(msg, m.DeleteLedger):
                 self._delete(peer, rid, msg)
             elif isinstance(msg, m.Hello):
-                self._send(peer, self._hello(rid, msg))
+                self.send(peer, self._hello(rid, msg))
             elif isinstance(msg, m.ListLedgers):
                 ids = [i for i in self.journal.ledgers() if msg.low <= i < msg.high]
-                self._send(peer, codec.encode_reply(m.LedgerIds(sorted(ids)), rid))
+                self.send(peer, codec.encode_reply(m.LedgerIds(sorted(ids)), rid))
             elif isinstance(msg, m.GetStatus):
-                self._send(peer, codec.encode_reply(m.Status([self.process_info()]), rid))
+                info = self.status() if self.status is not None else self.process_info("")
+                self.send(peer, codec.encode_reply(m.Status([info]), rid))
             else:
                 raise InvalidMessage(f"bookie: unexpected {type(msg).__name__}")
         except UnsupportedVersion as exc:
-            self._send(peer, codec.encode_exception(rid, exc))
+            self.send(peer, codec.encode_exception(rid, exc))
         except InvalidMessage as exc:
             self._invalid(peer, rid, exc)
-        except (Fenced, InvalidArgument, DataCorruption) as exc:
-            self._send(peer, codec.encode_exception(rid, exc))
+        except (Fenced, InvalidArgument, DataCorruption, NoSuchLedger) as exc:
+            self.send(peer, codec.encode_exception(rid, exc))
         except StorageError:
             raise
         except Exception as exc:  # a bug: answer, keep serving
             log.exception("bookie: request failed")
-            self._send(peer, codec.encode_exception(rid, InternalError(f"{exc!r}")))
+            self.send(peer, codec.encode_exception(rid, InternalError(f"{exc!r}")))
 
     def _invalid(self, peer: bytes, rid: int, exc: InvalidMessage) -> None:
         if len(self.invalid_counts) >= PEERS_TRACKED_MAX:
@@ -187,17 +178,29 @@ class Bookie:
         count = self.invalid_counts.get(peer, 0) + 1
         self.invalid_counts[peer] = count
         if count <= INVALID_MESSAGES_BEFORE_DISCONNECT:
-            self._send(peer, codec.encode_exception(rid, exc))
+            self.send(peer, codec.encode_exception(rid, exc))
 
     # --- operations --------------------------------------------------------------------
     def fence_epoch(self, ledger_id: int) -> int | None:
+        """The epoch below which adds to the ledger are refused: its own fence (durable or
+        pending) or its container's (container_fences.py), whichever is higher."""
+        own = self._own_fence(ledger_id)
+        container = self.container_fences.epoch(ledger_id >> LEDGER_ID_SHIFT)
+        if container and (own is None or container > own):
+            return container
+        return own
+
+    def _own_fence(self, ledger_id: int) -> int | None:
         durable = self.journal.fenced_epoch(ledger_id)
         pending = self.pending_fences.get(ledger_id)
-        if durable is None or (pending is not None and pending > durable):
-            return pending
-        return durable
+        return max((e for e in (durable, pending) if e is not None), default=None)
+
+    def _deleted(self, ledger_id: int, what: str) -> None:
+        if self.journal.deleted(ledger_id):
+            raise NoSuchLedger(f"bookie {what}: ledger {ledger_id} is deleted", ledger=ledger_id)
 
     def _add(self, peer: bytes, rid: int, msg: m.AddEntry) -> None:
+        self._deleted(msg.ledger_id, "add")
         fenced = self.fence_epoch(msg.ledger_id)
         if fenced is not None and msg.epoch < fenced:
             self.counters["fenced_rejects"] += 1
@@ -229,7 +232,19 @@ class Bookie:
         self.counters["adds"] += 1
 
     def _fence(self, ledger_id: int, epoch: int) -> None:
-        current = self.fence_epoch(ledger_id)
+        self._deleted(ledger_id, "fence")
+        container = self.container_fences.epoch(ledger_id >> LEDGER_ID_SHIFT)
+        if epoch < container:  # a recoverer older than the container's latest: it lost
+            self.counters["fenced_rejects"] += 1
+            raise Fenced(
+                f"bookie fence: ledger {ledger_id}'s container is fenced at epoch {container} "
+                f"> {epoch}",
+                ledger=ledger_id,
+                epoch=epoch,
+                fenced_epoch=container,
+            )
+        self.container_fences.raise_to(ledger_id >> LEDGER_ID_SHIFT, epoch)
+        current = self._own_fence(ledger_id)
         if current is not None and current >= epoch:
             return  # never lower a fence; an equal one is already (being) made durable
         try:
@@ -267,16 +282,9 @@ class Bookie:
 
     def _hello(self, rid: int, msg: m.Hello) -> list[Any]:
         reply = codec.hello_reply(
-            msg, role="bookie", server_id=self.config.bookie_id, incarnation=self.incarnation
+            msg, role="bookie", server_id=self.bookie_id, incarnation=self.incarnation
         )
         return codec.encode(reply, rid)
-
-    # --- plumbing ----------------------------------------------------------------------
-    def _send(self, peer: bytes, frames: list[Any]) -> None:
-        try:
-            self.router.send_multipart([peer, *frames], zmq.NOBLOCK, copy=False)
-        except zmq.ZMQError:  # the peer is gone: it asks again (adds are idempotent)
-            self.dropped_sends += 1
 
     def info(self) -> dict[str, Any]:
         return {
@@ -286,10 +294,79 @@ class Bookie:
             **self.counters,
         }
 
-    def process_info(self) -> m.ProcessInfo:
+    def process_info(self, endpoint: str) -> m.ProcessInfo:
         return m.ProcessInfo(
-            "bookie", self.config.bookie_id, os.getpid(), self.endpoint, "up", info=self.info()
+            "bookie", self.bookie_id, os.getpid(), endpoint, "up", info=self.info()
         )
+
+
+class Bookie:
+    """The bookie process: a ROUTER socket and a heartbeat around a `BookieCore`."""
+
+    def __init__(self, config: BookieConfig) -> None:
+        self.config = config
+        os.makedirs(config.data_dir, exist_ok=True)
+        journal = Journal(os.path.join(config.data_dir, "journal"), config.journal)
+        self.ctx = zmq.Context()
+        self.router = transport.server_socket(self.ctx)
+        self.router.bind(config.bind)
+        self.endpoint = self.router.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self.core = BookieCore(
+            journal,
+            self._send,
+            bookie_id=config.bookie_id,
+            status=lambda: self.core.process_info(self.endpoint),
+        )
+        self.journal = journal
+        self.heartbeat = (
+            transport.HeartbeatSender(self.ctx, config.controller) if config.controller else None
+        )
+        self.stopping = False
+        self.dropped_sends = 0
+
+    # --- loop ------------------------------------------------------------------------
+    def serve_forever(self) -> int:
+        log.info(
+            "bookie up endpoint=%s journal=%s durability_mode=%s",
+            self.endpoint,
+            self.journal.directory,
+            self.journal.durability_mode,
+        )
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        next_beat = 0.0
+        try:
+            while not self.stopping:
+                now = time.monotonic()
+                if now >= next_beat:
+                    self._beat()
+                    next_beat = now + self.config.heartbeat_s
+                if poller.poll(200):
+                    self._turn()
+        except StorageError as exc:
+            log.critical("bookie: journal I/O failure, stopping without another ack: %s", exc)
+            return EXIT_IO_ERROR
+        finally:
+            self._close()
+        return 0
+
+    def _turn(self) -> None:
+        """One group-commit cycle: drain up to drain_max requests, commit once, answer."""
+        for _ in range(self.config.drain_max):
+            try:
+                frames = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            if len(frames) >= 2:
+                self.core.receive(frames[0].bytes, frames[1:])
+        self.core.end_turn()
+
+    # --- plumbing ----------------------------------------------------------------------
+    def _send(self, peer: bytes, frames: list[Any]) -> None:
+        try:
+            self.router.send_multipart([peer, *frames], zmq.NOBLOCK, copy=False)
+        except zmq.ZMQError:  # the peer is gone: it asks again (adds are idempotent)
+            self.dropped_sends += 1
 
     def _beat(self) -> None:
         if self.heartbeat is None:
@@ -301,7 +378,7 @@ class Bookie:
                 pid=os.getpid(),
                 endpoint=self.endpoint,
                 state="up",
-                info=self.info(),
+                info=self.core.info(),
             )
         )
         self.heartbeat.drain()

@@ -25,6 +25,7 @@ import crc32c
 
 from streamvault.client.protocol import codec
 from streamvault.client.protocol import messages as m
+from streamvault.client.protocol.errors import NoSuchLedger
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +40,10 @@ class CatchUp:
         lagging_max: int = 100_000,
         in_flight_max: int = 16,
         timeout_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._send = send
+        self.clock = clock
         self.lagging_max = lagging_max
         self.in_flight_max = in_flight_max
         self.timeout_s = timeout_s
@@ -79,9 +82,11 @@ class CatchUp:
             add = m.AddEntry(key[0], key[1], log_.epoch, -1, crc32c.crc32c(payload), payload)
             rid = codec.next_request_id()
             if self._send(target, codec.encode(add, rid)):
-                self._requests[rid] = ("add", target, key, log_, time.monotonic())
+                self._requests[rid] = ("add", target, key, log_, self.clock())
                 return
-        elif stage == "read" and isinstance(body, m.EntryRead):  # nobody has it any more
+        elif (stage == "read" and isinstance(body, m.EntryRead)) or (
+            isinstance(body, m.ErrorReply) and body.code == NoSuchLedger.code
+        ):  # nobody has it any more, or the log was truncated below it meanwhile
             self._lagging.get(target, {}).pop(key, None)
         elif stage == "add" and isinstance(body, m.EntryAdded):
             self.acked(target, key)
@@ -90,7 +95,7 @@ class CatchUp:
 
     def tick(self) -> None:
         """Expire stuck requests; start copies for bookies that answer again."""
-        now = time.monotonic()
+        now = self.clock()
         for rid, (_, target, key, _, sent_at) in list(self._requests.items()):
             if now - sent_at > self.timeout_s:
                 del self._requests[rid]
@@ -120,5 +125,5 @@ class CatchUp:
                 continue
             rid = codec.next_request_id()
             if self._send(source, codec.encode(m.ReadEntry(key[0], key[1], 0, False), rid)):
-                self._requests[rid] = ("read", target, key, log_, time.monotonic())
+                self._requests[rid] = ("read", target, key, log_, self.clock())
                 busy.add(key)

@@ -569,6 +569,14 @@ class Journal:
         ledger = self._ledgers.get(ledger_id)
         return ledger.fenced_epoch if ledger is not None else None
 
+    @property
+    def disk(self) -> Disk:
+        return self._disk
+
+    def deleted(self, ledger_id: int) -> bool:
+        """True if the ledger is deleted, or its delete is queued (no entries, no fences)."""
+        return ledger_id in self._doomed
+
     def ledgers(self) -> list[int]:
         return sorted(self._ledgers)
 

@@ -17,6 +17,9 @@ import msgspec
 
 from streamvault.client.protocol.errors import Fenced, StorageError
 
+LEDGER_ID_SHIFT = 32
+"""Ledger ids are `container_id << LEDGER_ID_SHIFT | n` (n >= 1): unique across containers."""
+
 
 class LedgerInfo(msgspec.Struct):
     ledger_id: int

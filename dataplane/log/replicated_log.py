@@ -36,7 +36,7 @@ import threading
 import time
 from array import array
 from bisect import bisect_right
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +48,7 @@ from streamvault.client.protocol.crashpoints import crash_point
 from streamvault.client.protocol.errors import (
     DataCorruption,
     Fenced,
+    NoSuchLedger,
     ServiceUnavailable,
     StorageError,
     StreamVaultError,
@@ -61,14 +62,18 @@ from streamvault.dataplane.log.framing import (
     seal_record,
 )
 from streamvault.dataplane.log.local_log import BufferPool, LogConfig, LogLocation, WriteBuffer
-from streamvault.dataplane.log.metadata import CoordinationStore, LedgerInfo, LogMetadata
+from streamvault.dataplane.log.metadata import (
+    LEDGER_ID_SHIFT,
+    CoordinationStore,
+    LedgerInfo,
+    LogMetadata,
+)
 
 if TYPE_CHECKING:
     from streamvault.dataplane.log.replicator import Replicator
 
 log = logging.getLogger(__name__)
 
-LEDGER_ID_SHIFT = 32
 ENTRY_CACHE_BYTES_MAX = 32 * 1024 * 1024
 """Entries kept per log for `read` (the log is read only for bytes the cache lacks)."""
 
@@ -135,8 +140,10 @@ class ReplicatedLog:
         store: CoordinationStore,
         replicator: Replicator,
         replication: ReplicationConfig,
-        ctx: zmq.Context,
+        ctx: zmq.Context | None,
         config: LogConfig | None = None,
+        client_factory: Callable[[], BookieClient] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.key = key
         self.container_id = container_id
@@ -144,6 +151,9 @@ class ReplicatedLog:
         self.replicator = replicator
         self.replication = replication
         self.ctx = ctx
+        self._new_client = client_factory or (lambda: BookieClient(ctx))
+        """Synchronous bookie requests (recovery, reads); the simulation injects its own."""
+        self.clock = clock
         self.config = config or LogConfig()
         r = replication
         self.mode = f"replicated E={r.ensemble} Qw={r.write_quorum} Qa={r.ack_quorum}"
@@ -170,7 +180,7 @@ class ReplicatedLog:
         meta.epoch += 1
         version = self.store.cas(self.key, meta, version)
         self.epoch = meta.epoch
-        client = BookieClient(self.ctx)
+        client = self._new_client()
         try:
             for info in meta.ledgers:
                 if info.state == "open":
@@ -191,7 +201,7 @@ class ReplicatedLog:
         bookie that does not answer is asked again at the next recovery."""
         low = self.container_id << LEDGER_ID_SHIFT
         known = {i.ledger_id for i in self.meta.ledgers}
-        client = BookieClient(self.ctx)
+        client = self._new_client()
         try:
             endpoints = list(self.replication.bookies.values())
             listed = client.call_many(
@@ -218,7 +228,7 @@ class ReplicatedLog:
         """The records, changing nothing: open ledgers are read while any bookie has the
         next entry (recovery's first pass only looks for the last checkpoint)."""
         meta, _ = self.store.get(self.key)
-        client = BookieClient(self.ctx)
+        client = self._new_client()
         try:
             for info in (meta or LogMetadata()).ledgers:
                 yield from self._read_ledger(client, info, upto_missing=info.state == "open")
@@ -241,6 +251,8 @@ class ReplicatedLog:
         for result in results.values():
             if isinstance(result, Fenced):
                 raise result  # fenced at a higher epoch: someone recovered after us
+            if isinstance(result, NoSuchLedger):
+                self._check_still_owner(info.ledger_id)  # a newer owner truncated it
         if len(fenced) < r.fence_quorum:
             raise ServiceUnavailable(
                 f"log {self.key}: fenced ledger {info.ledger_id} on {len(fenced)} bookies < "
@@ -306,7 +318,7 @@ class ReplicatedLog:
         window = self.replication.read_window
         while upto_missing or entry <= last:
             count = window if upto_missing else min(window, last - entry + 1)
-            batch = self._read_batch(client, endpoints, info.ledger_id, entry, count)
+            batch, unanswered = self._read_batch(client, endpoints, info.ledger_id, entry, count)
             for record in batch:
                 header = parse_header(memoryview(record), 0)
                 assert header is not None
@@ -318,38 +330,67 @@ class ReplicatedLog:
             if len(batch) < count:
                 if upto_missing:
                     break
+                if unanswered:  # unreachable is not absent: the caller may try again
+                    raise ServiceUnavailable(
+                        f"log {self.key}: entry {entry} of closed ledger {info.ledger_id}: no "
+                        f"valid copy from the bookies that answered, {unanswered} did not",
+                        ledger=info.ledger_id,
+                        entry=entry,
+                    )
+                self._check_still_owner(info.ledger_id)  # its ledgers may be truncated
                 raise DataCorruption(
                     f"log {self.key}: ledger {info.ledger_id} closed at entry {last} but "
-                    f"entry {entry} is on no bookie of {info.ensemble}",
+                    f"entry {entry} has no valid copy on any bookie of {info.ensemble}",
                     ledger=info.ledger_id,
                     entry=entry,
                 )
         self.positions[info.ledger_id] = positions
 
+    def _check_still_owner(self, ledger_id: int) -> None:
+        """Raise Fenced if another owner has taken the log over since this one's epoch
+        (its truncation may have deleted what this one still reads)."""
+        meta, _ = self.store.get(self.key)
+        if meta is not None and meta.epoch != self.epoch:
+            raise Fenced(
+                f"log {self.key}: taken over at epoch {meta.epoch} while epoch {self.epoch} "
+                f"read ledger {ledger_id}",
+                epoch=self.epoch,
+                fenced_epoch=meta.epoch,
+            )
+
     def _read_batch(
         self, client: BookieClient, endpoints: list[str], ledger: int, first: int, count: int
-    ) -> list[bytes]:
+    ) -> tuple[list[bytes], list[str]]:
         """Entries first..first+count-1, as far as some bookie has a valid copy of each: all
-        asked of one bookie at once (pipelined), a missing or bad copy asked of the others."""
+        asked of one bookie at once (pipelined), a missing or bad copy asked of the others.
+        Also returns, for the first entry without a valid copy, the bookies that did not
+        answer for it (empty: every bookie said absent or had a bad copy)."""
         timeout = self.replication.recovery_timeout_s
         replies: dict[int, Any] = {}
         if endpoints:
             replies = client.read_entries(endpoints[0], ledger, first, count, timeout)
         out: list[bytes] = []
         for entry in range(first, first + count):
-            record = self._valid(replies.get(entry), endpoints[:1], ledger, entry)
+            unanswered: list[str] = []
+            record = self._valid(replies.get(entry), endpoints[:1], ledger, entry, unanswered)
             for endpoint in endpoints[1:] if record is None else ():
                 reply = client.read_entries(endpoint, ledger, entry, 1, timeout).get(entry)
-                record = self._valid(reply, [endpoint], ledger, entry)
+                record = self._valid(reply, [endpoint], ledger, entry, unanswered)
                 if record is not None:
                     break
             if record is None:
-                return out
+                return out, unanswered
             out.append(record)
-        return out
+        return out, []
 
-    def _valid(self, reply: Any, where: list[str], ledger: int, entry: int) -> bytes | None:
+    def _valid(
+        self, reply: Any, where: list[str], ledger: int, entry: int, unanswered: list[str]
+    ) -> bytes | None:
+        """The record of a read reply if it is a valid copy; None otherwise, adding `where`
+        to `unanswered` unless the bookie answered (absent, or a bad copy)."""
         if not isinstance(reply, m.EntryRead):
+            if not isinstance(reply, DataCorruption):  # no answer, or an error: not "absent"
+                unanswered.extend(where)
             if reply is not None:
                 log.warning("log=%s read %d/%d from %s: %s", self.key, ledger, entry, where, reply)
             return None
@@ -453,7 +494,7 @@ class ReplicatedLog:
         """E bookies for a new ledger, spread by container and ledger, leaving out bookies
         excluded as failed while enough others exist."""
         names = sorted(self.replication.bookies)
-        now = time.monotonic()
+        now = self.clock()
         healthy = [n for n in names if self.excluded.get(n, 0.0) <= now]
         pool = healthy if len(healthy) >= self.replication.ensemble else names
         first = (self.container_id + ledger_id) % len(pool)
@@ -462,7 +503,7 @@ class ReplicatedLog:
     def exclude(self, bookie: str) -> bool:
         """Take a failed bookie out of new ensembles; True if the open ledger should roll
         over onto an ensemble without it (a spare exists)."""
-        self.excluded[bookie] = time.monotonic() + self.replication.exclusion_s
+        self.excluded[bookie] = self.clock() + self.replication.exclusion_s
         ledger = self.ledger
         return (
             ledger is not None
@@ -526,8 +567,8 @@ class ReplicatedLog:
             raise StorageError(f"log {self.key}: ledger {ledger_id} is not in the log")
         client = getattr(self._clients, "client", None)
         if client is None:
-            client = self._clients.client = BookieClient(self.ctx)
-        batch = self._read_batch(client, self.endpoints(info), ledger_id, entry, 1)
+            client = self._clients.client = self._new_client()
+        batch, _ = self._read_batch(client, self.endpoints(info), ledger_id, entry, 1)
         if not batch:
             raise StorageError(f"log {self.key}: entry {entry} of ledger {ledger_id} unreadable")
         record = batch[0]

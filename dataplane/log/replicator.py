@@ -23,6 +23,9 @@ ensemble does not include it. Entries of the old ledger keep their `ack_quorum` 
 Catch-up (catchup.py): entries a bookie missed are copied to it from another replica once it
 answers again, so a restarted bookie holds the write quorum's copies again.
 
+`ReplicatorCore` is all of this without sockets, threads or a clock of its own (the
+protocol simulation drives it); `Replicator` is the thread with one DEALER per bookie.
+
 Fail-stop: a `Fenced` reply (another owner recovered the log) or any other refusal of an
 add stops the thread and reports to the worker, which exits without another ack.
 It must never: acknowledge an entry with fewer than `ack_quorum` durable copies, or before
@@ -35,7 +38,7 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import crc32c
@@ -44,7 +47,7 @@ import zmq
 from streamvault.client.protocol import codec, transport
 from streamvault.client.protocol import messages as m
 from streamvault.client.protocol.crashpoints import crash_point
-from streamvault.client.protocol.errors import Fenced, error_from_code
+from streamvault.client.protocol.errors import Fenced, NoSuchLedger, error_from_code
 from streamvault.dataplane.log.catchup import CatchUp
 from streamvault.dataplane.log.local_log import WriteBuffer
 from streamvault.dataplane.log.replicated_log import ReplicatedLog, ReplicationConfig
@@ -75,29 +78,29 @@ class _Pending:
 Completion = tuple[ReplicatedLog, Any, Any, Any]
 
 
-class Replicator:
-    """The write thread of one worker's replicated logs (see module docstring)."""
+class ReplicatorCore:
+    """The replicator's protocol logic, without sockets, threads or clocks (sans-I/O): the
+    thread (`Replicator`) feeds `turn` the replies its sockets received; the protocol
+    simulation (tests/dataplane/log/test_quorum_sim.py) does the same over a simulated
+    network and clock. `send(endpoint, frames) -> bool` must not block (False: not sent,
+    the bookie is not connected)."""
 
     def __init__(
         self,
-        ctx: zmq.Context,
         replication: ReplicationConfig,
         deliver: Callable[[list[Completion]], None],
-        fatal: Callable[[BaseException], None],
+        send: Callable[[str, list[Any]], bool],
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.ctx = ctx
         self.replication = replication
         self._deliver = deliver
-        self._fatal = fatal
+        self._send_frames = send
+        self.clock = clock
         self._queue: list[tuple[ReplicatedLog, Any, int, Any]] = []
         self._lock = threading.Lock()
-        self._waker = transport.Waker()
-        self._stopping = False
         self._pending: dict[int, collections.deque[_Pending]] = {}
         self._by_entry: dict[tuple[int, int], _Pending] = {}
         self._held: dict[int, collections.deque[tuple[ReplicatedLog, Any, int, Any]]] = {}
-        self._socks: dict[str, zmq.Socket] = {}
-        self._endpoint_of: dict[zmq.Socket, str] = {}
         self._deletes: collections.deque[tuple[int, list[str]]] = collections.deque()
         self.counters = dict.fromkeys(
             ("entries", "resends", "rollovers", "completions", "ensemble_changes"), 0
@@ -106,76 +109,49 @@ class Replicator:
         self._missing: dict[str, float] = {}
         """Endpoint -> when the oldest entry it missed (completed without it) was sent."""
         self._logs: dict[int, ReplicatedLog] = {}
-        self.catchup = CatchUp(self._send_to)
-        self._thread = threading.Thread(target=self._run, name="replicator", daemon=True)
+        self.catchup = CatchUp(self._send_to, clock=clock)
 
-    def start(self) -> None:
-        self._thread.start()
+    def _wake(self) -> None:
+        """Called after a submission (the thread wakes its poll)."""
 
     def submit(self, log_: ReplicatedLog, buffer: WriteBuffer, payload_bytes: int, token: Any):
         with self._lock:
             self._queue.append((log_, buffer, payload_bytes, token))
-        self._waker.wake()
+        self._wake()
 
     def run_task(self, log_: ReplicatedLog, task: Callable[[], Any]) -> None:
         """Run `task` on this thread once every entry submitted before it is complete; its
         result comes back as a completion with buffer None and token ("task", result)."""
         with self._lock:
             self._queue.append((log_, None, 0, task))
-        self._waker.wake()
+        self._wake()
 
     def delete_ledger(self, ledger_id: int, endpoints: list[str]) -> None:
         """Ask the bookies to delete a ledger (replicator thread; best effort)."""
         self._deletes.append((ledger_id, endpoints))
 
-    def stop(self) -> None:
-        self._stopping = True
-        if self._thread.ident is not None:
-            self._waker.wake()
-            self._thread.join(timeout=10)
-        self._waker.close()
-
-    # --- thread ------------------------------------------------------------------------
-    def _run(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self._waker.fd, zmq.POLLIN)
-        for endpoint in self.replication.bookies.values():
-            sock = transport.client_socket(self.ctx, endpoint)
-            sock.setsockopt(zmq.IMMEDIATE, 1)  # never queue for a bookie that is not there
-            sock.setsockopt(zmq.SNDHWM, SEND_HWM)
-            self._socks[endpoint] = sock
-            self._endpoint_of[sock] = endpoint
-            poller.register(sock, zmq.POLLIN)
-        try:
-            while not self._stopping:
-                events = dict(poller.poll(50))
-                if self._waker.fd in events:
-                    self._waker.drain()
-                with self._lock:
-                    batch, self._queue = self._queue, []
-                for log_, buffer, payload_bytes, token in batch:
-                    self._take(log_, buffer, payload_bytes, token)
-                for sock in self._socks.values():
-                    if sock in events:
-                        self._replies(sock)
-                self._resend_overdue()
-                if self._missing:
-                    self._check_failed()
-                self.catchup.tick()
-                self.counters.update(self.catchup.counters)
-                self._send_deletes()
-                done: list[Completion] = []
-                for key in list(self._pending):
-                    self._complete(key, done)
-                if done:
-                    self.counters["completions"] += len(done)
-                    self._deliver(done)
-        except BaseException as exc:  # fail-stop: report, acknowledge nothing more
-            log.critical("replicator: failure, nothing more is acknowledged: %r", exc)
-            self._fatal(exc)
-        finally:
-            for sock in self._socks.values():
-                sock.close(0)
+    def turn(self, replies: Iterable[tuple[str, Any, Any]]) -> None:
+        """One turn: take the submissions, then `replies` ((endpoint, header, body) from the
+        bookies), resend what is overdue, and deliver what completed. Raises on a refusal
+        (Fenced, or any other error reply): the caller stops and acknowledges nothing more."""
+        with self._lock:
+            batch, self._queue = self._queue, []
+        for log_, buffer, payload_bytes, token in batch:
+            self._take(log_, buffer, payload_bytes, token)
+        for endpoint, header, body in replies:
+            self._reply(endpoint, header, body)
+        self._resend_overdue()
+        if self._missing:
+            self._check_failed()
+        self.catchup.tick()
+        self.counters.update(self.catchup.counters)
+        self._send_deletes()
+        done: list[Completion] = []
+        for key in list(self._pending):
+            self._complete(key, done)
+        if done:
+            self.counters["completions"] += len(done)
+            self._deliver(done)
 
     def _take(self, log_: ReplicatedLog, buffer: Any, payload_bytes: int, token: Any) -> None:
         key = id(log_)
@@ -215,47 +191,40 @@ class Replicator:
         crash_point("rollover_after_create")
 
     def _send_to(self, endpoint: str, frames: list[Any]) -> bool:
-        try:
-            self._socks[endpoint].send_multipart(frames, zmq.NOBLOCK, copy=True)
-            return True
-        except zmq.Again:
-            return False
+        return self._send_frames(endpoint, frames)
 
     def _send(self, item: _Pending) -> None:
-        item.sent_at = time.monotonic()
+        item.sent_at = self.clock()
         item.first_sent_at = item.first_sent_at or item.sent_at
         for endpoint in item.endpoints:
-            if endpoint in item.acked:
-                continue
-            try:
-                self._socks[endpoint].send_multipart(item.frames, zmq.NOBLOCK, copy=True)
-            except zmq.Again:
-                pass  # not connected: the resend after add_timeout_s tries again
+            if endpoint not in item.acked:
+                # not sent (not connected): the resend after add_timeout_s tries again
+                self._send_frames(endpoint, item.frames)
 
-    def _replies(self, sock: zmq.Socket) -> None:
-        endpoint = self._endpoint_of[sock]
-        for header, body in transport.replies(sock):
-            if self.catchup.owns(header.request_id):
-                if isinstance(body, m.ErrorReply) and body.code == Fenced.code:
-                    raise error_from_code(body.code, body.message, body.fields)
-                self.catchup.on_reply(header.request_id, body)
-                continue
-            if isinstance(body, m.EntryAdded):
-                self._missing.pop(endpoint, None)  # alive (a late ack counts too)
-                key = (body.ledger_id, body.entry_id)
-                item = self._by_entry.get(key)
-                if item is not None:
-                    item.acked.add(endpoint)
-                self.catchup.acked(endpoint, key)
-            elif isinstance(body, m.ErrorReply):
-                exc = error_from_code(body.code, body.message, body.fields)
-                if isinstance(exc, Fenced):
-                    raise exc  # another owner recovered this log: stop
-                log.error("replicator: bookie %s refused an add: %s", endpoint, exc)
-                raise exc
+    def _reply(self, endpoint: str, header: Any, body: Any) -> None:
+        if self.catchup.owns(header.request_id):
+            if isinstance(body, m.ErrorReply) and body.code == Fenced.code:
+                raise error_from_code(body.code, body.message, body.fields)
+            self.catchup.on_reply(header.request_id, body)
+            return
+        if isinstance(body, m.EntryAdded):
+            self._missing.pop(endpoint, None)  # alive (a late ack counts too)
+            key = (body.ledger_id, body.entry_id)
+            item = self._by_entry.get(key)
+            if item is not None:
+                item.acked.add(endpoint)
+            self.catchup.acked(endpoint, key)
+        elif isinstance(body, m.ErrorReply):
+            exc = error_from_code(body.code, body.message, body.fields)
+            if isinstance(exc, NoSuchLedger):  # only a newer owner deletes an open ledger
+                raise Fenced(f"replicator: {exc.message}: another owner truncated it", **exc.fields)
+            if isinstance(exc, Fenced):
+                raise exc  # another owner recovered this log: stop
+            log.error("replicator: bookie %s refused an add: %s", endpoint, exc)
+            raise exc
 
     def _resend_overdue(self) -> None:
-        now = time.monotonic()
+        now = self.clock()
         timeout = self.replication.add_timeout_s
         for pending in self._pending.values():
             for item in pending:
@@ -300,7 +269,7 @@ class Replicator:
         `bookie_failed_s` ago is failed: every log whose open ledger has it, where a spare
         exists, changes its ensemble (rolls over onto a ledger without it once nothing of
         the old one is in flight)."""
-        now = time.monotonic()
+        now = self.clock()
         for endpoint, since in list(self._missing.items()):
             if now - since < self.replication.bookie_failed_s:
                 continue
@@ -322,9 +291,77 @@ class Replicator:
             ledger_id, endpoints = self._deletes.popleft()
             frames = codec.encode(m.DeleteLedger(ledger_id), 0)
             for endpoint in endpoints:
-                try:
-                    self._socks[endpoint].send_multipart(frames, zmq.NOBLOCK)
-                except (zmq.Again, KeyError):
+                if not self._send_frames(endpoint, frames):
                     log.warning(
                         "replicator: delete of ledger %d not sent to %s", ledger_id, endpoint
                     )
+
+
+class Replicator(ReplicatorCore):
+    """The replicator thread of one worker: a DEALER per bookie around a `ReplicatorCore`."""
+
+    def __init__(
+        self,
+        ctx: zmq.Context,
+        replication: ReplicationConfig,
+        deliver: Callable[[list[Completion]], None],
+        fatal: Callable[[BaseException], None],
+    ) -> None:
+        super().__init__(replication, deliver, self._send_socket)
+        self.ctx = ctx
+        self._fatal = fatal
+        self._waker = transport.Waker()
+        self._stopping = False
+        self._socks: dict[str, zmq.Socket] = {}
+        self._thread = threading.Thread(target=self._run, name="replicator", daemon=True)
+
+    def _wake(self) -> None:
+        self._waker.wake()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping = True
+        if self._thread.ident is not None:
+            self._waker.wake()
+            self._thread.join(timeout=10)
+        self._waker.close()
+
+    def _send_socket(self, endpoint: str, frames: list[Any]) -> bool:
+        sock = self._socks.get(endpoint)
+        if sock is None:
+            return False
+        try:
+            sock.send_multipart(frames, zmq.NOBLOCK, copy=True)
+            return True
+        except zmq.Again:
+            return False
+
+    def _run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._waker.fd, zmq.POLLIN)
+        for endpoint in self.replication.bookies.values():
+            sock = transport.client_socket(self.ctx, endpoint)
+            sock.setsockopt(zmq.IMMEDIATE, 1)  # never queue for a bookie that is not there
+            sock.setsockopt(zmq.SNDHWM, SEND_HWM)
+            self._socks[endpoint] = sock
+            poller.register(sock, zmq.POLLIN)
+        try:
+            while not self._stopping:
+                events = dict(poller.poll(50))
+                if self._waker.fd in events:
+                    self._waker.drain()
+                replies = [
+                    (endpoint, header, body)
+                    for endpoint, sock in self._socks.items()
+                    if sock in events
+                    for header, body in transport.replies(sock)
+                ]
+                self.turn(replies)
+        except BaseException as exc:  # fail-stop: report, acknowledge nothing more
+            log.critical("replicator: failure, nothing more is acknowledged: %r", exc)
+            self._fatal(exc)
+        finally:
+            for sock in self._socks.values():
+                sock.close(0)

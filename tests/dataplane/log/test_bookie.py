@@ -19,8 +19,10 @@ from streamvault.client.protocol.errors import (
     DataCorruption,
     Fenced,
     InvalidMessage,
+    NoSuchLedger,
 )
 from streamvault.dataplane.log.bookie_client import BookieClient
+from streamvault.dataplane.log.metadata import LEDGER_ID_SHIFT
 
 TIMEOUT_S = 10.0
 
@@ -93,11 +95,33 @@ def test_recovery_read_fences_the_old_owner_durably(bookie, client):
         client.call(bookie.endpoint, add(5, 1, b"late", epoch=1), TIMEOUT_S)
     # the recoverer itself may re-replicate into the fenced ledger at its epoch
     assert client.call(bookie.endpoint, add(5, 1, b"again", epoch=2), TIMEOUT_S)
-    # a lower fence never lowers the fence epoch
-    read(client, bookie.endpoint, 5, m.NO_ENTRY, epoch=1, fence=True)
+    # a lower fence (a recoverer that lost) is refused and never lowers the fence epoch
+    with pytest.raises(Fenced):
+        read(client, bookie.endpoint, 5, m.NO_ENTRY, epoch=1, fence=True)
     with pytest.raises(Fenced):
         client.call(bookie.endpoint, add(5, 2, b"x", epoch=1), TIMEOUT_S)
     assert bytes(read(client, bookie.endpoint, 5, 1).payload) == b"again"
+
+
+def test_a_fence_holds_for_every_ledger_of_its_container_after_deletion(bookie, client):
+    """An old owner that wakes up after its fenced ledger was deleted (and its journal file
+    removed) must not get adds acknowledged in any ledger of that container."""
+    container = 7 << LEDGER_ID_SHIFT
+    client.call(bookie.endpoint, add(container | 1, 0, b"a", epoch=1), TIMEOUT_S)
+    read(client, bookie.endpoint, container | 1, m.NO_ENTRY, epoch=2, fence=True)
+    assert client.call(bookie.endpoint, m.DeleteLedger(container | 1), TIMEOUT_S) == m.Done()
+    with pytest.raises(NoSuchLedger):
+        client.call(bookie.endpoint, add(container | 1, 1, b"late", epoch=1), TIMEOUT_S)
+    bookie.kill()
+    bookie.start()
+    client.close()
+    with pytest.raises(NoSuchLedger):  # its delete marker is still in the journal
+        client.call(bookie.endpoint, add(container | 1, 1, b"late", epoch=1), TIMEOUT_S)
+    with pytest.raises(Fenced):  # a ledger of the fenced container the bookie never held
+        client.call(bookie.endpoint, add(container | 2, 1, b"late", epoch=1), TIMEOUT_S)
+    assert client.call(bookie.endpoint, add(container | 2, 0, b"new", epoch=2), TIMEOUT_S)
+    other = 8 << LEDGER_ID_SHIFT | 1  # another container's log is not fenced
+    assert client.call(bookie.endpoint, add(other, 0, b"b", epoch=1), TIMEOUT_S)
 
 
 def test_deleted_ledger_is_gone_after_restart(bookie, client):
