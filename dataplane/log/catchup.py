@@ -3,9 +3,11 @@
 An entry completes at the ack quorum; a bookie of its write quorum that had not acknowledged
 it by then *missed* it (the entry has fewer than Qw copies). `CatchUp` remembers such entries
 per bookie (bounded), forgets one when the bookie's late ack comes, and once the bookie
-answers again (it acknowledged something), copies the rest to it: read the entry from a
-bookie that has it, add it to the lagging one (adds are idempotent), a bounded number at a
-time. Entries of ledgers the log has since deleted are skipped.
+answers again (it acknowledged something, or the probing copy sent every `timeout_s` to a
+bookie that gets no new entries, such as one an ensemble change left out), copies the rest
+to it: read the entry from a bookie that has it, add it to the lagging one (adds are
+idempotent), a bounded number at a time. Entries of ledgers the log has since deleted are
+skipped.
 
 Runs on the replicator thread, which owns the sockets: `send(endpoint, frames) -> bool`
 sends without blocking. It never blocks the write path and never holds payloads beyond one
@@ -52,7 +54,11 @@ class CatchUp:
         self._requests: dict[int, tuple[str, str, Key, Any, float]] = {}
         """request id -> (stage "read"/"add", target endpoint, key, log, sent at)."""
         self._busy: dict[str, set[Key]] = collections.defaultdict(set)
-        self.counters = {"catchup_copied": 0, "catchup_dropped": 0, "catchup_lagging": 0}
+        self._probe_at: dict[str, float] = {}
+        """Target -> when to probe it next (while it has not answered since it missed)."""
+        self.counters = dict.fromkeys(
+            ("catchup_copied", "catchup_dropped", "catchup_lagging", "catchup_probes"), 0
+        )
 
     def missed(self, target: str, log_: Any, key: Key, sources: list[str]) -> None:
         lagging = self._lagging.setdefault(target, collections.OrderedDict())
@@ -101,6 +107,13 @@ class CatchUp:
                 del self._requests[rid]
                 self._busy[target].discard(key)
         self.counters["catchup_lagging"] = sum(len(v) for v in self._lagging.values())
+        for target, lagging in list(self._lagging.items()):
+            # a bookie that gets no new entries (an ensemble change left it out) never acks
+            # anything by itself: probe it with one copy per timeout until it answers
+            if target not in self._alive and lagging and now >= self._probe_at.get(target, 0.0):
+                self._probe_at[target] = now + self.timeout_s
+                self.counters["catchup_probes"] += 1
+                self._start(target, lagging, limit=1)
         for target in list(self._alive):
             lagging = self._lagging.get(target)
             if not lagging:
@@ -109,10 +122,11 @@ class CatchUp:
                 continue
             self._start(target, lagging)
 
-    def _start(self, target: str, lagging: collections.OrderedDict) -> None:
+    def _start(self, target: str, lagging: collections.OrderedDict, limit: int = 0) -> None:
         busy = self._busy[target]
+        limit = limit or self.in_flight_max
         for key, (log_, sources) in list(lagging.items()):
-            if len(busy) >= self.in_flight_max:
+            if len(busy) >= limit:
                 return
             if key in busy:
                 continue

@@ -96,6 +96,9 @@ class ReplicationConfig:
     """How long a failed bookie stays out of new ensembles."""
     read_window: int = 32
     """Entry reads in flight per bookie during recovery."""
+    catchup_timeout_s: float = 5.0
+    """A catch-up copy unanswered this long is tried again; a bookie that has not answered
+    since it missed entries is probed with one copy this often (catchup.py)."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.ack_quorum <= self.write_quorum <= self.ensemble:

@@ -109,7 +109,7 @@ class ReplicatorCore:
         self._missing: dict[str, float] = {}
         """Endpoint -> when the oldest entry it missed (completed without it) was sent."""
         self._logs: dict[int, ReplicatedLog] = {}
-        self.catchup = CatchUp(self._send_to, clock=clock)
+        self.catchup = CatchUp(self._send_to, timeout_s=replication.catchup_timeout_s, clock=clock)
 
     def _wake(self) -> None:
         """Called after a submission (the thread wakes its poll)."""

