@@ -4,6 +4,12 @@ container → worker endpoint map.
 In-memory only: after a controller restart every process re-registers with its next
 heartbeat (HEARTBEAT_INTERVAL_S). A process not heard from for `stale_after_s` is reported
 as `unresponsive` and its containers are not routed to.
+
+Two live workers may claim one container after a failover: the new owner (a standby that
+took it over) and the old one, paused and resumed (a zombie, which stops at its first write
+since the new owner's recovery fenced it). A container is routed to the claimant that
+reports the highest log epoch for it (heartbeat `info["epochs"]`), the one that recovered
+last; fencing, not this map, is what keeps a single writer.
 """
 
 from __future__ import annotations
@@ -38,17 +44,16 @@ class Registry:
 
     def container_endpoints(self) -> dict[int, str]:
         now = time.monotonic()
-        out: dict[int, str] = {}
+        best: dict[int, tuple[int, str]] = {}
         with self._lock:
             for beat, seen in self._entries.values():
-                if (
-                    beat.role == "worker"
-                    and beat.state == "up"
-                    and now - seen <= self.stale_after_s
-                ):
-                    for container in beat.containers:
-                        out[container] = beat.endpoint
-        return out
+                if beat.role != "worker" or beat.state != "up" or now - seen > self.stale_after_s:
+                    continue
+                for container in beat.containers:
+                    epoch = _epoch(beat, container)
+                    if container not in best or epoch > best[container][0]:
+                        best[container] = (epoch, beat.endpoint)
+        return {container: endpoint for container, (_, endpoint) in best.items()}
 
     def processes(self) -> list[m.ProcessInfo]:
         now = time.monotonic()
@@ -73,3 +78,10 @@ class Registry:
         order = {"standalone": 0, "controller": 1, "host": 2, "uploader": 3, "worker": 4}
         out.sort(key=lambda p: (order.get(p.role, 9), p.id.zfill(8)))
         return out
+
+
+def _epoch(beat: m.Heartbeat, container: int) -> int:
+    """The log epoch `beat` reports for `container` (0 if it reports none)."""
+    epochs = beat.info.get("epochs")
+    epoch = epochs.get(str(container), 0) if isinstance(epochs, dict) else 0
+    return epoch if isinstance(epoch, int) else 0

@@ -56,6 +56,7 @@ from streamvault.dataplane.log import Committer, LocalDurableLog, LocalFileStore
 from streamvault.dataplane.log.probe import durability_mode
 from streamvault.dataplane.log.replicated_log import ReplicatedLog, ReplicationConfig
 from streamvault.dataplane.log.replicator import Replicator
+from streamvault.dataplane.standby import StandbyConfig, wait_for_takeover
 from streamvault.dataplane.storage_writer import StorageWriter
 from streamvault.lts.uri import open_chunk_store
 
@@ -98,6 +99,9 @@ class WorkerConfig:
     tiering: TieringConfig = field(default_factory=TieringConfig)
     replication: ReplicationConfig | None = None
     """Bookies and quorums of a replicated log; None: local ledger files (one replica)."""
+    standby: bool = False
+    """Open the containers only once no live worker serves them (standby.py): a failover
+    target sharing the owner's coordination store, bookies and LTS."""
 
     def __post_init__(self) -> None:
         if self.container_count <= 0:
@@ -107,6 +111,13 @@ class WorkerConfig:
             raise ValueError(f"containers {bad} not in 0..{self.container_count - 1}")
         if len(set(self.containers)) != len(self.containers):
             raise ValueError(f"containers {self.containers} repeat")
+        if self.standby and not self.controller:
+            raise ValueError("standby needs a controller (--controller) to see the owner go")
+        if self.standby and self.replication is None:
+            raise ValueError(
+                "standby needs a replicated log (--bookies): local ledger files are not "
+                "shared with the owner"
+            )
 
 
 def log_dir(data_dir: str, container_id: int) -> str:
@@ -583,6 +594,7 @@ class Worker:
             counters.update(container.counters)
         return {
             "durability_mode": self.mode,
+            "epochs": {str(cid): dlog.epoch for cid, dlog in self.logs.items()},
             "failed_containers": {str(c): e.message for c, e in self.failed.items()},
             "dropped_sends": self.dropped_sends,
             **self.committer.counters,
@@ -649,6 +661,13 @@ def run(config: WorkerConfig) -> int:
     worker = Worker(config)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: worker.request_stop())
+    if config.standby:
+        standby = StandbyConfig(config.worker_id, config.containers, config.controller)
+        if not wait_for_takeover(worker.ctx, standby, lambda: worker.stopping):
+            worker.committer.stop()
+            worker.waker.close()
+            worker.ctx.term()
+            return 0
     worker.open()
     worker.serve_forever()
     return 0

@@ -11,6 +11,7 @@ Role processes (started by `standalone`, or by hand in a cluster):
     streamvault controller --data-dir DIR --bind URL --containers N
     streamvault host --data-dir DIR --workers N --containers N --controller URL
     streamvault worker --id I --data-dir DIR --containers 0,4 --container-count N --bind URL
+                       [--bookies 0=URL,1=URL,2=URL [--standby]]
     streamvault bookie --data-dir DIR --port P [--controller URL]
 """
 
@@ -128,6 +129,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--upload-bytes", type=int, default=64 << 20)
     p.add_argument("--flush-wait", type=float, default=30.0)
     p.add_argument("--ledger-size", type=parse_size, default=128 << 20)
+    p.add_argument(
+        "--standby",
+        action="store_true",
+        help="take the containers over only once no live worker serves them (needs "
+        "--controller, --bookies, the owner's --data-dir coordination store and --lts)",
+    )
     _replication_options(p)
     _common(p)
 
@@ -367,6 +374,7 @@ def _run(args: argparse.Namespace) -> int:
                     upload_bytes_max=args.upload_bytes,
                 ),
                 replication=_replication(args),
+                standby=args.standby,
             )
         )
     raise AssertionError(args.command)

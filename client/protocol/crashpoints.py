@@ -15,6 +15,14 @@ Fault points make an I/O call fail where no device can be made to (no device-map
 
 The process reaching the point gets the point's OSError instead of the call's result (once
 across processes with a marker), exactly as if the kernel had returned it.
+
+Stop points freeze the process at a crash point instead of killing it:
+
+    STREAMVAULT_STOP_POINT=<name>[:<marker file>]
+
+The process reaching the point SIGSTOPs itself (every thread stops there, as a hung or
+paused machine would), so a test can fail its containers over and then SIGCONT it as a
+zombie owner at a known step (TESTING.md row 13).
 """
 
 from __future__ import annotations
@@ -39,6 +47,8 @@ POINTS = (
     "journal_after_sync",
 )
 
+
+_STOP, _, _STOP_MARKER = os.environ.get("STREAMVAULT_STOP_POINT", "").partition(":")
 
 _FAULT, _, _FAULT_MARKER = os.environ.get("STREAMVAULT_FAULT_POINT", "").partition(":")
 
@@ -65,6 +75,9 @@ def fault_point(name: str) -> None:
 
 
 def crash_point(name: str) -> None:
+    """SIGKILL (crash point) or SIGSTOP (stop point) this process here if armed."""
     assert name in POINTS, name
     if name == _POINT and _first(_MARKER):
         os.kill(os.getpid(), signal.SIGKILL)
+    if name == _STOP and _first(_STOP_MARKER):
+        os.kill(os.getpid(), signal.SIGSTOP)
