@@ -28,7 +28,12 @@ from streamvault.client.protocol import codec, transport
 from streamvault.client.protocol import messages as m
 from streamvault.client.protocol.codec import next_request_id
 from streamvault.client.protocol.crashpoints import crash_point
-from streamvault.client.protocol.errors import StreamVaultError, error_from_code
+from streamvault.client.protocol.errors import (
+    Fenced,
+    StorageError,
+    StreamVaultError,
+    error_from_code,
+)
 from streamvault.dataplane.container import Container
 from streamvault.dataplane.container.container import LtsRead
 from streamvault.dataplane.container.tiering import UploadTask
@@ -118,9 +123,16 @@ class StorageWriter:
         if seg is None:
             return
         dlog = self.logs[cid]
-        data = b"".join(
-            dlog.read(p.ledger_id, p.position, p.length) for p in seg.pieces(task.start, task.end)
-        )
+        try:
+            data = b"".join(
+                dlog.read(p.ledger_id, p.position, p.length)
+                for p in seg.pieces(task.start, task.end)
+            )
+        except (Fenced, StorageError):
+            raise  # not the owner any more, or an I/O error: the worker fail-stops
+        except StreamVaultError as exc:  # a bookie did not answer: try again later
+            self._failed(container, task, exc)
+            return
         if len(data) != task.end - task.start:  # the index ends early: try again later
             container.upload_failed(task.segment_id, task.end)
             return

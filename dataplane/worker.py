@@ -37,8 +37,10 @@ from streamvault.client.protocol import codec, transport
 from streamvault.client.protocol import messages as m
 from streamvault.client.protocol.errors import (
     DataCorruption,
+    Fenced,
     InternalError,
     InvalidMessage,
+    StorageError,
     StreamVaultError,
     UnsupportedVersion,
     WrongHost,
@@ -290,7 +292,11 @@ class Worker:
                     self.storage.on_readable()
                 if self.storage.monitor is not None and self.storage.monitor in events:
                     self.storage.on_disconnect()
-                self.storage.tick(now)
+                try:
+                    self.storage.tick(now)
+                except (Fenced, StorageError) as exc:  # an upload's log read: not the owner
+                    self.fatal = exc  # any more, or an I/O error
+                    self._fail_stop()
                 self._collect_garbage()
             if now >= next_expire:
                 for container in self.containers.values():
@@ -477,7 +483,14 @@ class Worker:
                 )
             else:
                 dlog = self.logs[container_for(plan.segment, self.config.container_count)]
-                payload = [dlog.read(p.ledger_id, p.position, p.length) for p in plan.pieces]
+                try:
+                    payload = [dlog.read(p.ledger_id, p.position, p.length) for p in plan.pieces]
+                except (Fenced, StorageError) as exc:  # a newer owner has the log; I/O error
+                    self.fatal = exc
+                    self._fail_stop()
+                except StreamVaultError as exc:  # unreachable bookies: the reader may retry
+                    self._send(plan.peer, codec.encode_exception(plan.request_id, exc))
+                    continue
                 reply = m.SegmentRead(
                     plan.offset, plan.segment_length, plan.end_of_segment, plan.segment, payload
                 )

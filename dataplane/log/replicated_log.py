@@ -571,9 +571,22 @@ class ReplicatedLog:
         client = getattr(self._clients, "client", None)
         if client is None:
             client = self._clients.client = self._new_client()
-        batch, _ = self._read_batch(client, self.endpoints(info), ledger_id, entry, 1)
+        batch, unanswered = self._read_batch(client, self.endpoints(info), ledger_id, entry, 1)
         if not batch:
-            raise StorageError(f"log {self.key}: entry {entry} of ledger {ledger_id} unreadable")
+            if unanswered:  # unreachable is not lost: the caller may try again
+                raise ServiceUnavailable(
+                    f"log {self.key}: entry {entry} of ledger {ledger_id}: no valid copy from "
+                    f"the bookies that answered, {unanswered} did not",
+                    ledger=ledger_id,
+                    entry=entry,
+                )
+            self._check_still_owner(ledger_id)  # a newer owner may have truncated it
+            raise DataCorruption(
+                f"log {self.key}: entry {entry} of ledger {ledger_id} has no valid copy on "
+                f"any bookie of {info.ensemble}",
+                ledger=ledger_id,
+                entry=entry,
+            )
         record = batch[0]
         with self._entries_lock:
             self._entries[key] = record

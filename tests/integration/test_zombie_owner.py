@@ -330,20 +330,19 @@ def test_a_zombie_owner_fails_as_fenced_and_nothing_it_tries_becomes_visible(
 
 
 def _stop_reason(owner: Proc) -> str:
-    """How the resumed zombie stopped. Its first refused write is fail-stop (exit 3): a
-    bookie answers `Fenced` (the new owner's recovery fenced the ledger) or, once the new
-    owner has truncated that ledger away, "ledger ... is deleted"; a metadata CAS (rollover,
-    truncation) fails with `BadVersion`. A read of a truncated-away ledger (an upload from
-    the log) is an unhandled StorageError (exit 2). Every one stops it unacknowledged."""
+    """How the resumed zombie stopped: its first refused write or read is fail-stop (exit 3).
+    A bookie answers `Fenced` (the new owner's recovery fenced the ledger, or its container)
+    or `NoSuchLedger` once the new owner truncated the ledger away (reported as `Fenced`); a
+    metadata CAS (rollover, truncation) fails with `BadVersion`; a log read of a ledger the
+    new owner truncated is `Fenced` too (the log's epoch moved on). Every one stops it
+    unacknowledged."""
     text = owner.log_path.read_text(errors="replace")
     code = owner.proc.returncode
-    if code == EXIT_STORAGE_FAILURE and "fail-stop" in text:
-        for reason in ("Fenced", "BadVersion", "is deleted"):
-            if reason in text:
-                return reason
-        raise AssertionError(f"fail-stop for another reason\n{owner.logs()}")
-    assert code == 2 and "unreadable" in text, f"exit {code}\n{owner.logs()}"
-    return "unreadable"
+    assert code == EXIT_STORAGE_FAILURE and "fail-stop" in text, f"exit {code}\n{owner.logs()}"
+    for reason in ("BadVersion", "Fenced"):
+        if reason in text:
+            return reason
+    raise AssertionError(f"fail-stop for another reason\n{owner.logs()}")
 
 
 def _state(mgr: StreamManager, wid: str) -> str:
