@@ -94,8 +94,11 @@ _COUNTERS = (
 class JournalConfig:
     file_bytes: int = 256 * 1024 * 1024
     """Size each journal file is preallocated to; a multiple of 4096."""
-    commit_bytes_max: int = 4 * 1024 * 1024
-    """Record bytes one commit (one fdatasync) holds at most; a multiple of 4096."""
+    commit_bytes_max: int = 16 * 1024 * 1024
+    """Record bytes one commit (one fdatasync) holds at most; a multiple of 4096. Large, since
+    a bookie answers a turn only once all of it is durable: more commits per turn only add
+    fdatasyncs (measured here: a sync per 4 MiB costs about a quarter of the bandwidth, per
+    16 MiB about a tenth); the ring buffer does not grow with it."""
     piece_bytes: int = 1024 * 1024
     """Bytes one pwrite of a commit writes at most; a multiple of 4096. A larger commit is
     written in pieces, each while the next is packed (journal_writer.py)."""
