@@ -312,6 +312,7 @@ def _run(args: argparse.Namespace) -> int:
         )
     if args.command == "bookie":
         from streamvault.dataplane.log.bookie import BookieConfig, run
+        from streamvault.dataplane.log.journal import DEFAULT_CONFIG as DEFAULT_JOURNAL_CONFIG
         from streamvault.dataplane.log.journal import JournalConfig
 
         process.die_with_parent(args.parent_pid)
@@ -325,7 +326,11 @@ def _run(args: argparse.Namespace) -> int:
                 bookie_id=args.id,
                 controller=args.controller,
                 journal=JournalConfig(
-                    file_bytes=args.journal_file_size, direct=not args.no_direct_io
+                    file_bytes=args.journal_file_size,
+                    commit_bytes_max=min(
+                        DEFAULT_JOURNAL_CONFIG.commit_bytes_max, args.journal_file_size
+                    ),
+                    direct=not args.no_direct_io,
                 ),
             )
         )

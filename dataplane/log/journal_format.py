@@ -13,11 +13,12 @@ a 4096 boundary, where the next commit (`commit_seq` + 1, also across files) sta
 file kept from its previous life carry an older `file_seq` and are never taken for records
 of this file.
 
-Invariants the scanner relies on: a commit is written (one pwrite) only after the previous
-commit's fdatasync returned, and recovery zeroes the torn remains of the one commit that may
-have been in flight before the journal writes again. So beyond the end of the valid commits
-of a file there is nothing of this file's `file_seq` except, in the last file, pieces of the
-in-flight commit (`commit_seq` = last valid + 1). Anything else proves that durable data was
+Invariants the scanner relies on: a commit is written (in one or more pwrites, whose pages
+may land in any order) only after the previous commit's fdatasync returned, and recovery
+zeroes the torn remains of the one commit that may have been in flight before the journal
+writes again. So beyond the end of the valid commits of a file there is nothing of this
+file's `file_seq` except, in the last file, pieces of the in-flight commit (`commit_seq` =
+last valid + 1). Anything else proves that durable data was
 damaged: `DataCorruption`, never a silent cut. Commit seqs are contiguous, so a commit found
 where its predecessor should be (a misdirected write over it), or a file whose first commit
 does not follow the previous file's last (that file's final commit was damaged), is not
@@ -87,6 +88,30 @@ def packed_bytes(payload_bytes: int) -> int:
     return (HEADER_BYTES + payload_bytes + 7) & ~7
 
 
+_HEAD = struct.Struct(HEADER.format[:-1])  # the header without its crc32c
+_CRC = struct.Struct("<I")
+
+
+def seal_header(
+    kind: int,
+    flags: int,
+    payload: memoryview | bytes,
+    file_seq: int,
+    commit_seq: int,
+    ledger_id: int,
+    entry_id: int,
+    epoch: int,
+    lac: int,
+) -> bytes:
+    """The header of a record with `payload`, its crc32c included (what `read_record`
+    checks). The CRC is taken over the caller's payload, which is then copied as it is."""
+    head = _HEAD.pack(
+        JOURNAL_MAGIC, JOURNAL_VERSION, kind, flags, len(payload), file_seq, commit_seq,
+        ledger_id, entry_id, epoch, lac,
+    )  # fmt: skip
+    return head + _CRC.pack(crc32c.crc32c(payload, crc32c.crc32c(head)))
+
+
 def pack_record(
     buf: memoryview, pos: int, payload: memoryview | bytes, record: JournalRecord
 ) -> int:
@@ -96,12 +121,8 @@ def pack_record(
     assert size == record.payload_bytes, (size, record.payload_bytes)
     end = pos + HEADER_BYTES + size
     nxt = pos + packed_bytes(size)
-    buf[pos + HEADER_BYTES : end] = payload
+    buf[pos:end] = seal_header(record.kind, record.flags, payload, *record[3:-1]) + payload
     buf[end:nxt] = _ZEROS[: nxt - end]
-    HEADER.pack_into(buf, pos, JOURNAL_MAGIC, JOURNAL_VERSION, *record[:-1], 0)
-    crc = crc32c.crc32c(buf[pos : pos + _CRC_COVERED])
-    crc = crc32c.crc32c(buf[pos + HEADER_BYTES : end], crc)
-    struct.pack_into("<I", buf, pos + _CRC_COVERED, crc)
     return nxt
 
 

@@ -27,6 +27,7 @@ A failing seed prints `journal sim failed: seed=S (replay: ...)` and its step lo
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import random
@@ -50,8 +51,13 @@ from streamvault.dataplane.log.journal_format import (
 )
 
 CONFIG = JournalConfig(
-    file_bytes=64 * 1024, commit_bytes_max=16 * 1024, files_recycled_max=1, direct=False
+    file_bytes=64 * 1024,
+    commit_bytes_max=16 * 1024,
+    piece_bytes=8 * 1024,  # most commits are written in pieces, large entries in many
+    files_recycled_max=1,
+    direct=False,
 )
+"""Odd seeds run it with the I/O thread, even seeds without: the same disk calls either way."""
 DIRECTORY = "/sim/journal"
 PAYLOAD_MAX = CONFIG.file_bytes - HEADER_BYTES
 CORRUPT = "<DataCorruption>"
@@ -125,8 +131,10 @@ class SimFailure(AssertionError):
 class _Sim:
     """One seed's run (see module docstring)."""
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, *, io_thread: bool | None = None) -> None:
         self.seed = seed
+        io_thread = bool(seed % 2) if io_thread is None else io_thread
+        self.config = dataclasses.replace(CONFIG, io_thread=io_thread)
         self.rng = random.Random(seed)
         self.disk = FaultyDisk(f"disk-{seed}")
         self.log: list[str] = []
@@ -160,7 +168,7 @@ class _Sim:
     def run(self) -> None:
         rng = self.rng
         self.note("open")
-        self.journal = Journal(DIRECTORY, CONFIG, disk=self.disk)
+        self.journal = Journal(DIRECTORY, self.config, disk=self.disk)
         steps = rng.randint(150, 350)
         try:
             for self.step in range(1, steps + 1):
@@ -399,7 +407,7 @@ class _Sim:
                 disk.crash_after(calls)
                 self.note(f"  reopen [crash after {calls} disk calls]")
             try:
-                journal = Journal(DIRECTORY, CONFIG, disk=disk)
+                journal = Journal(DIRECTORY, self.config, disk=disk)
             except SimulatedCrash:
                 self.note("  -> power cut during recovery")
                 self.stats["crashes_in_recovery"] += 1
@@ -706,6 +714,18 @@ def test_a_seed_replays_exactly() -> None:
         first.run()
         second.run()
     assert first.log == second.log and first.stats == second.stats
+
+
+@pytest.mark.parametrize("seed", [3, 8, 11])
+def test_the_io_thread_changes_no_disk_call(seed: int) -> None:
+    """With or without the journal's I/O thread a seed runs the same disk calls, faults and
+    crashes (pieces, then the fdatasync, strictly in order), so it ends the same."""
+    with _quiet_journal_log():
+        inline, threaded = _Sim(seed, io_thread=False), _Sim(seed, io_thread=True)
+        inline.run()
+        threaded.run()
+    assert inline.log == threaded.log and inline.stats == threaded.stats
+    assert threaded.stats["journal_commits"] > 0
 
 
 def test_faulty_disk_keeps_only_what_was_synced() -> None:
