@@ -50,7 +50,12 @@ from streamvault.dataplane.log.metadata import BadVersion, LogMetadata
 from support.faulty_disk import FaultyDisk, SimulatedCrash
 
 JOURNAL = JournalConfig(
-    file_bytes=64 * 1024, commit_bytes_max=16 * 1024, files_recycled_max=1, direct=False
+    file_bytes=64 * 1024,
+    commit_bytes_max=16 * 1024,
+    piece_bytes=8 * 1024,
+    files_recycled_max=1,
+    direct=False,
+    io_thread=False,  # the same disk calls in the same order (the journal sim runs both)
 )
 JOURNAL_DIR = "/sim/journal"
 EVENTS_MAX = 2_000_000
