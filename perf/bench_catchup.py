@@ -110,7 +110,9 @@ def one_run(args: argparse.Namespace) -> dict:
     tmp = tempfile.mkdtemp(prefix="sv-catchup-")
     cache = parse_size(args.cache)
     proc, controller = start_standalone(
-        os.path.join(tmp, "data"), args.workers, ["--cache-size", args.cache, "--flush-wait", "2"]
+        os.path.join(tmp, "data"),
+        args.workers,
+        ["--cache-size", args.cache, "--flush-wait", "2", *args.standalone_args.split()],
     )
     try:
         with StreamManager(controller) as mgr:
@@ -168,6 +170,7 @@ def main() -> int:
     ap.add_argument("--deadline", type=float, default=120.0)
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--standalone-args", default="", help="extra options for the standalone")
     args = ap.parse_args()
     runs = [one_run(args) for _ in range(args.runs)]
     m = machine()
