@@ -34,7 +34,14 @@ import pytest
 import zmq
 from support.bookies import running_bookies
 from support.cluster import free_port
-from support.history import check_exactly_once, event, expected_counts, read_all, unique
+from support.history import (
+    check_exactly_once,
+    event,
+    expected_counts,
+    read_all,
+    unique,
+    write_in_background,
+)
 
 from streamvault.client import StreamManager
 from streamvault.client.protocol import codec
@@ -194,23 +201,6 @@ def _referenced_chunks(coordination: Path, bookies: dict[str, str]) -> set[str]:
     return names
 
 
-def _write(writer, futures: list, done: threading.Event) -> threading.Thread:
-    """TOTAL events over KEYS keys at about 4,000 a second, so the pause lands mid-write."""
-
-    def run() -> None:
-        for i in range(TOTAL):
-            futures.append(
-                writer.write_event(event(i % KEYS, i // KEYS), routing_key=f"k{i % KEYS}")
-            )
-            if i % 40 == 39:
-                time.sleep(0.01)
-        done.set()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
-
-
 def _acked(futures: list) -> int:
     return sum(1 for f in list(futures) if f.done() and f.exception() is None)
 
@@ -271,7 +261,9 @@ def test_a_zombie_owner_fails_as_fenced_and_nothing_it_tries_becomes_visible(
                 stack.callback(writer.close, timeout=0)  # flushed below on the good path
                 futures: list = []
                 done = threading.Event()
-                thread = _write(writer, futures, done)
+                thread = write_in_background(  # ~4,000 a second: the pause lands mid-write
+                    writer, futures, TOTAL, done, keys=KEYS, pause_every=40
+                )
                 if pause == "sigstop_mid_write":
                     _until("acks before the pause", lambda: _acked(futures) >= 3000, procs=procs)
                     os.kill(owner.pid, signal.SIGSTOP)

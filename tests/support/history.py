@@ -97,17 +97,18 @@ def read_all(
 
 
 def write_in_background(
-    writer, futures: list, total: int, done: threading.Event, *, keys: int
+    writer, futures: list, total: int, done: threading.Event, *, keys: int, pause_every: int = 2000
 ) -> threading.Thread:
     """Write `total` events over `keys` routing keys from a thread, appending each future;
-    set `done` at the end. Writes are spread out a little so that a fault lands mid-write."""
+    set `done` at the end. Writes are spread out (10 ms after every `pause_every` events) so
+    that a fault lands mid-write."""
 
     def run() -> None:
         for i in range(total):
             futures.append(
                 writer.write_event(event(i % keys, i // keys), routing_key=f"key-{i % keys}")
             )
-            if i % 2000 == 0:
+            if i % pause_every == pause_every - 1:
                 time.sleep(0.01)
         done.set()
 

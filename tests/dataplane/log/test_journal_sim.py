@@ -31,8 +31,6 @@ import dataclasses
 import errno
 import logging
 import random
-import time
-import traceback
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,6 +38,7 @@ from dataclasses import dataclass, field
 
 import pytest
 from support.faulty_disk import FaultyDisk, SimulatedCrash
+from support.sim_seeds import run_seeds
 
 from streamvault.client.protocol.errors import DataCorruption, StorageError
 from streamvault.dataplane.log.journal import Journal, JournalConfig
@@ -165,6 +164,9 @@ class _Sim:
         raise SimFailure(text)
 
     # --- the run -----------------------------------------------------------------------
+    def steps(self) -> list[str]:
+        return self.log
+
     def run(self) -> None:
         rng = self.rng
         self.note("open")
@@ -675,29 +677,10 @@ def _quiet_journal_log() -> Iterator[None]:
 
 
 def test_journal_simulation(sim_seeds: list[int]) -> None:
-    totals: Counter[str] = Counter()
-    started = time.perf_counter()
     with _quiet_journal_log():
-        for seed in sim_seeds:
-            sim = _Sim(seed)
-            details = ""
-            try:
-                sim.run()
-            except (Exception, SimulatedCrash) as exc:  # reported with the seed
-                details = "".join(traceback.format_exception(exc))
-            if details:  # outside the except block: the report shows no chained exception
-                pytest.fail(
-                    f"journal sim failed: seed={seed} (replay: pytest "
-                    f"tests/dataplane/log/test_journal_sim.py --sim-seed {seed})\n"
-                    + "\n".join(sim.log)
-                    + f"\n{details}",
-                    pytrace=False,
-                )
-            totals.update(sim.stats)
-    elapsed = time.perf_counter() - started
-    print(
-        f"\njournal sim: {len(sim_seeds)} seeds in {elapsed:.1f}s: {dict(sorted(totals.items()))}"
-    )
+        totals = run_seeds(
+            "journal sim", "tests/dataplane/log/test_journal_sim.py", sim_seeds, _Sim
+        )
     if len(sim_seeds) >= 200:  # the faults the simulation is for actually happen
         for name in (
             "disk_crashes", "disk_pages_torn", "disk_pages_garbled", "disk_dir_ops_dropped",

@@ -29,16 +29,14 @@ A failing seed prints `quorum sim failed: seed=S (replay: ...)` with the run's e
 from __future__ import annotations
 
 import logging
-import time
-import traceback
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from support.faulty_disk import SimulatedCrash
 from support.quorum_sim import SimBookie, SimClient, SimStore, World
+from support.sim_seeds import run_seeds
 
 from streamvault.client.protocol.errors import Fenced, ServiceUnavailable, StreamVaultError
 from streamvault.dataplane.log.local_log import LogConfig
@@ -260,6 +258,9 @@ class Run:
             f"ledger_bytes={self.log_config.ledger_bytes} buffers={self.log_config.buffers} "
             f"drop={world.net.drop} spike={world.net.spike}"
         )
+
+    def steps(self) -> list[str]:
+        return self.world.log[-400:]
 
     def new_owner(self) -> Owner:
         owner = Owner(self, len(self.owners) + 1)
@@ -552,27 +553,8 @@ def _run(seed: int) -> Run:
 
 
 def test_quorum_simulation(sim_seeds: list[int]) -> None:
-    totals: Counter[str] = Counter()
-    started = time.perf_counter()
     with _quiet_logs():
-        for seed in sim_seeds:
-            run = Run(seed)
-            details = ""
-            try:
-                run.run()
-            except (Exception, SimulatedCrash) as exc:  # reported with the seed
-                details = "".join(traceback.format_exception(exc))
-            if details:  # outside the except block: the report shows no chained exception
-                pytest.fail(
-                    f"quorum sim failed: seed={seed} (replay: pytest "
-                    f"tests/dataplane/log/test_quorum_sim.py --sim-seed {seed})\n"
-                    + "\n".join(run.world.log[-400:])
-                    + f"\n{details}",
-                    pytrace=False,
-                )
-            totals.update(run.stats)
-    elapsed = time.perf_counter() - started
-    print(f"\nquorum sim: {len(sim_seeds)} seeds in {elapsed:.1f}s: {dict(sorted(totals.items()))}")
+        totals = run_seeds("quorum sim", "tests/dataplane/log/test_quorum_sim.py", sim_seeds, Run)
     if len(sim_seeds) >= 200:  # the faults the simulation is for actually happen
         for name in (
             "recoveries_failed", "owners_fenced", "ensemble_changes", "resends", "rollovers",
