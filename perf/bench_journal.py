@@ -143,18 +143,22 @@ def main() -> int:
     base_bw = statistics.median(fio_bw) if fio_bw else None
     base_syncs = statistics.median(bare_syncs) if bare_syncs else None
     fio_sync_rate = statistics.median(fio_syncs) if fio_syncs else 0
-    print(f"{'measurement':<36}{'median':>12}  {'ratio':>8}  runs")
+    print(f"{'measurement':<36}{'median':>12}  {'ratio':>8}  {'paired':>8}  runs")
     for name, values in rows.items():
         value = statistics.median(values)
         base = base_syncs if "commits" in name else base_bw
         ratio = f"{value / base:.2f}" if base else "-"
-        print(f"{name:<36}{value:>12,.1f}  {ratio:>8}  {[round(v) for v in values]}")
+        # each run's figure over the baseline measured just before it (drift cancels)
+        bases = bare_syncs if "commits" in name else fio_bw
+        pairs = [v / b for v, b in zip(values, bases, strict=False) if b]
+        paired = f"{statistics.median(pairs):.2f}" if len(pairs) == len(values) else "-"
+        print(f"{name:<36}{value:>12,.1f}  {ratio:>8}  {paired:>8}  {[round(v) for v in values]}")
     for name, value, runs in (
         ("fio seq write 1M O_DIRECT MB/s", base_bw or 0, fio_bw),
         ("python 4k O_DIRECT+fdatasync /s", base_syncs or 0, bare_syncs),
         ("fio 4k write+fdatasync syncs/s", fio_sync_rate, fio_syncs),
     ):
-        print(f"{name:<36}{value:>12,.1f}  {'base':>8}  {runs}")
+        print(f"{name:<36}{value:>12,.1f}  {'base':>8}  {'':>8}  {runs}")
     if not fio_bw:
         print(f"(fio: {why})")
     return 0
