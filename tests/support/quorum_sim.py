@@ -45,6 +45,7 @@ from streamvault.client.protocol.errors import (
     error_from_code,
 )
 from streamvault.dataplane.log.bookie import BookieCore
+from streamvault.dataplane.log.bookie_client import BookieClient
 from streamvault.dataplane.log.journal import Journal, JournalConfig
 from streamvault.dataplane.log.metadata import BadVersion, LogMetadata
 from support.faulty_disk import FaultyDisk, SimulatedCrash
@@ -263,10 +264,11 @@ class SimBookie:
         self.world.net.send(self.name, peer.decode(), frames)
 
 
-class SimClient:
-    """`BookieClient` over the simulated network: each call waits by running the world."""
+class SimClient(BookieClient):
+    """`BookieClient` over the simulated network: each call waits by running the world
+    (`call` is BookieClient's, over `call_many`)."""
 
-    def __init__(self, world: World, name: str) -> None:
+    def __init__(self, world: World, name: str) -> None:  # no ZeroMQ context or sockets
         self.world = world
         self.name = name
         self.up = True
@@ -294,12 +296,6 @@ class SimClient:
         frames = codec.encode(msg, rid, timeout_ms=int(timeout_s * 1000))
         self.world.net.send(self.name, endpoint, frames)
         return rid
-
-    def call(self, endpoint: str, msg: Any, timeout_s: float) -> Any:
-        result = self.call_many([endpoint], msg, needed=1, timeout_s=timeout_s)[endpoint]
-        if isinstance(result, BaseException):
-            raise result
-        return result
 
     def call_many(
         self, endpoints: Sequence[str], msg: Any, *, needed: int, timeout_s: float

@@ -4,10 +4,12 @@ are returned (and printed) for the caller's checks that the faults actually happ
 
 from __future__ import annotations
 
+import logging
 import time
 import traceback
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Protocol
 
 import pytest
@@ -46,3 +48,16 @@ def run_seeds(name: str, path: str, seeds: Iterable[int], make: Callable[[int], 
     elapsed = time.perf_counter() - started
     print(f"\n{name}: {count} seeds in {elapsed:.1f}s: {dict(sorted(totals.items()))}")
     return totals
+
+
+@contextmanager
+def quiet(logger_name: str) -> Iterator[None]:
+    """Silence a logger of the code under test for a simulation: it logs every torn tail,
+    recovery and refusal, and thousands of those only cost time here."""
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

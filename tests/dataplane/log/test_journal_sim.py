@@ -29,16 +29,13 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import logging
 import random
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import pytest
 from support.faulty_disk import FaultyDisk, SimulatedCrash
-from support.sim_seeds import run_seeds
+from support.sim_seeds import quiet, run_seeds
 
 from streamvault.client.protocol.errors import DataCorruption, StorageError
 from streamvault.dataplane.log.journal import Journal, JournalConfig
@@ -664,20 +661,8 @@ def _diff(observed: View, expected: View, limit: int = 20) -> str:
     return "\n".join(lines[:limit]) or "  (no difference)"
 
 
-@contextmanager
-def _quiet_journal_log() -> Iterator[None]:
-    """The journal logs every torn tail; thousands of them only cost time here."""
-    logger = logging.getLogger("streamvault.dataplane.log.journal")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL + 1)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
 def test_journal_simulation(sim_seeds: list[int]) -> None:
-    with _quiet_journal_log():
+    with quiet("streamvault.dataplane.log.journal"):
         totals = run_seeds(
             "journal sim", "tests/dataplane/log/test_journal_sim.py", sim_seeds, _Sim
         )
@@ -692,7 +677,7 @@ def test_journal_simulation(sim_seeds: list[int]) -> None:
 
 
 def test_a_seed_replays_exactly() -> None:
-    with _quiet_journal_log():
+    with quiet("streamvault.dataplane.log.journal"):
         first, second = _Sim(7), _Sim(7)
         first.run()
         second.run()
@@ -703,7 +688,7 @@ def test_a_seed_replays_exactly() -> None:
 def test_the_io_thread_changes_no_disk_call(seed: int) -> None:
     """With or without the journal's I/O thread a seed runs the same disk calls, faults and
     crashes (pieces, then the fdatasync, strictly in order), so it ends the same."""
-    with _quiet_journal_log():
+    with quiet("streamvault.dataplane.log.journal"):
         inline, threaded = _Sim(seed, io_thread=False), _Sim(seed, io_thread=True)
         inline.run()
         threaded.run()

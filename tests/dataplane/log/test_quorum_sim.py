@@ -28,15 +28,12 @@ A failing seed prints `quorum sim failed: seed=S (replay: ...)` with the run's e
 
 from __future__ import annotations
 
-import logging
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
 from support.quorum_sim import SimBookie, SimClient, SimStore, World
-from support.sim_seeds import run_seeds
+from support.sim_seeds import quiet, run_seeds
 
 from streamvault.client.protocol.errors import Fenced, ServiceUnavailable, StreamVaultError
 from streamvault.dataplane.log.local_log import LogConfig
@@ -534,18 +531,6 @@ def _first_difference(a: list, b: list) -> str:
     return f"index {min(len(a), len(b))}: lengths {len(a)} vs {len(b)}"
 
 
-@contextmanager
-def _quiet_logs() -> Iterator[None]:
-    """The code under test logs every recovery, rollover and refusal; here that is noise."""
-    logger = logging.getLogger("streamvault")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL + 1)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
 def _run(seed: int) -> Run:
     run = Run(seed)
     run.run()
@@ -553,7 +538,7 @@ def _run(seed: int) -> Run:
 
 
 def test_quorum_simulation(sim_seeds: list[int]) -> None:
-    with _quiet_logs():
+    with quiet("streamvault"):
         totals = run_seeds("quorum sim", "tests/dataplane/log/test_quorum_sim.py", sim_seeds, Run)
     if len(sim_seeds) >= 200:  # the faults the simulation is for actually happen
         for name in (
@@ -597,7 +582,7 @@ def test_the_simulation_finds_a_broken_protocol(
     first few hundred loses acknowledged records."""
     target, replacement = BROKEN[broken]
     monkeypatch.setattr(target, replacement)
-    with _quiet_logs():
+    with quiet("streamvault"):
         for seed in range(300):
             try:
                 _run(seed)
@@ -608,6 +593,6 @@ def test_the_simulation_finds_a_broken_protocol(
 
 
 def test_a_seed_replays_exactly() -> None:
-    with _quiet_logs():
+    with quiet("streamvault"):
         first, second = _run(11), _run(11)
     assert first.world.log == second.world.log and first.stats == second.stats
