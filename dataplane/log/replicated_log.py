@@ -70,7 +70,7 @@ from streamvault.dataplane.log.metadata import (
 )
 
 if TYPE_CHECKING:
-    from streamvault.dataplane.log.replicator import Replicator
+    from streamvault.dataplane.log.replicator import ReplicatorCore
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ class ReplicatedLog:
         key: str,
         container_id: int,
         store: CoordinationStore,
-        replicator: Replicator,
+        replicator: ReplicatorCore,
         replication: ReplicationConfig,
         ctx: zmq.Context | None,
         config: LogConfig | None = None,
