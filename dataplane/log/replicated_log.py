@@ -38,7 +38,7 @@ from array import array
 from bisect import bisect_right
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import crc32c
 import zmq
@@ -333,21 +333,29 @@ class ReplicatedLog:
             if len(batch) < count:
                 if upto_missing:
                     break
-                if unanswered:  # unreachable is not absent: the caller may try again
-                    raise ServiceUnavailable(
-                        f"log {self.key}: entry {entry} of closed ledger {info.ledger_id}: no "
-                        f"valid copy from the bookies that answered, {unanswered} did not",
-                        ledger=info.ledger_id,
-                        entry=entry,
-                    )
-                self._check_still_owner(info.ledger_id)  # its ledgers may be truncated
-                raise DataCorruption(
-                    f"log {self.key}: ledger {info.ledger_id} closed at entry {last} but "
-                    f"entry {entry} has no valid copy on any bookie of {info.ensemble}",
-                    ledger=info.ledger_id,
-                    entry=entry,
-                )
+                self._no_valid_copy(info, entry, unanswered)
         self.positions[info.ledger_id] = positions
+
+    def _no_valid_copy(self, info: LedgerInfo, entry: int, unanswered: list[str]) -> NoReturn:
+        """Raise what it means that no bookie gave a valid copy of an entry of a ledger the
+        metadata names: ServiceUnavailable if some did not answer (unreachable is not
+        absent: try again), Fenced if a newer owner has the log (its truncation may have
+        deleted the ledger), else DataCorruption (every bookie answered: the copies are
+        gone or bad)."""
+        if unanswered:
+            raise ServiceUnavailable(
+                f"log {self.key}: entry {entry} of ledger {info.ledger_id}: no valid copy from "
+                f"the bookies that answered, {unanswered} did not",
+                ledger=info.ledger_id,
+                entry=entry,
+            )
+        self._check_still_owner(info.ledger_id)
+        raise DataCorruption(
+            f"log {self.key}: entry {entry} of ledger {info.ledger_id} (last entry "
+            f"{info.last_entry_id}) has no valid copy on any bookie of {info.ensemble}",
+            ledger=info.ledger_id,
+            entry=entry,
+        )
 
     def _check_still_owner(self, ledger_id: int) -> None:
         """Raise Fenced if another owner has taken the log over since this one's epoch
@@ -573,20 +581,7 @@ class ReplicatedLog:
             client = self._clients.client = self._new_client()
         batch, unanswered = self._read_batch(client, self.endpoints(info), ledger_id, entry, 1)
         if not batch:
-            if unanswered:  # unreachable is not lost: the caller may try again
-                raise ServiceUnavailable(
-                    f"log {self.key}: entry {entry} of ledger {ledger_id}: no valid copy from "
-                    f"the bookies that answered, {unanswered} did not",
-                    ledger=ledger_id,
-                    entry=entry,
-                )
-            self._check_still_owner(ledger_id)  # a newer owner may have truncated it
-            raise DataCorruption(
-                f"log {self.key}: entry {entry} of ledger {ledger_id} has no valid copy on "
-                f"any bookie of {info.ensemble}",
-                ledger=ledger_id,
-                entry=entry,
-            )
+            self._no_valid_copy(info, entry, unanswered)
         record = batch[0]
         with self._entries_lock:
             self._entries[key] = record

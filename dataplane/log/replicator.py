@@ -109,7 +109,7 @@ class ReplicatorCore:
         self._missing: dict[str, float] = {}
         """Endpoint -> when the oldest entry it missed (completed without it) was sent."""
         self._logs: dict[int, ReplicatedLog] = {}
-        self.catchup = CatchUp(self._send_to, timeout_s=replication.catchup_timeout_s, clock=clock)
+        self.catchup = CatchUp(send, timeout_s=replication.catchup_timeout_s, clock=clock)
 
     def _wake(self) -> None:
         """Called after a submission (the thread wakes its poll)."""
@@ -189,9 +189,6 @@ class ReplicatorCore:
         self.counters["rollovers"] += 1
         log_._open_next_ledger()
         crash_point("rollover_after_create")
-
-    def _send_to(self, endpoint: str, frames: list[Any]) -> bool:
-        return self._send_frames(endpoint, frames)
 
     def _send(self, item: _Pending) -> None:
         item.sent_at = self.clock()

@@ -35,6 +35,7 @@ import pytest
 from support.quorum_sim import SimBookie, SimClient, SimStore, World
 from support.sim_seeds import quiet, run_seeds
 
+from streamvault.client.protocol import codec
 from streamvault.client.protocol.errors import Fenced, ServiceUnavailable, StreamVaultError
 from streamvault.dataplane.log.local_log import LogConfig
 from streamvault.dataplane.log.replicated_log import ReplicatedLog, ReplicationConfig
@@ -97,8 +98,6 @@ class Owner:
         return self.world.net.send(self.name, endpoint, frames)
 
     def receive(self, src: str, frames: list[bytes]) -> None:
-        from streamvault.client.protocol import codec
-
         header, body = codec.decode(frames)
         self.inbox.append((src, header, body))
 
