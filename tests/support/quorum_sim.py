@@ -56,6 +56,7 @@ JOURNAL = JournalConfig(
     piece_bytes=8 * 1024,
     files_recycled_max=1,
     direct=False,
+    spare_thread=False,  # spares made inline: every disk call on the simulation's thread
     io_thread=False,  # the same disk calls in the same order (the journal sim runs both)
 )
 JOURNAL_DIR = "/sim/journal"
