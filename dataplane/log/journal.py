@@ -173,17 +173,6 @@ class _Ledger:
         self.fenced_epoch: int | None = None
 
 
-def _pwrite(disk: Disk, fd: int, view: memoryview, size: int, pos: int) -> int:
-    """pwrite `view[:size]`, releasing the slice even if the write fails: a traceback that
-    keeps the slice alive (the Disk's frame) would make closing the buffer raise BufferError
-    in place of the I/O error, and the journal would miss its fail-stop."""
-    piece = view[:size]
-    try:
-        return disk.pwrite(fd, piece, pos)
-    finally:
-        piece.release()
-
-
 class _Queued(NamedTuple):
     kind: int
     ledger_id: int

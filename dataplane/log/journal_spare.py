@@ -77,8 +77,8 @@ def create_zeroed(
                         time.sleep(ahead)
             size = min(ZERO_FILL_BYTES, file_bytes - pos)
             piece = view[:size]
-            try:
-                written = disk.pwrite(fd, piece, pos)
+            try:  # a traceback keeping the slice alive would make closing the buffer raise
+                written = disk.pwrite(fd, piece, pos)  # BufferError in place of the I/O error
             finally:
                 piece.release()
             if written != size:

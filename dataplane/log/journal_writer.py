@@ -247,7 +247,7 @@ class CommitWriter:
             crash_point("journal_before_write")
         size = op.stop - op.start
         piece = self._view[op.start : op.stop]
-        try:  # release the slice even if the write fails (see journal._pwrite)
+        try:  # release the slice even if the write fails (see journal_spare.create_zeroed)
             written = disk.pwrite(op.fd, piece, op.file_pos)
         finally:
             piece.release()
