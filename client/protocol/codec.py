@@ -254,7 +254,9 @@ def encode_reply(body: m.Control, request_id: int) -> list[Any]:
     return encode(body, request_id, flags=FLAG_REPLY)
 
 
-def hello_reply(msg: m.Hello, *, role: str, server_id: str, incarnation: str) -> m.HelloReply:
+def hello_reply(
+    msg: m.Hello, *, role: str, server_id: str, incarnation: str, instance: str = ""
+) -> m.HelloReply:
     """The server's answer to `Hello`: the highest version both speak, or UnsupportedVersion
     carrying the range this build supports (every server answers the same way)."""
     if msg.max_version < PROTOCOL_VERSION_MIN or msg.min_version > PROTOCOL_VERSION:
@@ -264,7 +266,8 @@ def hello_reply(msg: m.Hello, *, role: str, server_id: str, incarnation: str) ->
             min_version=PROTOCOL_VERSION_MIN,
             max_version=PROTOCOL_VERSION,
         )
-    return m.HelloReply(min(msg.max_version, PROTOCOL_VERSION), role, server_id, incarnation)
+    version = min(msg.max_version, PROTOCOL_VERSION)
+    return m.HelloReply(version, role, server_id, incarnation, instance)
 
 
 def encode_error(

@@ -160,6 +160,8 @@ class HelloReply(msgspec.Struct, frozen=True):
     role: str
     server_id: str
     incarnation: str
+    instance: str = ""
+    """Bookies: the lifetime of the data behind `server_id` (bookie_instance.py)."""
 
 
 class Control(msgspec.Struct, frozen=True, tag=True):

@@ -62,6 +62,7 @@ from streamvault.client.protocol.errors import (
 from streamvault.client.protocol.limits import (
     INVALID_MESSAGES_BEFORE_DISCONNECT,
 )
+from streamvault.dataplane.log import bookie_instance
 from streamvault.dataplane.log.container_fences import ContainerFences
 from streamvault.dataplane.log.journal import Journal, JournalConfig
 from streamvault.dataplane.log.metadata import LEDGER_ID_SHIFT
@@ -101,9 +102,11 @@ class BookieCore:
         send: Callable[[bytes, list[Any]], None],
         *,
         bookie_id: str = "0",
+        instance: str = "",
         status: Callable[[], m.ProcessInfo] | None = None,
     ) -> None:
         self.journal = journal
+        self.instance = instance
         self.send = send
         self.bookie_id = bookie_id
         self.status = status
@@ -282,7 +285,11 @@ class BookieCore:
 
     def _hello(self, rid: int, msg: m.Hello) -> list[Any]:
         reply = codec.hello_reply(
-            msg, role="bookie", server_id=self.bookie_id, incarnation=self.incarnation
+            msg,
+            role="bookie",
+            server_id=self.bookie_id,
+            incarnation=self.incarnation,
+            instance=self.instance,
         )
         return codec.encode(reply, rid)
 
@@ -306,6 +313,7 @@ class Bookie:
     def __init__(self, config: BookieConfig) -> None:
         self.config = config
         os.makedirs(config.data_dir, exist_ok=True)
+        instance = bookie_instance.load_or_create(config.data_dir)  # before serving anything
         journal = Journal(os.path.join(config.data_dir, "journal"), config.journal)
         self.ctx = zmq.Context()
         self.router = transport.server_socket(self.ctx)
@@ -315,6 +323,7 @@ class Bookie:
             journal,
             self._send,
             bookie_id=config.bookie_id,
+            instance=instance,
             status=lambda: self.core.process_info(self.endpoint),
         )
         self.journal = journal

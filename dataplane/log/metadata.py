@@ -27,6 +27,9 @@ class LedgerInfo(msgspec.Struct):
     last_entry_id: int = -1
     ensemble: list[str] = []
     """Bookie ids holding the ledger (replicated logs; empty for local ledger files)."""
+    instances: list[str] = []
+    """The instance of each ensemble bookie when the ledger was made ("" unknown: it did
+    not answer); recovery counts a bookie's "not found" only from that instance."""
 
 
 class LogMetadata(msgspec.Struct):

@@ -20,8 +20,11 @@ ensemble with recovery reads: once `write_quorum - ack_quorum + 1` bookies are f
 old owner can never again reach an ack quorum. The ledger ends at the first entry after the
 largest known lac that is absent on that many bookies (no acked entry can be: it is on
 `ack_quorum` bookies); every later-found entry is re-replicated to the responders before the
-ledger is closed at it. Closed ledgers are read from any replica, each record checked (CRC,
-ledger, entry), a bad or missing copy read from another.
+ledger is closed at it. Only a bookie still the *instance* the ledger recorded for it counts
+as absent: one that came back with an empty disk under its old id would deny entries it
+held (bookie_instance.py); its instance is checked before the fence and after the reads.
+Closed ledgers are read from any replica, each record checked (CRC, ledger, entry), a bad
+or missing copy read from another.
 
 It must never: close a ledger in metadata before its last entry is acknowledged (the
 replicator rolls over only with nothing in flight); write metadata with a stale version (a
@@ -53,6 +56,7 @@ from streamvault.client.protocol.errors import (
     StorageError,
     StreamVaultError,
 )
+from streamvault.client.protocol.limits import PROTOCOL_VERSION, PROTOCOL_VERSION_MIN
 from streamvault.dataplane.log.bookie_client import BookieClient
 from streamvault.dataplane.log.framing import (
     RECORD_HEADER_BYTES,
@@ -75,6 +79,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ENTRY_CACHE_BYTES_MAX = 32 * 1024 * 1024
+INSTANCE_TIMEOUT_S = 1.0
+"""How long recovery waits for the bookies' instances (a bookie not answering in time is
+unknown in new ledgers, and does not vouch for ledgers that recorded its instance)."""
 """Entries kept per log for `read` (the log is read only for bytes the cache lacks)."""
 
 
@@ -172,6 +179,8 @@ class ReplicatedLog:
         self._clients = threading.local()
         self.excluded: dict[str, float] = {}
         """Bookie id -> until when it stays out of new ensembles (replicator thread)."""
+        self.instances: dict[str, str] = {}
+        """Bookie id -> its instance when this owner recovered (recorded in new ledgers)."""
         self.change_ensemble = False
         """Set when a bookie of the open ledger failed and a spare exists: the next record
         rolls the log over onto a new ensemble (replicator thread)."""
@@ -185,6 +194,9 @@ class ReplicatedLog:
         self.epoch = meta.epoch
         client = self._new_client()
         try:
+            bookies = self.replication.bookies
+            answered = self._instances(client, list(bookies.values()))
+            self.instances = {b: answered[e] for b, e in bookies.items() if answered.get(e)}
             for info in meta.ledgers:
                 if info.state == "open":
                     info.last_entry_id = self._recover_open(client, info)
@@ -242,10 +254,38 @@ class ReplicatedLog:
         """The endpoints of the ledger's ensemble (bookies are named by id in metadata)."""
         return [self.replication.bookies[b] for b in info.ensemble if b in self.replication.bookies]
 
+    def _instances(self, client: BookieClient, endpoints: list[str]) -> dict[str, str]:
+        """Endpoint -> the instance its bookie reports (absent: no answer in time)."""
+        hello = m.Hello(PROTOCOL_VERSION_MIN, PROTOCOL_VERSION, f"log {self.key}")
+        timeout = min(self.replication.recovery_timeout_s, INSTANCE_TIMEOUT_S)
+        replies = client.call_many(endpoints, hello, needed=len(endpoints), timeout_s=timeout)
+        return {e: x.instance for e, x in replies.items() if isinstance(x, m.HelloReply)}
+
+    def _witnesses(self, client: BookieClient, info: LedgerInfo) -> tuple[dict[str, str], list]:
+        """The ensemble endpoints whose "not found" counts for `info`: each still the
+        instance the ledger recorded for it (or recorded unknown), with the instances seen;
+        and the bookies left out, which lost data the ledger may hold (bookie_instance.py)."""
+        recorded = dict(zip(info.ensemble, info.instances, strict=False))
+        bookies = self.replication.bookies
+        endpoints = {bookies[b]: b for b in info.ensemble if b in bookies}
+        seen = self._instances(client, list(endpoints))
+        witnesses, left_out = {}, []
+        for endpoint, bookie in endpoints.items():
+            expected = recorded.get(bookie, "")
+            if not expected or seen.get(endpoint) == expected:
+                witnesses[endpoint] = seen.get(endpoint, "")
+            else:
+                left_out.append((bookie, seen.get(endpoint, "no answer")))
+        return witnesses, left_out
+
     def _recover_open(self, client: BookieClient, info: LedgerInfo) -> int:
-        """Fence the ledger on enough bookies and find (and re-replicate) its last entry."""
+        """Fence the ledger on enough bookies and find (and re-replicate) its last entry.
+        An entry is taken as never acknowledged only once `fence_quorum` witnesses (bookies
+        that are the instance the ledger recorded) answer "not found": an acknowledged entry
+        has `ack_quorum` copies, so at most `write_quorum - ack_quorum` of them lack it."""
         r = self.replication
         endpoints = self.endpoints(info)
+        witnesses, left_out = self._witnesses(client, info)
         fence = m.ReadEntry(info.ledger_id, m.NO_ENTRY, self.epoch, True)
         results = client.call_many(
             endpoints, fence, needed=len(endpoints), timeout_s=r.recovery_timeout_s
@@ -271,13 +311,18 @@ class ReplicatedLog:
                 timeout_s=r.recovery_timeout_s,
             )
             have = {e: x for e, x in reads.items() if isinstance(x, m.EntryRead) and x.found}
-            absent = sum(1 for x in reads.values() if isinstance(x, m.EntryRead) and not x.found)
+            absent = sum(
+                1
+                for e, x in reads.items()
+                if e in witnesses and isinstance(x, m.EntryRead) and not x.found
+            )
             if not have:
                 if absent >= r.fence_quorum:
                     break
                 raise ServiceUnavailable(
                     f"log {self.key}: cannot tell whether entry {entry} of ledger "
-                    f"{info.ledger_id} was acknowledged ({reads})",
+                    f"{info.ledger_id} was acknowledged ({reads}; bookies that lost their "
+                    f"data since the ledger was made, not counted: {left_out})",
                     ledger=info.ledger_id,
                 )
             record = bytes(next(iter(have.values())).payload)
@@ -286,6 +331,14 @@ class ReplicatedLog:
             if len(have) < r.ack_quorum and lacking:
                 self._replicate(client, info.ledger_id, entry, record, lacking, len(have))
             entry += 1
+        again = self._instances(client, [e for e in witnesses if witnesses[e]])
+        changed = [e for e in witnesses if witnesses[e] and again.get(e) != witnesses[e]]
+        if changed:  # its answers may be a new instance's: decide again, from the start
+            raise ServiceUnavailable(
+                f"log {self.key}: bookies {changed} restarted as a new instance (or stopped "
+                f"answering) while ledger {info.ledger_id} was recovered",
+                ledger=info.ledger_id,
+            )
         log.info(
             "log=%s epoch=%d recovered ledger=%d last_entry=%d fenced_on=%d",
             self.key,
@@ -441,7 +494,8 @@ class ReplicatedLog:
         if old is not None:
             old.info.state, old.info.last_entry_id = "closed", old.acked_entry_id
         ensemble = self.choose_ensemble(meta.next_ledger_id)
-        info = LedgerInfo(meta.next_ledger_id, "open", ensemble=ensemble)
+        instances = [self.instances.get(b, "") for b in ensemble]
+        info = LedgerInfo(meta.next_ledger_id, "open", ensemble=ensemble, instances=instances)
         meta.next_ledger_id += 1
         meta.ledgers.append(info)
         self.meta_version = self.store.cas(self.key, meta, self.meta_version)

@@ -186,6 +186,7 @@ class SimBookie:
         self.name = name
         self.bookie_id = bookie_id
         self.disk = FaultyDisk(world.rng.getrandbits(32))
+        self.instance = f"{name}-{world.rng.getrandbits(64):016x}"
         self.up = False
         self.incarnation = 0
         self.slow = False
@@ -206,7 +207,9 @@ class SimBookie:
             return False
         self.disk.clear_faults()
         self.journal = journal
-        self.core = BookieCore(journal, self._send, bookie_id=self.bookie_id)
+        self.core = BookieCore(
+            journal, self._send, bookie_id=self.bookie_id, instance=self.instance
+        )
         self.up = True
         self.incarnation += 1
         self._turn_due = False
@@ -223,6 +226,13 @@ class SimBookie:
         if self.journal is not None:
             self.journal.close()  # its handles died with the crash: releases its buffer
         self.journal = self.core = None
+
+    def wipe(self) -> None:
+        """The disk is replaced: the machine goes down and comes back empty (a new instance
+        of this bookie id)."""
+        self.crash("disk replaced (wiped)")
+        self.disk = FaultyDisk(self.world.rng.getrandbits(32))
+        self.instance = f"{self.name}-{self.world.rng.getrandbits(64):016x}"
 
     def arm_crash(self, calls: int) -> None:
         """Lose power in the middle of the next disk calls (`calls` from now)."""

@@ -6,6 +6,7 @@ client is served."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import crc32c
@@ -190,3 +191,32 @@ def test_many_concurrent_adds_share_fsyncs(bookie, client):
     assert adds == sent
     assert 0 < syncs < adds, (syncs, adds)
     assert all(read(client, bookie.endpoint, ledger, 199).found for ledger in range(4))
+
+
+def _instance(client: BookieClient, endpoint: str) -> str:
+    reply = client.call(endpoint, m.Hello(1, 1, "test"), TIMEOUT_S)
+    assert isinstance(reply, m.HelloReply) and reply.role == "bookie"
+    return reply.instance
+
+
+def test_the_instance_outlives_restarts_and_not_the_data(bookie, client, tmp_path):
+    """A bookie's instance names its data dir's lifetime: the same after SIGKILL and
+    restart, new once the data dir is wiped (the disk replaced), and a damaged instance
+    file keeps the bookie from starting (bookie_instance.py)."""
+    first = _instance(client, bookie.endpoint)
+    assert len(first) == 32
+    bookie.kill()
+    bookie.start()
+    client.close()
+    assert _instance(client, bookie.endpoint) == first
+    bookie.kill()
+    shutil.rmtree(tmp_path / "bookie")
+    bookie.start()
+    client.close()
+    second = _instance(client, bookie.endpoint)
+    assert len(second) == 32 and second != first
+    bookie.kill()
+    (tmp_path / "bookie" / "instance").write_text(second[:-1] + "x 00000000\n")
+    with pytest.raises(AssertionError, match="bookie exited 2"):
+        bookie.start(timeout_s=10.0)
+    assert "damaged" in bookie.logs()

@@ -84,6 +84,16 @@ class Owner:
             clock=world.clock,
         )
         self.state = "new"  # recovering, writing, paused, stopped, failed
+        self.truncated_at_commit = 0
+        collect = self.log._collect_orphans
+
+        def after_recovery_commit() -> None:
+            # recovery's metadata is written: what it read is the log as of this point (a
+            # newer owner may truncate while the orphans are collected, the world running)
+            self.truncated_at_commit = run.truncated_below
+            collect()
+
+        self.log._collect_orphans = after_recovery_commit  # type: ignore[method-assign]
         self.epoch = -1
         self.next_seq = 0
         self.acked: list[int] = []
@@ -120,7 +130,7 @@ class Owner:
         finally:
             run.nested -= 1
         self.epoch = self.log.epoch
-        run.truncated_at[self.epoch] = run.truncated_below
+        run.truncated_at[self.epoch] = self.truncated_at_commit
         run.recoveries.append((self.epoch, self.number, records))
         run.epoch_of[self.number] = self.epoch
         run.stats["recoveries"] += 1
@@ -239,7 +249,7 @@ class Run:
         self.truncated_below = 0
         """Ledgers below this were truncated (metadata written): they may be gone."""
         self.truncated_at: dict[int, int] = {}
-        """Epoch of a recovery -> the truncation point when it started."""
+        """Epoch of a recovery -> the truncation point when it wrote its metadata."""
         self.ledger_of: dict[tuple[int, int], int] = {}
         """Acknowledged record -> its ledger."""
         self.epoch_of: dict[int, int] = {}
@@ -282,8 +292,10 @@ class Run:
         world, rng = self.world, self.world.rng
         kind = rng.choice(
             ("crash", "crash", "crash_in_commit", "io_error", "cut", "cut", "isolate", "partition",
-             "slow", "takeover", "takeover", "race")
+             "slow", "takeover", "takeover", "race", "wipe")
         )  # fmt: skip
+        if kind == "wipe" and (self.replication.ack_quorum < 2 or self.stats["fault_wipe"]):
+            kind = "crash"  # one lost copy per run, and only where an entry has another
         self.stats[f"fault_{kind}"] += 1
         bookie = rng.choice(self.bookies)
         duration = rng.choice((0.005, 0.05, 0.2, 0.5))
@@ -292,6 +304,9 @@ class Run:
             world.at(duration, lambda: self._restart(bookie))
         elif kind == "crash_in_commit":
             bookie.arm_crash(rng.randint(1, 6))
+            world.at(duration, lambda: self._restart(bookie))
+        elif kind == "wipe":
+            bookie.wipe()
             world.at(duration, lambda: self._restart(bookie))
         elif kind == "io_error":
             bookie.fail_next_sync()
@@ -543,7 +558,7 @@ def test_quorum_simulation(sim_seeds: list[int]) -> None:
         for name in (
             "recoveries_failed", "owners_fenced", "ensemble_changes", "resends", "rollovers",
             "catchup_copied", "bookie_crashes", "bookie_crashes_in_commit", "bookie_io_errors",
-            "net_lost", "net_refused", "fault_race",
+            "net_lost", "net_refused", "fault_race", "fault_wipe",
         ):  # fmt: skip
             assert totals[name] > 0, (name, totals)
 
@@ -553,6 +568,11 @@ def _stop_before_the_last_entry(original):
         return max(-1, original(self, client, info) - 1)
 
     return recover_open
+
+
+def _every_bookie_vouches(self: ReplicatedLog, client: Any, info: Any) -> tuple[dict, list]:
+    bookies = self.replication.bookies
+    return {bookies[b]: "" for b in info.ensemble if b in bookies}, []
 
 
 BROKEN = {
@@ -568,9 +588,18 @@ BROKEN = {
         "streamvault.dataplane.log.container_fences.ContainerFences.epoch",
         lambda self, container: 0,
     ),
+    "recovery believes a wiped bookie": (
+        "streamvault.dataplane.log.replicated_log.ReplicatedLog._witnesses",
+        _every_bookie_vouches,
+    ),
 }
 """Safety rules the simulation must notice the absence of (a fence quorum of one is noticed
 too, but only in one seed of several hundred: too slow to run here)."""
+CAUGHT_AT = {"bookies forget a deleted ledger's fence": (1182,)}
+"""Seeds beyond the first 300 known to catch a rule's absence (a rare schedule: a zombie
+resuming after the ledger's deletion and the recycling of its journal file); tried first.
+A change to the simulation moves them: find the new one with the rule removed and
+`--sim-seeds`."""
 
 
 @pytest.mark.parametrize("broken", sorted(BROKEN))
@@ -582,7 +611,7 @@ def test_the_simulation_finds_a_broken_protocol(
     target, replacement = BROKEN[broken]
     monkeypatch.setattr(target, replacement)
     with quiet("streamvault"):
-        for seed in range(300):
+        for seed in [*CAUGHT_AT.get(broken, ()), *range(300)]:
             try:
                 _run(seed)
             except SimFailure as exc:
