@@ -14,7 +14,7 @@ few hundred MB/s is several seconds); with checkpoints and log truncation below 
 holds, a container replays at most about a checkpoint interval plus what is not yet in LTS,
 so recovery should not grow with what was written. Target: <= 5 s.
 
-    python perf/bench_recovery.py [--gib 1] [--runs 3] [--segments 4]
+    python perf/bench_recovery.py [--gib 1] [--runs 3] [--segments 4] [--standalone-args ARGS]
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ def du_bytes(path: str) -> int:
 def one_run(args: argparse.Namespace, run: int) -> dict:
     tmp = tempfile.mkdtemp(prefix="sv-recovery-", dir=args.dir)
     data = os.path.join(tmp, "data")
-    extra = ["--cache-size", args.cache]
+    extra = ["--cache-size", args.cache, *args.standalone_args.split()]
     proc, controller = start_standalone(data, 0, extra)
     port = int(controller.rsplit(":", 1)[1])
     scope, stream = "bench", f"recovery{run}"
@@ -168,12 +168,18 @@ def main() -> int:
     ap.add_argument("--settle", type=float, default=2.0, help="idle seconds before the kill")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--dir", default=None, help="where the data dir goes (default: temp)")
+    ap.add_argument(
+        "--standalone-args",
+        default="",
+        help="extra options for the standalone, e.g. '--replicas 3 --ack-quorum 2'",
+    )
     args = ap.parse_args()
     runs = [one_run(args, i) for i in range(args.runs)]
     m = machine()
     print(f"machine: {m['cpu']} x{m['cores']}, python {m['python']}, commit {m['commit']}")
     print(
-        f"RF=1, {args.gib:g} GiB of {EVENT_BYTES} B events over {args.segments} segments, "
+        f"{args.standalone_args or 'RF=1'}, {args.gib:g} GiB of {EVENT_BYTES} B events over "
+        f"{args.segments} segments, "
         f"cache {args.cache}; median of {args.runs} (all runs in brackets)"
     )
     for key in runs[0]:
