@@ -79,10 +79,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ENTRY_CACHE_BYTES_MAX = 32 * 1024 * 1024
+"""Entries kept per log for `read` (the log is read only for bytes the cache lacks)."""
 INSTANCE_TIMEOUT_S = 1.0
 """How long recovery waits for the bookies' instances (a bookie not answering in time is
 unknown in new ledgers, and does not vouch for ledgers that recorded its instance)."""
-"""Entries kept per log for `read` (the log is read only for bytes the cache lacks)."""
 
 
 @dataclass(frozen=True)
