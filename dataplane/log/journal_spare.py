@@ -133,17 +133,17 @@ class SpareMaker:
                 return
             if self._stopping.is_set():
                 return
-            if not self._threaded:  # made now, on the caller's thread, unpaced
-                self._hurry.set()
-                self._thread = threading.current_thread()
-        if not self._threaded:
-            self._make()
-            self.check()  # inline, the error is the caller's now
-            return
-        with self._lock:
-            self._hurry.clear()
-            self._thread = threading.Thread(target=self._make, name="journal-spare", daemon=True)
-            self._thread.start()
+            if self._threaded:
+                self._hurry.clear()
+                self._thread = threading.Thread(
+                    target=self._make, name="journal-spare", daemon=True
+                )
+                self._thread.start()
+                return
+            self._hurry.set()  # made now, on the caller's thread, unpaced
+            self._thread = threading.current_thread()
+        self._make()
+        self.check()  # inline, the error is the caller's now
 
     def take(self) -> str | None:
         """The path of a complete spare, now the caller's to rename; waits (unpaced) for one

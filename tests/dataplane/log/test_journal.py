@@ -36,6 +36,12 @@ MEDIUM = JournalConfig(file_bytes=8 * 1024 * 1024, commit_bytes_max=1024 * 1024)
 SMALL = JournalConfig(file_bytes=64 * 1024, commit_bytes_max=16 * 1024, files_recycled_max=1)
 
 
+def _inline_spare(config: JournalConfig) -> JournalConfig:
+    """For tests that patch os functions: no spare thread making disk calls meanwhile (a
+    spare is then made on the journal's thread, at open and after a rollover)."""
+    return dataclasses.replace(config, spare_thread=False)
+
+
 def _payload(ledger: int, entry: int, size: int = 200, salt: int = 0) -> bytes:
     unit = f"<{ledger}:{entry}:{salt}>".encode()
     return (unit * (size // len(unit) + 1))[:size]
@@ -430,7 +436,7 @@ def test_commits_are_written_in_pieces_and_large_entries_stream_through_the_ring
 def test_io_error_on_the_io_thread_is_fail_stop(tmp_path, monkeypatch, failing):
     """A piece's pwrite (or the sync) failing on the I/O thread: commit raises StorageError,
     no later piece or sync is issued, nothing of the commit is acknowledged or indexed."""
-    journal = Journal(str(tmp_path), PIECES)
+    journal = Journal(str(tmp_path), _inline_spare(PIECES))
     _fill(journal, [1], range(5))
     durable = journal.commit()
     _fill(journal, [1], range(5, 95), size=20_000)  # two commits of many pieces
@@ -471,7 +477,7 @@ def test_io_error_on_the_io_thread_is_fail_stop(tmp_path, monkeypatch, failing):
 
 
 def test_io_error_is_fail_stop(tmp_path, monkeypatch):
-    journal = Journal(str(tmp_path), MEDIUM)
+    journal = Journal(str(tmp_path), _inline_spare(MEDIUM))
     _fill(journal, [1], range(5))
     durable = journal.commit()
     _fill(journal, [1], range(5, 10))
@@ -706,9 +712,8 @@ def test_failed_pwrite_is_fail_stop_and_close_works(tmp_path, monkeypatch, case)
     """A pwrite error raised through the Disk used to leave a slice of the write buffer
     alive in the traceback, so closing the buffer raised BufferError in place of the error:
     no fail-stop (zero-fill of a new file, large entries) or a failing `close`."""
-    inline = dataclasses.replace(SMALL, spare_thread=False)  # the next spare: in the commit
-    journal = Journal(str(tmp_path), inline if case == "zero_fill" else SMALL)
-    if case == "zero_fill":  # the next commit rolls over, into the spare, and makes the next
+    journal = Journal(str(tmp_path), _inline_spare(SMALL))
+    if case == "zero_fill":  # the next commit rolls over into the spare, then zero-fills the next
         journal.add_entry(1, 0, epoch=1, lac=-1, payload=bytes(60_000), token=0)
         journal.commit()
     size = {"small": 100, "large": 40_000, "zero_fill": 60_000}[case]
