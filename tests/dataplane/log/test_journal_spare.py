@@ -16,6 +16,10 @@ from streamvault.dataplane.log.journal import Journal, JournalConfig
 
 CONFIG = JournalConfig(file_bytes=1024 * 1024, commit_bytes_max=64 * 1024, files_recycled_max=1)
 DEADLINE_S = 20.0
+"""Bound of every wait here (what is waited for takes well under a second)."""
+SLOW = 64 * 1024
+"""A pace (bytes/s) at which a spare would take many minutes: finishing within DEADLINE_S
+shows that the pacing was lifted, not how fast anything is."""
 
 
 def _wait_for(predicate, what: str) -> None:
@@ -84,12 +88,12 @@ def test_an_incomplete_spare_is_removed_never_used(tmp_path: Path):
 
 
 def test_close_stops_a_paced_spare_and_reopen_removes_it(tmp_path: Path):
-    slow = dataclasses.replace(CONFIG, file_bytes=64 * 1024 * 1024, spare_fill_bytes_per_s=1 << 20)
-    journal = Journal(str(tmp_path), slow)
+    slow = dataclasses.replace(CONFIG, file_bytes=64 * 1024 * 1024, spare_fill_bytes_per_s=SLOW)
+    journal = Journal(str(tmp_path), slow)  # paced, the spare would take 17 minutes
     _wait_for(lambda: (tmp_path / "spare.tmp").exists(), "the spare being made")
     started = time.monotonic()
     journal.close()
-    assert time.monotonic() - started < 5.0, "close does not wait out the pacing"
+    assert time.monotonic() - started < DEADLINE_S, "close does not wait out the pacing"
     assert (tmp_path / "spare.tmp").exists() and not (tmp_path / "spare.jnl").exists()
     journal = Journal(str(tmp_path), dataclasses.replace(slow, spare_thread=False))
     try:
@@ -99,14 +103,14 @@ def test_close_stops_a_paced_spare_and_reopen_removes_it(tmp_path: Path):
 
 
 def test_a_rollover_waiting_for_the_spare_lifts_the_pacing(tmp_path: Path):
-    slow = dataclasses.replace(CONFIG, file_bytes=32 * 1024 * 1024, spare_fill_bytes_per_s=1 << 20)
-    journal = Journal(str(tmp_path), slow)  # paced, the spare would take 32 s
+    slow = dataclasses.replace(CONFIG, file_bytes=32 * 1024 * 1024, spare_fill_bytes_per_s=SLOW)
+    journal = Journal(str(tmp_path), slow)  # paced, the spare would take 8 minutes
     try:
         _wait_for(lambda: (tmp_path / "spare.tmp").exists(), "the spare being made")
         started = time.monotonic()
         _fill(journal, 1, range(1100))  # ~33 MiB: the rollover waits for the spare
         assert journal.counters["files_spare"] == 1 and journal.counters["files_created"] == 1
-        assert time.monotonic() - started < 15.0
+        assert time.monotonic() - started < DEADLINE_S, "the rollover lifted the pacing"
     finally:
         journal.close()
 
