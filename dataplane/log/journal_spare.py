@@ -134,22 +134,20 @@ class SpareMaker:
             if self._stopping.is_set():
                 return
             if self._threaded:
-                self._hurry.clear()
+                self._hurry.clear()  # a take() that waited for the last spare set it
                 self._thread = threading.Thread(
-                    target=self._make, name="journal-spare", daemon=True
+                    target=self._make, args=(self._pace,), name="journal-spare", daemon=True
                 )
                 self._thread.start()
                 return
-            self._hurry.set()  # made now, on the caller's thread, unpaced
-            self._thread = threading.current_thread()
-        self._make()
+        self._make(0.0)  # now, on the caller's thread, unpaced
         self.check()  # inline, the error is the caller's now
 
     def take(self) -> str | None:
         """The path of a complete spare, now the caller's to rename; waits (unpaced) for one
         being made; None if there is none."""
         thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
+        if thread is not None:
             self._hurry.set()
             thread.join()
         self.check()
@@ -164,14 +162,14 @@ class SpareMaker:
         if self._failed is not None:
             raise self._failed
 
-    def _make(self) -> None:
+    def _make(self, pace: float) -> None:
         try:
             done = create_zeroed(
                 self._disk,
                 self._tmp,
                 self._file_bytes,
                 direct=self._direct,
-                pace=self._pace,
+                pace=pace,
                 stopping=self._stopping,
                 hurry=self._hurry,
             )
@@ -190,5 +188,5 @@ class SpareMaker:
         self._stopping.set()
         self._hurry.set()
         thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
+        if thread is not None:
             thread.join()

@@ -22,7 +22,8 @@ largest known lac that is absent on that many bookies (no acked entry can be: it
 `ack_quorum` bookies); every later-found entry is re-replicated to the responders before the
 ledger is closed at it. Only a bookie still the *instance* the ledger recorded for it counts
 as absent: one that came back with an empty disk under its old id would deny entries it
-held (bookie_instance.py); its instance is checked before the fence and after the reads.
+held (bookie_instance.py); its instance is asked when recovery begins and again after the
+reads.
 Closed ledgers are read from any replica, each record checked (CRC, ledger, entry), a bad
 or missing copy read from another.
 
@@ -195,11 +196,11 @@ class ReplicatedLog:
         client = self._new_client()
         try:
             bookies = self.replication.bookies
-            answered = self._instances(client, list(bookies.values()))
-            self.instances = {b: answered[e] for b, e in bookies.items() if answered.get(e)}
+            seen = self._instances(client, list(bookies.values()))  # before any fence
+            self.instances = {b: seen[e] for b, e in bookies.items() if seen.get(e)}
             for info in meta.ledgers:
                 if info.state == "open":
-                    info.last_entry_id = self._recover_open(client, info)
+                    info.last_entry_id = self._recover_open(client, info, seen)
                     info.state = "closed"
                 yield from self._read_ledger(client, info)
         finally:
@@ -261,14 +262,14 @@ class ReplicatedLog:
         replies = client.call_many(endpoints, hello, needed=len(endpoints), timeout_s=timeout)
         return {e: x.instance for e, x in replies.items() if isinstance(x, m.HelloReply)}
 
-    def _witnesses(self, client: BookieClient, info: LedgerInfo) -> tuple[dict[str, str], list]:
-        """The ensemble endpoints whose "not found" counts for `info`: each still the
-        instance the ledger recorded for it (or recorded unknown), with the instances seen;
-        and the bookies left out, which lost data the ledger may hold (bookie_instance.py)."""
+    def _witnesses(self, info: LedgerInfo, seen: dict[str, str]) -> tuple[dict[str, str], list]:
+        """The ensemble endpoints whose "not found" counts for `info`, given the instances
+        `seen` (endpoint -> instance): each still the instance the ledger recorded for it (or
+        recorded unknown), with the instance seen; and the bookies left out, which lost data
+        the ledger may hold (bookie_instance.py)."""
         recorded = dict(zip(info.ensemble, info.instances, strict=False))
         bookies = self.replication.bookies
         endpoints = {bookies[b]: b for b in info.ensemble if b in bookies}
-        seen = self._instances(client, list(endpoints))
         witnesses, left_out = {}, []
         for endpoint, bookie in endpoints.items():
             expected = recorded.get(bookie, "")
@@ -278,14 +279,16 @@ class ReplicatedLog:
                 left_out.append((bookie, seen.get(endpoint, "no answer")))
         return witnesses, left_out
 
-    def _recover_open(self, client: BookieClient, info: LedgerInfo) -> int:
+    def _recover_open(self, client: BookieClient, info: LedgerInfo, seen: dict[str, str]) -> int:
         """Fence the ledger on enough bookies and find (and re-replicate) its last entry.
         An entry is taken as never acknowledged only once `fence_quorum` witnesses (bookies
         that are the instance the ledger recorded) answer "not found": an acknowledged entry
-        has `ack_quorum` copies, so at most `write_quorum - ack_quorum` of them lack it."""
+        has `ack_quorum` copies, so at most `write_quorum - ack_quorum` of them lack it.
+        `seen` are the instances asked for when recovery began; they are asked again once
+        the reads are done, so every answer in between is from the instance counted."""
         r = self.replication
         endpoints = self.endpoints(info)
-        witnesses, left_out = self._witnesses(client, info)
+        witnesses, left_out = self._witnesses(info, seen)
         fence = m.ReadEntry(info.ledger_id, m.NO_ENTRY, self.epoch, True)
         results = client.call_many(
             endpoints, fence, needed=len(endpoints), timeout_s=r.recovery_timeout_s
