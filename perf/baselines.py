@@ -181,6 +181,21 @@ def disk_fio(directory: str, seconds: float = 3.0) -> Result:
     return {"name": "disk_fio", "available": True, "measurements": measurements}
 
 
+def fio_seq_write_mb(directory: str, seconds: float = 2.0) -> float | None:
+    """fio O_DIRECT sequential write MB/s with 1 MiB blocks alone (None without fio): the
+    bandwidth baseline, cheap enough to measure right next to each measurement."""
+    if shutil.which("fio") is None:
+        return None
+    tmp = tempfile.mkdtemp(prefix="fio-", dir=directory)
+    try:
+        job = _fio(
+            os.path.join(tmp, "scratch.dat"), seconds, "--bs=1M", "--direct=1", "--size=256M"
+        )
+        return round(job["write"]["bw_bytes"] / 1e6, 1)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def fdatasync_rate(directory: str, seconds: float = 2.0) -> Result:
     """Pure Python: 4 KiB O_DIRECT pwrite + os.fdatasync in a loop; syncs/s and latency."""
     tmp = tempfile.mkdtemp(prefix="fdatasync-", dir=directory)

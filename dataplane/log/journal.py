@@ -8,15 +8,20 @@ reuse, the spare `spare.jnl` zero-filled ahead of need when no free file is at h
 (journal_spare.py), and the in-memory index rebuilt from them on open. Record format and
 scanner: journal_format.py.
 
-Write side (one caller thread): `add_entry` / `fence` / `delete_ledger` queue records;
-`commit` cuts them into commits of at most `commit_bytes_max` bytes (an entry larger than
-that gets a commit of its own) and hands each, record by record, to the `CommitWriter`
-(journal_writer.py). It copies the records into a reused page-aligned ring buffer and writes
-each commit at a 4096-aligned position in pieces of at most `piece_bytes` (`pwrite`, O_DIRECT
-where the file system allows), each piece while the next is packed, then makes it durable
-with one `fdatasync`; the writes and syncs run on the writer's I/O thread (`io_thread`), or
-inline, in the same order either way. Only once a commit's fdatasync returned does `commit`
-apply its records to the index; it returns the tokens once every commit is durable.
+Write side (one caller thread): `add_entry` / `fence` / `delete_ledger` stage records
+into the current commit, which the `CommitWriter` (journal_writer.py) writes while more are
+staged: each record is copied into a reused page-aligned ring buffer as soon as the next one
+is staged (the newest is held back: its header says whether it ends its commit), and each
+full piece of at most `piece_bytes` is written at once (`pwrite` at a 4096-aligned position,
+O_DIRECT where the file system allows), so a bookie's disk works while it still drains its
+socket. A record that would take a commit past `commit_bytes_max` (or past the end of the
+file) ends it: its fdatasync is handed over then, and the next commit is packed meanwhile
+(an entry larger than `commit_bytes_max` gets a commit of its own). `commit` ends the
+current commit and waits until every commit is durable. Writes and syncs run on the
+writer's I/O thread (`io_thread`), or inline, in the same order either way. Records become
+visible in the index, and their tokens are returned, only in `commit`, after their
+fdatasync returned; a record staged but not yet returned may survive a crash, but only
+with every record staged before it.
 Durability comes from fdatasync, never from O_DIRECT alone. Every file operation goes
 through a `Disk` (disk.py): the real file system by default, a simulated faulty one in
 tests.
@@ -207,8 +212,15 @@ class Journal:
         self._free: list[str] = []  # paths of free files, oldest first
         self._ledgers: dict[int, _Ledger] = {}
         self._deleted: dict[int, int] = {}  # ledger -> file_seq of its newest delete marker
-        self._doomed: set[int] = set()  # deleted or delete queued: no more entries/fences
-        self._queue: list[_Queued] = []
+        self._doomed: set[int] = set()  # deleted or delete staged: no more entries/fences
+        self._tokens: list[object] = []  # of the records staged since `commit` last returned
+        self._held: _Queued | None = None  # the newest staged record, not yet packed
+        self._commit_open = False  # the writer holds a begun commit (`_begin_commit`)
+        self._commit_base = 0  # its file position
+        self._commit_pos = 0  # the file position of its next packed record
+        self._commit_used = 0  # its record bytes (the held record included)
+        self._commit_limit = 0  # the record bytes it may take
+        self._commit_records: list[JournalRecord] = []  # its packed records
         self._failed: BaseException | None = None
         self._closed = False
         self._cur: _File | None = None
@@ -353,7 +365,7 @@ class Journal:
         payload: bytes | memoryview,
         token: object,
     ) -> None:
-        """Queue an entry; the payload must stay unchanged until `commit` returns."""
+        """Stage an entry; the payload must stay unchanged until `commit` returns."""
         self._check_usable()
         self._check_ids(ledger_id, epoch)
         if not 0 <= entry_id <= _U64_MAX or not -1 <= lac <= _I64_MAX:
@@ -366,20 +378,21 @@ class Journal:
                 f"journal add_entry ledger={ledger_id} entry={entry_id}: payload of "
                 f"{view.nbytes} bytes > {self._payload_max}"
             )
-        self._queue.append(_Queued(KIND_ENTRY, ledger_id, entry_id, epoch, lac, view, token))
+        self._stage(_Queued(KIND_ENTRY, ledger_id, entry_id, epoch, lac, view, token))
 
     def fence(self, ledger_id: int, *, epoch: int, token: object) -> None:
-        """Queue a fence marker: once durable, `fenced_epoch(ledger_id)` is at least `epoch`."""
+        """Stage a fence marker: once committed, `fenced_epoch(ledger_id)` is at least
+        `epoch`."""
         self._check_usable()
         self._check_ids(ledger_id, epoch)
-        self._queue.append(_Queued(KIND_FENCE, ledger_id, 0, epoch, -1, b"", token))
+        self._stage(_Queued(KIND_FENCE, ledger_id, 0, epoch, -1, b"", token))
 
     def delete_ledger(self, ledger_id: int, *, token: object) -> None:
-        """Queue a delete marker; deleting an unknown or deleted ledger is allowed."""
+        """Stage a delete marker; deleting an unknown or deleted ledger is allowed."""
         self._check_usable()
         self._check_ids(ledger_id, 0, deleting=True)
+        self._stage(_Queued(KIND_DELETE, ledger_id, 0, 0, -1, b"", token))
         self._doomed.add(ledger_id)
-        self._queue.append(_Queued(KIND_DELETE, ledger_id, 0, 0, -1, b"", token))
 
     def _check_ids(self, ledger_id: int, epoch: int, *, deleting: bool = False) -> None:
         if not 0 <= ledger_id <= _U64_MAX or not 0 <= epoch <= _U64_MAX:
@@ -396,91 +409,123 @@ class Journal:
             raise StorageError(f"journal {self.directory} is closed")
 
     def pending(self) -> int:
-        return len(self._queue)
+        """Records staged since `commit` last returned."""
+        return len(self._tokens)
 
     def commit(self) -> list[object]:
-        """Write everything queued as commits; return the tokens now durable, in order."""
+        """Make every staged record durable; return their tokens, in order."""
         self._check_usable()
-        queue, self._queue = self._queue, []
-        start = 0
         try:
-            self._spare.check()  # the spare thread's I/O error is this journal's
-            while start < len(queue):
-                count, used, trigger = self._plan(queue, start)
-                self._pack_commit(queue, start, count, used, trigger)
-                start += count
+            if self._held is not None:
+                self._end_commit("trigger_queue_empty")
             self._settle()
             if self._maybe_removable:
                 self._remove_files()
         except OSError as exc:
-            self._failed = exc
-            self._apply_synced()  # what was durable before the error, as without the writer
-            log.critical("journal %s: I/O error, fail-stop: %r", self.directory, exc)
-            raise StorageError(
-                f"journal {self.directory}: I/O error in commit: {exc}", errno=exc.errno
-            ) from exc
-        return [item.token for item in queue]
+            raise self._fail(exc, "commit") from exc
+        tokens, self._tokens = self._tokens, []
+        return tokens
 
-    def _plan(self, queue: list[_Queued], start: int) -> tuple[int, int, str]:
-        """How many queued records from `start` go into the next commit, their bytes and
-        the trigger that cut it (counted once the commit is durable); rolls over to the
-        next file first if not even the first record fits."""
-        first = packed_bytes(len(queue[start].payload))
+    def wait_written(self) -> None:
+        """Wait until the pieces of the staged records handed to the writer so far are
+        written. Nothing needs it for safety (`commit` waits for everything); the
+        simulation calls it after each step, so that its disk calls keep one replayable
+        order with the I/O thread too."""
+        self._check_usable()
+        try:
+            self._writer.wait_written()
+        except OSError as exc:
+            raise self._fail(exc, "write") from exc
+
+    def _fail(self, exc: OSError, where: str) -> StorageError:
+        """Fail-stop: refuse everything from now on; what was durable before is applied."""
+        self._failed = exc
+        self._apply_synced()  # what was durable before the error, as without the writer
+        log.critical("journal %s: I/O error, fail-stop: %r", self.directory, exc)
+        return StorageError(
+            f"journal {self.directory}: I/O error in {where}: {exc}", errno=exc.errno
+        )
+
+    def _stage(self, item: _Queued) -> None:
+        """Take a validated record into the current commit (`commit_bytes_max` and the end
+        of the file cut commits; an entry larger than `commit_bytes_max` gets one of its
+        own). The record before it is packed now, so the writer writes pieces while the
+        caller goes on staging; the newest one is held back until the next record or
+        `commit` tells whether it ends its commit (its header carries the flag)."""
+        size = packed_bytes(len(item.payload))
+        try:
+            self._spare.check()  # the spare thread's I/O error is this journal's
+            if self._held is not None:
+                if self._commit_used + size > self._commit_limit:
+                    self._end_commit(
+                        "trigger_bytes_max"
+                        if self._commit_limit == self.config.commit_bytes_max
+                        or self._commit_used > self.config.commit_bytes_max
+                        else "trigger_file_end"
+                    )
+                else:
+                    self._pack(self._held, 0)
+            if not self._commit_open:
+                self._begin_commit(size)
+        except OSError as exc:
+            raise self._fail(exc, "add") from exc
+        self._held = item
+        self._commit_used += size
+        self._tokens.append(item.token)
+
+    def _begin_commit(self, first: int) -> None:
+        """Begin a commit whose first record packs to `first` bytes; rolls over to the
+        next file first if that record does not fit in this one."""
         if align_up(first) > self._capacity - self._write_pos:
             self._open_next_file()
-        if first > self.config.commit_bytes_max:
-            return 1, first, "trigger_bytes_max"
-        limit = min(self.config.commit_bytes_max, self._capacity - self._write_pos)
-        used, count = 0, 0
-        while start + count < len(queue):
-            size = packed_bytes(len(queue[start + count].payload))
-            if used + size > limit:
-                break
-            used += size
-            count += 1
-        if start + count == len(queue):
-            return count, used, "trigger_queue_empty"
-        if limit == self.config.commit_bytes_max:
-            return count, used, "trigger_bytes_max"
-        return count, used, "trigger_file_end"
+        assert self._cur is not None
+        self._commit_base = self._commit_pos = self._write_pos
+        self._commit_used = 0
+        self._commit_limit = min(self.config.commit_bytes_max, self._capacity - self._write_pos)
+        self._commit_records = []
+        self._writer.begin(self._write_fd, self._write_pos)
+        self._commit_open = True
 
-    def _pack_commit(
-        self, queue: list[_Queued], start: int, count: int, used: int, trigger: str
-    ) -> None:
-        """Hand one commit to the writer, record by record (it writes the pieces as they
-        fill); its records are applied to the index once its fdatasync returned."""
-        file, base = self._cur, self._write_pos
-        assert file is not None
-        file_seq, commit_seq = file.seq, self._next_commit_seq
+    def _pack(self, item: _Queued, flags: int) -> None:
+        """Copy one record into the writer (it writes each piece once full)."""
+        kind, ledger_id, entry_id, epoch, lac, payload, _ = item
+        file = self._cur
+        assert file is not None and self._commit_open
+        pos = self._commit_pos
+        commit_seq = self._next_commit_seq
         writer = self._writer
-        writer.begin(self._write_fd, base)
-        records: list[JournalRecord] = []
-        pos = base
-        last = start + count - 1
-        for i in range(start, start + count):
-            kind, ledger_id, entry_id, epoch, lac, payload, _ = queue[i]
-            flags = FLAG_COMMIT_END if i == last else 0
-            size = len(payload)
-            writer.put(
-                seal_header(
-                    kind, flags, payload, file_seq, commit_seq, ledger_id, entry_id, epoch, lac
-                )
+        size = len(payload)
+        writer.put(
+            seal_header(kind, flags, payload, file.seq, commit_seq, ledger_id, entry_id, epoch, lac)
+        )
+        writer.put(payload)
+        if size & 7:
+            writer.put(_PADDING[: -size & 7])
+        self._commit_records.append(
+            JournalRecord(
+                kind, flags, size, file.seq, commit_seq, ledger_id, entry_id, epoch, lac, pos
             )
-            writer.put(payload)
-            if size & 7:
-                writer.put(_PADDING[: -size & 7])
-            records.append(
-                JournalRecord(
-                    kind, flags, size, file_seq, commit_seq, ledger_id, entry_id, epoch, lac, pos
-                )
-            )
-            pos += packed_bytes(size)
-        total, pieces = writer.end()
-        assert total == align_up(used) == align_up(pos - base), (total, used, pos - base)
-        self._write_pos = base + total
+        )
+        self._commit_pos = pos + packed_bytes(size)
+
+    def _end_commit(self, trigger: str) -> None:
+        """Pack the held record as the commit's last and hand the commit's fdatasync over;
+        its records are applied to the index once that returned."""
+        held, self._held = self._held, None
+        assert held is not None
+        self._pack(held, FLAG_COMMIT_END)
+        total, pieces = self._writer.end()
+        self._commit_open = False
+        used = self._commit_used
+        assert total == align_up(used) == align_up(self._commit_pos - self._commit_base), (
+            total,
+            used,
+        )
+        self._write_pos = self._commit_base + total
         self._next_commit_seq += 1
         self._handed += 1
-        self._unsynced.append((self._handed, total, pieces, trigger, records))
+        self._unsynced.append((self._handed, total, pieces, trigger, self._commit_records))
+        self._commit_records = []
 
     def _settle(self) -> None:
         """Wait until every commit handed to the writer is durable; apply them."""
@@ -499,8 +544,26 @@ class Journal:
             counters["pieces"] += pieces
             counters["records"] += len(records)
             counters["bytes"] += total
-            for record in records:
+            self._apply_commit(records)
+
+    def _apply_commit(self, records: list[JournalRecord]) -> None:
+        """`_apply` for the records of one commit (one file), with a fast path for the
+        entries of ledgers already known (most of them)."""
+        ledgers, deleted = self._ledgers, self._deleted
+        holders = self._files[records[0].file_seq].holders
+        for record in records:
+            ledger_id = record.ledger_id
+            ledger = ledgers.get(ledger_id)
+            if record.kind != KIND_ENTRY or ledger is None or ledger_id in deleted:
                 self._apply(record)
+                continue
+            holders.add(ledger_id)
+            entry_id = record.entry_id
+            ledger.entries[entry_id] = (record.file_seq, record.pos, record.payload_bytes)
+            if entry_id > ledger.last_entry_id:
+                ledger.last_entry_id = entry_id
+            if record.lac > ledger.lac:
+                ledger.lac = record.lac
 
     def _apply(self, record: JournalRecord) -> None:
         """Apply one durable record (from a commit or from replay) to the index."""
@@ -537,7 +600,9 @@ class Journal:
 
     # --- files -----------------------------------------------------------------------
     def _open_next_file(self) -> None:
-        self._settle()  # the write fd is closed below: nothing may be in flight on it
+        # the write fd is closed below: nothing may be in flight on it (what is durable
+        # now is applied to the index by the `commit` that returns its tokens)
+        self._writer.drain()
         seq = self._next_file_seq
         self._next_file_seq += 1
         path = os.path.join(self.directory, journal_file_name(seq))
@@ -633,7 +698,7 @@ class Journal:
         return self._disk
 
     def deleted(self, ledger_id: int) -> bool:
-        """True if the ledger is deleted, or its delete is queued (no entries, no fences)."""
+        """True if the ledger is deleted, or its delete is staged (no entries, no fences)."""
         return ledger_id in self._doomed
 
     def ledgers(self) -> list[int]:
@@ -643,11 +708,14 @@ class Journal:
         if self._closed:
             return
         self._closed = True
-        if self._queue:
+        if self._tokens:
             log.warning(
-                "journal %s: closed with %d records not committed", self.directory, len(self._queue)
+                "journal %s: closed with %d records not committed",
+                self.directory,
+                len(self._tokens),
             )
-            self._queue.clear()
+            self._tokens.clear()
+            self._held = None
         for file in self._files.values():
             self._disk.close(file.read_fd)
         self._files.clear()

@@ -203,6 +203,11 @@ class CommitWriter:
                 self._cond.wait()
         self._check()
 
+    def wait_written(self) -> None:
+        """Wait until everything handed over so far is executed (a commit may be open);
+        raise the I/O side's failure."""
+        self._wait_done(self._handed)
+
     def drain(self) -> None:
         """Wait until everything handed over is executed; raise the I/O side's failure."""
         assert not self._open
@@ -211,11 +216,19 @@ class CommitWriter:
     # --- I/O side (the thread, or the caller inline) ------------------------------------
     def _serve(self) -> None:
         cond, ops = self._cond, self._ops
+        op: _Op | None = None
         while True:
-            with cond:
+            with cond:  # one lock hold: the last op's completion and the next op's start
+                if op is not None:
+                    ops.popleft()
+                    self._done += 1
+                    if op.sync:
+                        self._synced += 1
                 while not ops:
                     if self._stopping:
+                        cond.notify_all()
                         return
+                    cond.notify_all()
                     cond.wait()
                 op = ops[0]
                 self._started += 1
@@ -228,12 +241,6 @@ class CommitWriter:
                     ops.clear()
                     cond.notify_all()
                 return
-            with cond:
-                ops.popleft()
-                self._done += 1
-                if op.sync:
-                    self._synced += 1
-                cond.notify_all()
 
     def _execute(self, op: _Op) -> None:
         disk = self._disk

@@ -4,6 +4,7 @@ model-based property test."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import errno
 import os
@@ -434,12 +435,12 @@ def test_commits_are_written_in_pieces_and_large_entries_stream_through_the_ring
 
 @pytest.mark.parametrize("failing", ["pwrite", "fdatasync"])
 def test_io_error_on_the_io_thread_is_fail_stop(tmp_path, monkeypatch, failing):
-    """A piece's pwrite (or the sync) failing on the I/O thread: commit raises StorageError,
-    no later piece or sync is issued, nothing of the commit is acknowledged or indexed."""
+    """A piece's pwrite (or the sync) failing on the I/O thread: the next add or commit
+    raises StorageError, no later piece or sync is issued, nothing of the commit is
+    acknowledged or indexed."""
     journal = Journal(str(tmp_path), _inline_spare(PIECES))
     _fill(journal, [1], range(5))
     durable = journal.commit()
-    _fill(journal, [1], range(5, 95), size=20_000)  # two commits of many pieces
     calls: list[str] = []
     real_pwrite, real_fdatasync = os.pwrite, os.fdatasync
 
@@ -458,7 +459,8 @@ def test_io_error_on_the_io_thread_is_fail_stop(tmp_path, monkeypatch, failing):
     with monkeypatch.context() as patched:
         patched.setattr(journal_module.os, "pwrite", pwrite)
         patched.setattr(journal_module.os, "fdatasync", fdatasync)
-        with pytest.raises(StorageError, match="injected"):
+        with pytest.raises(StorageError, match="injected"):  # pieces are written as added
+            _fill(journal, [1], range(5, 95), size=20_000)  # two commits of many pieces
             journal.commit()
         failed_at = len(calls)
         with pytest.raises(StorageError, match="refusing"):
@@ -631,6 +633,23 @@ class _Model:
                 assert journal.read_entry(ledger, entry) == entries.get(entry)
 
 
+def _survivor(model: _Model, queued: list[tuple], journal: Journal) -> _Model:
+    """The model after a reopen: records staged but never committed may survive only as a
+    prefix (those of commits that a later record cut, whose fdatasync ran), never one
+    without the records before it."""
+    for k in range(len(queued) + 1):
+        candidate = copy.deepcopy(model)
+        for item in queued[:k]:
+            candidate.apply(item)
+        try:
+            candidate.check(journal)
+        except AssertionError:
+            continue
+        return candidate
+    model.check(journal)  # fails with the difference to the committed state
+    raise AssertionError("no prefix of the uncommitted records matches")
+
+
 @settings(max_examples=50, deadline=None)
 @given(st.lists(OPS, min_size=5, max_size=60))
 def test_durable_state_matches_a_model_across_reopens_and_torn_tails(tmp_path_factory, ops):
@@ -658,13 +677,13 @@ def test_durable_state_matches_a_model_across_reopens_and_torn_tails(tmp_path_fa
                 model.check(journal)
             elif op[0] in ("reopen", "torn"):
                 journal.close()
-                queued = []  # never committed: gone
                 if op[0] == "torn":
                     path = _journal_files(directory)[-1]
                     _, end = _scan(path)
                     _patch(path, end.end_pos, op[1][: MODEL_CONFIG.file_bytes - end.end_pos])
                 journal = Journal(str(directory), MODEL_CONFIG)
-                model.check(journal)
+                model = _survivor(model, queued, journal)
+                queued = []
                 model.dead = {d for d in model.dead if d not in model.entries}
     finally:
         journal.close()

@@ -4,16 +4,18 @@ table rows 2, 3, 5, 8, 9).
 Each seed drives one `Journal` (small files, so rollover, recycling and removal happen
 often) through a random workload: entries on several ledgers (some larger than one commit,
 some rewritten), fences, deletes, commits; power cuts between calls and in the middle of a
-commit or of recovery; EIO / ENOSPC on pwrite, fdatasync, fsync or fallocate; rarely a bit
+commit, of staging a record (the journal writes records as they are staged) or of
+recovery; EIO / ENOSPC on pwrite, fdatasync, fsync or fallocate; rarely a bit
 flip in durable data or a misdirected (or silently lost) write. A model of what was
 acknowledged checks, after every reopen and at the end:
 
 (a) every acknowledged entry reads back byte-identical; once durable data was damaged, the
     reopen may stop with DataCorruption, and a live read may raise it, but no read ever
     returns wrong bytes;
-(b) no phantom: nothing readable (no entry, ledger, fence) that was never committed;
-(c) the state after a crash is the acknowledged one plus a prefix of the one commit call in
-    flight (unacknowledged records may or may not be there, never in part or out of order);
+(b) no phantom: nothing readable (no entry, ledger, fence) that was never staged;
+(c) the state after a crash is the acknowledged one plus a prefix of the records staged
+    since the last commit that returned (unacknowledged records may or may not be there,
+    never in part or out of order);
     after damage to durable data, a prefix of what was acknowledged since the last verified
     reopen (a damaged tail is cut; anything else is DataCorruption);
 (d) hence acknowledged fences and deletes hold (a deleted ledger never comes back, a fence
@@ -31,6 +33,7 @@ import dataclasses
 import errno
 import random
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
@@ -183,13 +186,13 @@ class _Sim:
                     self.commit()
                 elif roll < 0.86:
                     self.note("crash")
-                    self.restart([])
+                    self.restart(self._staged())
                 elif roll < 0.88:
                     self.note("close + reopen")
                     self.journal.close()
                     self._drop(self.journal)
-                    self.queued = []
-                    self.reopen([])
+                    staged, self.queued = self._staged(), []
+                    self.reopen(staged)
                 elif roll < 0.89:
                     if self.damage_left and rng.random() < 0.3:
                         self.flip()
@@ -201,7 +204,7 @@ class _Sim:
                     self.commit()
             self.step += 1
             self.note("final crash + reopen")
-            self.restart([])
+            self.restart(self._staged())
             self.keeps_accepting()
         except _Unrecoverable as exc:
             self.stats["runs_ended_by_corruption"] += 1
@@ -222,8 +225,60 @@ class _Sim:
         return rng.choice(self.live)
 
     def _queue(self, rec: Rec) -> None:
+        """A record the journal took: from now on it may be durable (a later record that
+        cuts its commit makes it so), acknowledged only by the commit that returns it."""
         self.token += 1
         self.queued.append((rec, self.token))
+        kind, ledger_id, entry_id, epoch, _, payload = rec
+        if kind == KIND_ENTRY:
+            self.committed.setdefault((ledger_id, entry_id), set()).add(payload)
+        elif kind == KIND_FENCE:
+            self.fenced_max[ledger_id] = max(epoch, self.fenced_max.get(ledger_id, 0))
+
+    def _staged(self) -> list[Rec]:
+        """The records staged since the last commit: a prefix of them may survive a crash
+        (the journal writes them while they are staged)."""
+        return [rec for rec, _ in self.queued]
+
+    def _stage(self, call: Callable[[], None], rec: Rec) -> bool:
+        """Stage `rec` with `call` (add_entry, fence or delete_ledger), sometimes with a
+        power cut or an I/O error armed: staging writes the pieces of the records before
+        it. False if the journal crashed or failed (the run went on after a restart)."""
+        rng, disk = self.rng, self.disk
+        roll = rng.random()
+        if roll < 0.03:
+            calls = rng.randint(1, 3)
+            disk.crash_after(calls)
+            self.note(f"  [crash after {calls} disk calls]")
+        elif roll < 0.05:
+            op = rng.choice(("pwrite", "fdatasync"))
+            disk.fail_next(op, errno.EIO)
+            self.note(f"  [fail_next {op} EIO]")
+        before = dict(disk.counters)
+        try:
+            call()
+            journal = self.journal
+            assert journal is not None
+            journal.wait_written()  # the I/O thread's disk calls happen here, in one order
+        except SimulatedCrash:
+            self.note("  -> power cut while staging")
+            self.stats["crashes_in_stage"] += 1
+            self.restart(self._staged())
+            return False
+        except StorageError as exc:
+            if disk.counters["faults_fired"] == before["faults_fired"]:
+                self.fail(f"staging raised StorageError without an injected fault: {exc!r}")
+            self.note(f"  -> StorageError (expected): {exc}")
+            self.refuses()
+            self.stats["stage_failures"] += 1
+            self.restart(self._staged())
+            return False
+        finally:
+            disk.clear_faults()
+        if disk.counters["faults_fired"] != before["faults_fired"]:
+            self.fail("an injected I/O error fired but staging succeeded")
+        self._queue(rec)
+        return True
 
     def add(self) -> None:
         assert self.journal is not None
@@ -248,19 +303,25 @@ class _Sim:
         payload = rng.randbytes(size)
         epoch = rng.randint(1, 3)
         self.note(f"add l={ledger_id} e={entry_id} bytes={size} lac={lac}")
-        self.journal.add_entry(
-            ledger_id, entry_id, epoch=epoch, lac=lac, payload=payload, token=self.token + 1
-        )
         self.added[ledger_id].add(entry_id)
-        self._queue((KIND_ENTRY, ledger_id, entry_id, epoch, lac, payload))
+        journal, token = self.journal, self.token + 1
+        self._stage(
+            lambda: journal.add_entry(
+                ledger_id, entry_id, epoch=epoch, lac=lac, payload=payload, token=token
+            ),
+            (KIND_ENTRY, ledger_id, entry_id, epoch, lac, payload),
+        )
 
     def fence(self) -> None:
         assert self.journal is not None
         ledger_id = self._ledger()
         epoch = self.rng.randint(0, 9)
         self.note(f"fence l={ledger_id} epoch={epoch}")
-        self.journal.fence(ledger_id, epoch=epoch, token=self.token + 1)
-        self._queue((KIND_FENCE, ledger_id, 0, epoch, -1, b""))
+        journal, token = self.journal, self.token + 1
+        self._stage(
+            lambda: journal.fence(ledger_id, epoch=epoch, token=token),
+            (KIND_FENCE, ledger_id, 0, epoch, -1, b""),
+        )
 
     def delete(self) -> None:
         assert self.journal is not None
@@ -274,8 +335,11 @@ class _Sim:
         else:
             return
         self.note(f"delete l={ledger_id}")
-        self.journal.delete_ledger(ledger_id, token=self.token + 1)
-        self._queue((KIND_DELETE, ledger_id, 0, 0, -1, b""))
+        journal, token = self.journal, self.token + 1
+        self._stage(
+            lambda: journal.delete_ledger(ledger_id, token=token),
+            (KIND_DELETE, ledger_id, 0, 0, -1, b""),
+        )
 
     def oversize(self) -> None:
         assert self.journal is not None
@@ -309,13 +373,8 @@ class _Sim:
             disk.misdirect_next_write(delta)
             self.overwritten |= -(10**9) < delta < 0
             fault = f" [misdirect next write by {delta}]"
-        recs = [rec for rec, _ in self.queued]
+        recs = self._staged()
         tokens = [token for _, token in self.queued]
-        for kind, ledger_id, entry_id, epoch, _, payload in recs:
-            if kind == KIND_ENTRY:
-                self.committed.setdefault((ledger_id, entry_id), set()).add(payload)
-            elif kind == KIND_FENCE:
-                self.fenced_max[ledger_id] = max(epoch, self.fenced_max.get(ledger_id, 0))
         self.queued = []
         self.note(f"commit {len(recs)} records{fault}")
         before = dict(disk.counters)
@@ -396,7 +455,7 @@ class _Sim:
         self.disk.crash()
         self._drop(self.journal)
         self.journal = None
-        self.queued = []  # never handed to commit: must never appear
+        self.queued = []  # `inflight`: those handed to commit, or staged since the last
         self.reopen(inflight)
 
     def _open(self, *, allow_crash: bool) -> Journal:
