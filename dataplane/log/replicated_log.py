@@ -182,6 +182,9 @@ class ReplicatedLog:
         """Bookie id -> until when it stays out of new ensembles (replicator thread)."""
         self.instances: dict[str, str] = {}
         """Bookie id -> its instance when this owner recovered (recorded in new ledgers)."""
+        self._down: set[str] = set()
+        """Endpoints that did not answer the last instance round, or a read in time, since
+        (any thread; see `_mark_down`)."""
         self.change_ensemble = False
         """Set when a bookie of the open ledger failed and a spare exists: the next record
         rolls the log over onto a new ensemble (replicator thread)."""
@@ -223,7 +226,7 @@ class ReplicatedLog:
             listed = client.call_many(
                 endpoints,
                 m.ListLedgers(low, self.meta.next_ledger_id),
-                needed=len(endpoints),
+                needed=self._waited_for(endpoints, 1),
                 timeout_s=self.replication.recovery_timeout_s,
             )
             for endpoint, reply in listed.items():
@@ -246,6 +249,7 @@ class ReplicatedLog:
         meta, _ = self.store.get(self.key)
         client = self._new_client()
         try:
+            self._instances(client, list(self.replication.bookies.values()))  # who is up
             for info in (meta or LogMetadata()).ledgers:
                 yield from self._read_ledger(client, info, upto_missing=info.state == "open")
         finally:
@@ -260,7 +264,32 @@ class ReplicatedLog:
         hello = m.Hello(PROTOCOL_VERSION_MIN, PROTOCOL_VERSION, f"log {self.key}")
         timeout = min(self.replication.recovery_timeout_s, INSTANCE_TIMEOUT_S)
         replies = client.call_many(endpoints, hello, needed=len(endpoints), timeout_s=timeout)
-        return {e: x.instance for e, x in replies.items() if isinstance(x, m.HelloReply)}
+        seen = {e: x.instance for e, x in replies.items() if isinstance(x, m.HelloReply)}
+        for endpoint in endpoints:
+            if endpoint in seen:
+                self._down.discard(endpoint)
+            else:
+                self._mark_down(endpoint)
+        return seen
+
+    # --- bookies that do not answer -----------------------------------------------------
+    def _mark_down(self, endpoint: str) -> None:
+        """A bookie that did not answer an instance round or a read in time counts as down
+        until it answers an instance round again: reads ask it last, and recovery's fence
+        and orphan listing do not wait for it beyond the quorum they need (they used to wait
+        `recovery_timeout_s` for it at each step, and at every read window: minutes)."""
+        if endpoint not in self._down:
+            log.info("log=%s bookie %s counts as down", self.key, endpoint)
+            self._down.add(endpoint)
+
+    def _is_down(self, endpoint: str) -> bool:
+        return endpoint in self._down
+
+    def _waited_for(self, endpoints: list[str], quorum: int) -> int:
+        """How many answers of `endpoints` a step waits for: every bookie not down, and at
+        least the `quorum` it needs (then a down one may still make it, in time)."""
+        up = sum(1 for e in endpoints if not self._is_down(e))
+        return min(len(endpoints), max(quorum, up))
 
     def _witnesses(self, info: LedgerInfo, seen: dict[str, str]) -> tuple[dict[str, str], list]:
         """The ensemble endpoints whose "not found" counts for `info`, given the instances
@@ -291,7 +320,10 @@ class ReplicatedLog:
         witnesses, left_out = self._witnesses(info, seen)
         fence = m.ReadEntry(info.ledger_id, m.NO_ENTRY, self.epoch, True)
         results = client.call_many(
-            endpoints, fence, needed=len(endpoints), timeout_s=r.recovery_timeout_s
+            endpoints,
+            fence,
+            needed=self._waited_for(endpoints, r.fence_quorum),
+            timeout_s=r.recovery_timeout_s,
         )
         fenced = {e: s for e, s in results.items() if isinstance(s, m.EntryRead)}
         for result in results.values():
@@ -431,17 +463,23 @@ class ReplicatedLog:
         """Entries first..first+count-1, as far as some bookie has a valid copy of each: all
         asked of one bookie at once (pipelined), a missing or bad copy asked of the others.
         Also returns, for the first entry without a valid copy, the bookies that did not
-        answer for it (empty: every bookie said absent or had a bad copy)."""
+        answer for it (empty: every bookie said absent or had a bad copy). Bookies that count
+        as down are asked last; one that does not answer in time counts as down."""
         timeout = self.replication.recovery_timeout_s
+        endpoints = sorted(endpoints, key=self._is_down)  # stable: the ensemble's order
         replies: dict[int, Any] = {}
         if endpoints:
             replies = client.read_entries(endpoints[0], ledger, first, count, timeout)
+            if len(replies) < count:
+                self._mark_down(endpoints[0])
         out: list[bytes] = []
         for entry in range(first, first + count):
             unanswered: list[str] = []
             record = self._valid(replies.get(entry), endpoints[:1], ledger, entry, unanswered)
             for endpoint in endpoints[1:] if record is None else ():
                 reply = client.read_entries(endpoint, ledger, entry, 1, timeout).get(entry)
+                if reply is None:
+                    self._mark_down(endpoint)
                 record = self._valid(reply, [endpoint], ledger, entry, unanswered)
                 if record is not None:
                     break
