@@ -275,13 +275,19 @@ class EventStreamReader:
             return
         if not isinstance(body, m.SegmentRead) or body.offset != seg.fetch_offset:
             return
-        data = b"".join(bytes(codec._view(p)) for p in body.payload)
-        seg.fetch_offset += len(data)
-        buffer = seg.pending + data if seg.pending else data
+        parts = [codec._view(p) for p in body.payload]
+        size = sum(len(p) for p in parts)
+        seg.fetch_offset += size
+        # one copy at most: the frame itself when it holds whole events from the first
+        # byte on (each event is copied out of it once, by split_events)
+        if len(parts) == 1 and not seg.pending:
+            buffer: memoryview | bytes = parts[0]
+        else:
+            buffer = b"".join([seg.pending, *parts])
         base = seg.fetch_offset - len(buffer)
         found, used = events.split_events(buffer, base)
         seg.events.extend(found)
-        seg.pending = buffer[used:]
+        seg.pending = bytes(buffer[used:])  # a partial event: never a view of the frame
         if body.end_of_segment and seg.fetch_offset >= body.segment_length:
             seg.end_seen = True
 
