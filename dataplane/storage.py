@@ -104,8 +104,9 @@ class ChunkReader:
                 self._indexes.popitem(last=False)
         return index
 
-    def read(self, name: str, stored_bytes: int, offset: int, length: int) -> bytes:
-        """Raw bytes [offset, offset + length) of chunk `name` (clipped at its end)."""
+    def read(self, name: str, stored_bytes: int, offset: int, length: int) -> memoryview:
+        """Raw bytes [offset, offset + length) of chunk `name` (clipped at its end): a view
+        of the read-through range that holds them (no copy; it keeps that range alive)."""
         index = self._index(name, stored_bytes)
         frame = index.frame_raw_bytes
         start = offset - offset % frame
@@ -114,7 +115,7 @@ class ChunkReader:
             span = max(length + (offset - start), READ_AHEAD_BYTES)
             cached = read_range(lambda o, n: self.store.read(name, o, n), index, start, span)
             self._remember(name, start, cached)
-        return cached[offset - start : offset - start + length]
+        return memoryview(cached)[offset - start : offset - start + length]
 
     def _cached(self, name: str, start: int) -> bytes | None:
         with self._lock:

@@ -184,7 +184,7 @@ class StorageWriter:
 
     # --- reads -----------------------------------------------------------------------------
     def read(
-        self, lts: LtsRead, reply: Callable[[bytes | None, BaseException | None], None]
+        self, lts: LtsRead, reply: Callable[[memoryview | None, BaseException | None], None]
     ) -> None:
         """Read from LTS in the pool; `reply(data, error)` runs on the worker's loop."""
         self.counters["lts_reads"] += 1

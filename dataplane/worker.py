@@ -515,7 +515,9 @@ class Worker:
         for block in plan.blocks:
             self.ring.lend(block, tracker)
 
-    def _lts_reply(self, plan: ReadPlan, data: bytes | None, exc: BaseException | None) -> None:
+    def _lts_reply(
+        self, plan: ReadPlan, data: memoryview | None, exc: BaseException | None
+    ) -> None:
         if data is None:
             err = exc if isinstance(exc, StreamVaultError) else InternalError(repr(exc))
             self._send(plan.peer, codec.encode_exception(plan.request_id, err))
