@@ -322,6 +322,18 @@ class LedgerIds(Control):
     ids: list[int]
 
 
+class ListEntries(Control):
+    """The entries of a ledger a bookie holds durably (recovery finds the entries of closed
+    ledgers a bookie lacks, and copies them to it)."""
+
+    ledger_id: int
+
+
+class EntryRanges(Control):
+    ranges: list[tuple[int, int]]
+    """(first, last) entry ids, inclusive, ascending and disjoint."""
+
+
 # replies
 class Done(Control):
     """Reply of an operation that changes state; `changed` is False if it was already so."""
@@ -380,5 +392,6 @@ CONTROL_TYPES: tuple[type[Control], ...] = (
     CreateScope, DeleteScope, ListScopes, CreateStream, GetStream, ListStreams, SealStream,
     DeleteStream, GetContainerMap, CreateReaderGroup, GetReaderGroup, DeleteReaderGroup,
     Heartbeat, GetStatus, Done, Names, StreamInfo, ContainerMap, ReaderGroupInfo, Status,
-    UploadChunk, ChunkUploaded, DeleteLedger, ListLedgers, LedgerIds,
+    UploadChunk, ChunkUploaded, DeleteLedger, ListLedgers, LedgerIds, ListEntries,
+    EntryRanges,
 )  # fmt: skip

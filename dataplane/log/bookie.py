@@ -12,6 +12,8 @@ One ZeroMQ ROUTER socket serves ledger clients (the containers' replicated logs)
   fence, as the fence itself does).
 - `DeleteLedger` -> `Done` once the delete marker is durable.
 - `ListLedgers` -> `LedgerIds` (the ledgers held in an id range: orphan collection).
+- `ListEntries` -> `EntryRanges` (the entries of a ledger held durably: recovery copies
+  what a bookie lacks to it).
 - `GetStatus` -> `Status` with this bookie's counters (commits, syncs, adds, triggers).
 
 Group commit: each turn drains up to `drain_max` messages, queues their records, commits
@@ -158,6 +160,9 @@ class BookieCore:
             elif isinstance(msg, m.ListLedgers):
                 ids = [i for i in self.journal.ledgers() if msg.low <= i < msg.high]
                 self.send(peer, codec.encode_reply(m.LedgerIds(sorted(ids)), rid))
+            elif isinstance(msg, m.ListEntries):
+                ranges = self.journal.entry_ranges(msg.ledger_id)
+                self.send(peer, codec.encode_reply(m.EntryRanges(ranges), rid))
             elif isinstance(msg, m.GetStatus):
                 info = self.status() if self.status is not None else self.process_info("")
                 self.send(peer, codec.encode_reply(m.Status([info]), rid))

@@ -681,6 +681,17 @@ class Journal:
             )
         return data[HEADER_BYTES:]
 
+    def entry_ranges(self, ledger_id: int) -> list[tuple[int, int]]:
+        """The committed entries of a ledger as (first, last) runs, ascending."""
+        ledger = self._ledgers.get(ledger_id)
+        runs: list[tuple[int, int]] = []
+        for entry_id in sorted(ledger.entries) if ledger is not None else ():
+            if runs and runs[-1][1] == entry_id - 1:
+                runs[-1] = (runs[-1][0], entry_id)
+            else:
+                runs.append((entry_id, entry_id))
+        return runs
+
     def last_entry_id(self, ledger_id: int) -> int:
         ledger = self._ledgers.get(ledger_id)
         return ledger.last_entry_id if ledger is not None else -1

@@ -25,7 +25,9 @@ as absent: one that came back with an empty disk under its old id would deny ent
 held (bookie_instance.py); its instance is asked when recovery begins and again after the
 reads.
 Closed ledgers are read from any replica, each record checked (CRC, ledger, entry), a bad
-or missing copy read from another.
+or missing copy read from another. A bookie that does not answer counts as down: read last,
+not waited for beyond the quorum a step needs. Then each bookie that is up lists the entries
+of the ledgers it holds, and what one lacks is handed to catch-up when the log starts.
 
 It must never: close a ledger in metadata before its last entry is acknowledged (the
 replicator rolls over only with nothing in flight); write metadata with a stale version (a
@@ -79,6 +81,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+LACKING_MAX = 100_000
+"""Entries lacking copies that one recovery hands to catch-up at most (catch-up's own bound
+per bookie is the same)."""
 ENTRY_CACHE_BYTES_MAX = 32 * 1024 * 1024
 """Entries kept per log for `read` (the log is read only for bytes the cache lacks)."""
 INSTANCE_TIMEOUT_S = 1.0
@@ -182,6 +187,8 @@ class ReplicatedLog:
         """Bookie id -> until when it stays out of new ensembles (replicator thread)."""
         self.instances: dict[str, str] = {}
         """Bookie id -> its instance when this owner recovered (recorded in new ledgers)."""
+        self.lacking: list[tuple[str, tuple[int, int], list[str]]] = []
+        """What recovery found bookies lack (`_find_lacking`), handed to catch-up by `start`."""
         self._down: set[str] = set()
         """Endpoints that did not answer the last instance round, or a read in time, since
         (any thread; see `_mark_down`)."""
@@ -206,12 +213,55 @@ class ReplicatedLog:
                     info.last_entry_id = self._recover_open(client, info, seen)
                     info.state = "closed"
                 yield from self._read_ledger(client, info)
+            self.lacking = self._find_lacking(client, meta.ledgers)
         finally:
             client.close()
         meta.ledgers = [i for i in meta.ledgers if i.last_entry_id >= 0]
         self.meta_version = self.store.cas(self.key, meta, version)
         self.meta = meta
         self._collect_orphans()
+
+    def _find_lacking(
+        self, client: BookieClient, ledgers: list[LedgerInfo]
+    ) -> list[tuple[str, tuple[int, int], list[str]]]:
+        """The entries of the (now closed) ledgers that bookies of their ensembles which are
+        up lack, with the bookies that hold each: a bookie that missed entries while this
+        log's previous owner ran (its catch-up state died with it) or that came back with a
+        replaced disk. Catch-up copies them once the log starts (`start`), so every entry
+        the log names gets its write quorum's copies again. Best effort: a bookie that does
+        not answer is left as it is; beyond `LACKING_MAX` entries the rest wait for the next
+        recovery."""
+        lacking: list[tuple[str, tuple[int, int], list[str]]] = []
+        for info in ledgers:
+            if info.last_entry_id < 0:
+                continue
+            endpoints = [e for e in self.endpoints(info) if not self._is_down(e)]
+            if not endpoints:
+                continue
+            replies = client.call_many(
+                endpoints,
+                m.ListEntries(info.ledger_id),
+                needed=len(endpoints),
+                timeout_s=self.replication.recovery_timeout_s,
+            )
+            held = {
+                e: _entry_set(x.ranges, info.last_entry_id)
+                for e, x in replies.items()
+                if isinstance(x, m.EntryRanges)
+            }
+            for target, entries in held.items():
+                for entry in range(info.last_entry_id + 1):
+                    if entry in entries:
+                        continue
+                    sources = [e for e, other in held.items() if entry in other]
+                    if sources:  # else every copy is on bookies that did not answer
+                        lacking.append((target, (info.ledger_id, entry), sources))
+                    if len(lacking) >= LACKING_MAX:
+                        log.warning("log=%s over %d entries lack copies", self.key, LACKING_MAX)
+                        return lacking
+        if lacking:
+            log.info("log=%s %d entries lack copies on bookies: copying", self.key, len(lacking))
+        return lacking
 
     def _collect_orphans(self) -> None:
         """Delete this container's ledgers that bookies hold but metadata does not name: a
@@ -528,6 +578,9 @@ class ReplicatedLog:
     # --- ledgers (main thread at start, replicator thread at rollover) --------------------
     def start(self) -> None:
         self._open_next_ledger()
+        if self.lacking:
+            self.replicator.catch_up(self, self.lacking)
+            self.lacking = []
 
     def _open_next_ledger(self) -> None:
         meta = self.meta
@@ -691,3 +744,11 @@ class ReplicatedLog:
         if client is not None:
             client.close()
         self.pool.close()
+
+
+def _entry_set(ranges: list[tuple[int, int]], last: int) -> set[int]:
+    """The entry ids 0..last that (first, last) `ranges` cover."""
+    out: set[int] = set()
+    for first, stop in ranges:
+        out.update(range(max(0, first), min(stop, last) + 1))
+    return out

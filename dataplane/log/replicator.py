@@ -21,7 +21,8 @@ of new ensembles for `exclusion_s`, and the log rolls over (as above) onto a led
 ensemble does not include it. Entries of the old ledger keep their `ack_quorum` copies.
 
 Catch-up (catchup.py): entries a bookie missed are copied to it from another replica once it
-answers again, so a restarted bookie holds the write quorum's copies again.
+answers again, so a restarted bookie holds the write quorum's copies again; `catch_up` adds
+the entries a recovery found bookies lack (ReplicatedLog._find_lacking).
 
 `ReplicatorCore` is all of this without sockets, threads or a clock of its own (the
 protocol simulation drives it); `Replicator` is the thread with one DEALER per bookie.
@@ -102,6 +103,8 @@ class ReplicatorCore:
         self._by_entry: dict[tuple[int, int], _Pending] = {}
         self._held: dict[int, collections.deque[tuple[ReplicatedLog, Any, int, Any]]] = {}
         self._deletes: collections.deque[tuple[int, list[str]]] = collections.deque()
+        self._lacking: list[tuple[str, ReplicatedLog, tuple[int, int], list[str]]] = []
+        """Entries recovery found a bookie lacks, for catch-up (taken at the next turn)."""
         self.counters = dict.fromkeys(
             ("entries", "resends", "rollovers", "completions", "ensemble_changes"), 0
         )
@@ -126,6 +129,15 @@ class ReplicatorCore:
             self._queue.append((log_, None, 0, task))
         self._wake()
 
+    def catch_up(
+        self, log_: ReplicatedLog, lacking: list[tuple[str, tuple[int, int], list[str]]]
+    ) -> None:
+        """Have catch-up copy to each bookie the entries recovery found it lacks: (target
+        endpoint, (ledger, entry), endpoints that hold the entry). Any thread."""
+        with self._lock:
+            self._lacking.extend((target, log_, key, sources) for target, key, sources in lacking)
+        self._wake()
+
     def delete_ledger(self, ledger_id: int, endpoints: list[str]) -> None:
         """Ask the bookies to delete a ledger (replicator thread; best effort)."""
         self._deletes.append((ledger_id, endpoints))
@@ -136,6 +148,9 @@ class ReplicatorCore:
         (Fenced, or any other error reply): the caller stops and acknowledges nothing more."""
         with self._lock:
             batch, self._queue = self._queue, []
+            lacking, self._lacking = self._lacking, []
+        for target, log_, key, sources in lacking:
+            self.catchup.missed(target, log_, key, sources)
         for log_, buffer, payload_bytes, token in batch:
             self._take(log_, buffer, payload_bytes, token)
         for endpoint, header, body in replies:

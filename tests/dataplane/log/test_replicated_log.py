@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import signal
 import threading
 import time
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from support.bookies import BookieProcess, running_bookies
-from support.replicated import Owner, recovered, replication
+from support.replicated import KEY, Owner, recovered, replication
 
 from streamvault.client.protocol.errors import Fenced, StreamVaultError
 from streamvault.dataplane.log import LocalFileStore
@@ -396,3 +397,60 @@ def test_recovery_does_not_wait_out_its_timeout_for_a_bookie_that_is_down(bookie
     assert recovered(store, slow) == records
     elapsed = time.monotonic() - started
     assert elapsed < slow.recovery_timeout_s / 2, f"recovery took {elapsed:.1f} s"
+
+
+def _ledger_entries(store: LocalFileStore) -> list[tuple[int, int]]:
+    meta, _ = store.get(KEY)
+    return [(i.ledger_id, i.last_entry_id) for i in meta.ledgers if i.last_entry_id >= 0]
+
+
+def _wait_until_held(owner: Owner, endpoint: str, ledgers: list[tuple[int, int]]) -> None:
+    deadline = time.monotonic() + 20.0  # bounded
+    missing: list[tuple[int, int]] = []
+    while time.monotonic() < deadline:
+        missing = [(lid, e) for lid, last in ledgers for e in range(last + 1)]
+        missing = [(lid, e) for lid, e in missing if not _holds(endpoint, lid, e)]
+        if not missing:
+            return
+        owner.write(b"tick")  # the lagging bookie acknowledges: catch-up goes on
+        time.sleep(0.2)
+    raise AssertionError(f"{endpoint} still lacks {missing[:10]}... ({owner.replicator.counters})")
+
+
+@pytest.mark.parametrize("how", ["missed under the previous owner", "disk replaced"])
+def test_recovery_copies_entries_of_closed_ledgers_a_bookie_lacks(bookies, store, how):
+    """Catch-up state lives in the owner's replicator, so entries a bookie missed while the
+    previous owner ran (it was down, the entries completed at Qa) kept only Qa copies after
+    that owner died; and a bookie back with a replaced disk lacks everything. Recovery asks
+    each bookie of the ensembles which entries it holds (`ListEntries`) and catch-up copies
+    what it lacks, so every entry the log names has its Qw copies again."""
+    rep = replication([b.endpoint for b in bookies])
+    owner = Owner(store, rep)
+    owner.recover()
+    owner.start()
+    for i in range(5):
+        owner.write(b"before-%d" % i)
+    if how == "missed under the previous owner":
+        bookies[2].kill()
+        for i in range(15):
+            owner.write(b"while-down-%d" % i)
+        owner.close()  # dies with its catch-up state
+        bookies[2].start()
+    else:
+        for i in range(15):
+            owner.write(b"more-%d" % i)
+        owner.close()
+        bookies[2].kill()
+        shutil.rmtree(bookies[2].data_dir)
+        bookies[2].start()
+    successor = Owner(store, rep)
+    try:
+        assert len(successor.recover()) == 20
+        ledgers = _ledger_entries(store)  # closed by the recovery
+        assert sum(last + 1 for _, last in ledgers) == 20, ledgers
+        assert len(successor.log.lacking) >= 15, successor.log.lacking[:3]
+        successor.start()
+        _wait_until_held(successor, bookies[2].endpoint, ledgers)
+        assert successor.replicator.counters["catchup_copied"] >= 15
+    finally:
+        successor.close()
