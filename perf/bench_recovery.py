@@ -4,7 +4,9 @@ A standalone takes `--gib` GiB of 1000-byte events (`write_events` of 1000, over
 segments); then, while it is idle:
 
 1. one worker is SIGKILLed: the time until an append to every segment is acknowledged again
-   (the host restarts the worker, its containers recover from their logs);
+   (the host restarts the worker, its containers recover from their logs); with
+   `--bookie-down` (replicated standalones), one bookie is SIGSTOPped first and resumed
+   after this step: a hung bookie that recovery must not wait for;
 2. every process is SIGKILLed and the standalone restarted on the same data dir and port: the
    time until it prints `ready`, until an append to every segment is acknowledged, and until
    a reader group started at the tail reads an event written after the restart.
@@ -15,6 +17,7 @@ holds, a container replays at most about a checkpoint interval plus what is not 
 so recovery should not grow with what was written. Target: <= 5 s.
 
     python perf/bench_recovery.py [--gib 1] [--runs 3] [--segments 4] [--standalone-args ARGS]
+        [--bookie-down]
 """
 
 from __future__ import annotations
@@ -100,6 +103,10 @@ def worker_pids(mgr) -> list[int]:
     return [p.pid for p in mgr.status().processes if p.role == "worker"]
 
 
+def bookie_pids(mgr) -> list[int]:
+    return [p.pid for p in mgr.status().processes if p.role == "bookie"]
+
+
 def kill_all(proc: subprocess.Popen, data_dir: str) -> None:
     pids = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
     os.killpg(proc.pid, signal.SIGKILL)
@@ -137,9 +144,18 @@ def one_run(args: argparse.Namespace, run: int) -> dict:
             write_mb_s = write_backlog(mgr, scope, stream, int(args.gib * 2**30), keys)
             time.sleep(args.settle)
             victim = worker_pids(mgr)[0]
+            hung = bookie_pids(mgr)[:1] if args.bookie_down else []
+        if args.bookie_down and not hung:
+            raise SystemExit("--bookie-down needs a replicated standalone (--standalone-args)")
         log_bytes = du_bytes(os.path.join(data, "log"))
-        os.kill(victim, signal.SIGKILL)
-        worker_s = time_until_appends(controller, scope, stream, keys)
+        for pid in hung:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            os.kill(victim, signal.SIGKILL)
+            worker_s = time_until_appends(controller, scope, stream, keys)
+        finally:
+            for pid in hung:
+                os.kill(pid, signal.SIGCONT)
 
         kill_all(proc, data)
         start = time.perf_counter()
@@ -173,12 +189,18 @@ def main() -> int:
         default="",
         help="extra options for the standalone, e.g. '--replicas 3 --ack-quorum 2'",
     )
+    ap.add_argument(
+        "--bookie-down",
+        action="store_true",
+        help="SIGSTOP one bookie during the worker kill (replicated standalones)",
+    )
     args = ap.parse_args()
     runs = [one_run(args, i) for i in range(args.runs)]
     m = machine()
     print(f"machine: {m['cpu']} x{m['cores']}, python {m['python']}, commit {m['commit']}")
     print(
-        f"{args.standalone_args or 'RF=1'}, {args.gib:g} GiB of {EVENT_BYTES} B events over "
+        f"{args.standalone_args or 'RF=1'}{', one bookie stopped' if args.bookie_down else ''}, "
+        f"{args.gib:g} GiB of {EVENT_BYTES} B events over "
         f"{args.segments} segments, "
         f"cache {args.cache}; median of {args.runs} (all runs in brackets)"
     )

@@ -189,6 +189,8 @@ class ReplicatedLog:
         """Bookie id -> its instance when this owner recovered (recorded in new ledgers)."""
         self.lacking: list[tuple[str, tuple[int, int], list[str]]] = []
         """What recovery found bookies lack (`_find_lacking`), handed to catch-up by `start`."""
+        self._scan_seen: dict[str, str] | None = None
+        """The instances `scan` asked for (`recover` uses them instead of asking again)."""
         self._down: set[str] = set()
         """Endpoints that did not answer the last instance round, or a read in time, since
         (any thread; see `_mark_down`)."""
@@ -206,7 +208,10 @@ class ReplicatedLog:
         client = self._new_client()
         try:
             bookies = self.replication.bookies
-            seen = self._instances(client, list(bookies.values()))  # before any fence
+            seen = self._scan_seen  # asked just before by `scan`, if it ran: before any fence
+            self._scan_seen = None
+            if seen is None:
+                seen = self._instances(client, list(bookies.values()))
             self.instances = {b: seen[e] for b, e in bookies.items() if seen.get(e)}
             for info in meta.ledgers:
                 if info.state == "open":
@@ -299,7 +304,8 @@ class ReplicatedLog:
         meta, _ = self.store.get(self.key)
         client = self._new_client()
         try:
-            self._instances(client, list(self.replication.bookies.values()))  # who is up
+            # who is up; `recover`, which comes next, takes these instances as its own
+            self._scan_seen = self._instances(client, list(self.replication.bookies.values()))
             for info in (meta or LogMetadata()).ledgers:
                 yield from self._read_ledger(client, info, upto_missing=info.state == "open")
         finally:
@@ -459,7 +465,9 @@ class ReplicatedLog:
         window = self.replication.read_window
         while upto_missing or entry <= last:
             count = window if upto_missing else min(window, last - entry + 1)
-            batch, unanswered = self._read_batch(client, endpoints, info.ledger_id, entry, count)
+            batch, unanswered = self._read_batch(
+                client, endpoints, info.ledger_id, entry, count, ask_down=not upto_missing
+            )
             for record in batch:
                 header = parse_header(memoryview(record), 0)
                 assert header is not None
@@ -508,13 +516,23 @@ class ReplicatedLog:
             )
 
     def _read_batch(
-        self, client: BookieClient, endpoints: list[str], ledger: int, first: int, count: int
+        self,
+        client: BookieClient,
+        endpoints: list[str],
+        ledger: int,
+        first: int,
+        count: int,
+        *,
+        ask_down: bool = True,
     ) -> tuple[list[bytes], list[str]]:
         """Entries first..first+count-1, as far as some bookie has a valid copy of each: all
         asked of one bookie at once (pipelined), a missing or bad copy asked of the others.
         Also returns, for the first entry without a valid copy, the bookies that did not
         answer for it (empty: every bookie said absent or had a bad copy). Bookies that count
-        as down are asked last; one that does not answer in time counts as down."""
+        as down are asked last, or (`ask_down` False: `scan` reading an open ledger up to its
+        first missing entry, where an acknowledged entry is on Qa bookies, so on one that is
+        up while fewer than Qa are down) not at all; one that does not answer in time counts
+        as down."""
         timeout = self.replication.recovery_timeout_s
         endpoints = sorted(endpoints, key=self._is_down)  # stable: the ensemble's order
         replies: dict[int, Any] = {}
@@ -527,6 +545,8 @@ class ReplicatedLog:
             unanswered: list[str] = []
             record = self._valid(replies.get(entry), endpoints[:1], ledger, entry, unanswered)
             for endpoint in endpoints[1:] if record is None else ():
+                if not ask_down and self._is_down(endpoint):
+                    continue
                 reply = client.read_entries(endpoint, ledger, entry, 1, timeout).get(entry)
                 if reply is None:
                     self._mark_down(endpoint)

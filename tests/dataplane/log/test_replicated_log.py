@@ -379,10 +379,11 @@ def test_a_restarted_bookie_catches_up_on_the_entries_it_missed(bookies, store):
 
 
 def test_recovery_does_not_wait_out_its_timeout_for_a_bookie_that_is_down(bookies, store):
-    """The first bookie of every ensemble down (killed), recovery with a long timeout:
-    the fence, the reads (several read windows of entries) and orphan collection go on with
-    the bookies that answered the instance round instead of waiting the timeout out for the
-    one that did not (which took timeout x (2 + read windows) before)."""
+    """The first bookie of every ensemble down (killed), a worker's recovery (scan for the
+    last checkpoint, then recover) with a long timeout: the reads (several read windows),
+    the look for the entry after the open ledger's end, the fence and orphan collection go
+    on with the bookies that answered the instance round instead of waiting the timeout out
+    for the one that did not (which took timeout x (3 + read windows) before)."""
     rep = replication([b.endpoint for b in bookies], read_window=8)
     owner = Owner(store, rep)
     owner.recover()
@@ -394,7 +395,12 @@ def test_recovery_does_not_wait_out_its_timeout_for_a_bookie_that_is_down(bookie
     bookies[0].kill()
     slow = dataclasses.replace(rep, recovery_timeout_s=30.0)
     started = time.monotonic()
-    assert recovered(store, slow) == records
+    successor = Owner(store, slow)
+    try:
+        assert [bytes(p) for _, p in successor.log.scan()] == records  # the ledger is open
+        assert successor.recover() == records
+    finally:
+        successor.close()
     elapsed = time.monotonic() - started
     assert elapsed < slow.recovery_timeout_s / 2, f"recovery took {elapsed:.1f} s"
 
