@@ -55,8 +55,13 @@ from streamvault.dataplane.container import Container, ReadPlan
 from streamvault.dataplane.container.recovery import recover as recover_container
 from streamvault.dataplane.container.tiering import TieringConfig
 from streamvault.dataplane.log import Committer, LocalDurableLog, LocalFileStore, LogConfig
+from streamvault.dataplane.log.bookie_instance import InstanceRound
 from streamvault.dataplane.log.probe import durability_mode
-from streamvault.dataplane.log.replicated_log import ReplicatedLog, ReplicationConfig
+from streamvault.dataplane.log.replicated_log import (
+    INSTANCE_ROUND_REUSE_S,
+    ReplicatedLog,
+    ReplicationConfig,
+)
 from streamvault.dataplane.log.replicator import Replicator
 from streamvault.dataplane.standby import StandbyConfig, wait_for_takeover
 from streamvault.dataplane.storage_writer import StorageWriter
@@ -140,6 +145,8 @@ class Worker:
             if config.replication is not None
             else Committer(self._deliver, self._on_fatal)
         )
+        self.instance_round = InstanceRound(INSTANCE_ROUND_REUSE_S, time.monotonic)
+        """The bookies' instances, asked once for the containers recovering in a row."""
         self.containers: dict[int, Container] = {}
         self.failed: dict[int, DataCorruption] = {}
         self.logs: dict[int, LocalDurableLog | ReplicatedLog] = {}
@@ -590,6 +597,7 @@ class Worker:
                 replication=cfg.replication,
                 ctx=self.ctx,
                 config=cfg.log,
+                instance_round=self.instance_round,
             )
             self.mode = dlog.mode
             return dlog

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import threading
+from collections.abc import Callable
 
 import crc32c
 
@@ -62,3 +64,31 @@ def _create(data_dir: str, path: str) -> str:
     os.replace(tmp, path)
     fsync_dir(data_dir)
     return instance
+
+
+class InstanceRound:
+    """One worker's latest answer to "which instance is each bookie" (endpoint -> instance;
+    absent: no answer), shared by its logs while they recover one after another, so that a
+    bookie that does not answer costs the round's timeout once per worker instead of once
+    per container. Taken instead of asking again while younger than `max_age_s` and for the
+    same endpoints. That is as safe as asking: every log asks its witnesses again after its
+    reads and decides again from the start if one changed (replicated_log.py)."""
+
+    def __init__(self, max_age_s: float, clock: Callable[[], float]) -> None:
+        self.max_age_s = max_age_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._key: tuple[str, ...] = ()
+        self._seen: dict[str, str] = {}
+        self._at = 0.0
+
+    def get(self, endpoints: list[str]) -> dict[str, str] | None:
+        with self._lock:
+            fresh = self._clock() - self._at < self.max_age_s
+            if self._key == tuple(endpoints) and fresh:
+                return dict(self._seen)
+            return None
+
+    def put(self, endpoints: list[str], seen: dict[str, str]) -> None:
+        with self._lock:
+            self._key, self._seen, self._at = tuple(endpoints), dict(seen), self._clock()

@@ -61,6 +61,7 @@ from streamvault.client.protocol.errors import (
 )
 from streamvault.client.protocol.limits import PROTOCOL_VERSION, PROTOCOL_VERSION_MIN
 from streamvault.dataplane.log.bookie_client import BookieClient
+from streamvault.dataplane.log.bookie_instance import InstanceRound
 from streamvault.dataplane.log.framing import (
     RECORD_HEADER_BYTES,
     check_record,
@@ -86,6 +87,9 @@ LACKING_MAX = 100_000
 per bookie is the same)."""
 ENTRY_CACHE_BYTES_MAX = 32 * 1024 * 1024
 """Entries kept per log for `read` (the log is read only for bytes the cache lacks)."""
+INSTANCE_ROUND_REUSE_S = 5.0
+"""How long one worker's logs take the instance round another of them asked for (recovering
+one after another: a bookie that does not answer costs its timeout once, not per log)."""
 INSTANCE_TIMEOUT_S = 1.0
 """How long recovery waits for the bookies' instances (a bookie not answering in time is
 unknown in new ledgers, and does not vouch for ledgers that recorded its instance)."""
@@ -160,7 +164,9 @@ class ReplicatedLog:
         config: LogConfig | None = None,
         client_factory: Callable[[], BookieClient] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        instance_round: InstanceRound | None = None,
     ) -> None:
+        """`instance_round`: shared by the logs of one worker (see InstanceRound)."""
         self.key = key
         self.container_id = container_id
         self.store = store
@@ -189,6 +195,7 @@ class ReplicatedLog:
         """Bookie id -> its instance when this owner recovered (recorded in new ledgers)."""
         self.lacking: list[tuple[str, tuple[int, int], list[str]]] = []
         """What recovery found bookies lack (`_find_lacking`), handed to catch-up by `start`."""
+        self._instance_round = instance_round
         self._scan_seen: dict[str, str] | None = None
         """The instances `scan` asked for (`recover` uses them instead of asking again)."""
         self._down: set[str] = set()
@@ -211,7 +218,7 @@ class ReplicatedLog:
             seen = self._scan_seen  # asked just before by `scan`, if it ran: before any fence
             self._scan_seen = None
             if seen is None:
-                seen = self._instances(client, list(bookies.values()))
+                seen = self._first_instances(client)
             self.instances = {b: seen[e] for b, e in bookies.items() if seen.get(e)}
             for info in meta.ledgers:
                 if info.state == "open":
@@ -305,7 +312,7 @@ class ReplicatedLog:
         client = self._new_client()
         try:
             # who is up; `recover`, which comes next, takes these instances as its own
-            self._scan_seen = self._instances(client, list(self.replication.bookies.values()))
+            self._scan_seen = self._first_instances(client)
             for info in (meta or LogMetadata()).ledgers:
                 yield from self._read_ledger(client, info, upto_missing=info.state == "open")
         finally:
@@ -314,6 +321,24 @@ class ReplicatedLog:
     def endpoints(self, info: LedgerInfo) -> list[str]:
         """The endpoints of the ledger's ensemble (bookies are named by id in metadata)."""
         return [self.replication.bookies[b] for b in info.ensemble if b in self.replication.bookies]
+
+    def _first_instances(self, client: BookieClient) -> dict[str, str]:
+        """The instances of all bookies before recovery fences anything: the worker's
+        shared round if it is fresh (InstanceRound), else asked."""
+        endpoints = list(self.replication.bookies.values())
+        shared = self._instance_round
+        seen = shared.get(endpoints) if shared is not None else None
+        if seen is None:
+            seen = self._instances(client, endpoints)
+            if shared is not None:
+                shared.put(endpoints, seen)
+            return seen
+        for endpoint in endpoints:
+            if endpoint in seen:
+                self._down.discard(endpoint)
+            else:
+                self._mark_down(endpoint)
+        return seen
 
     def _instances(self, client: BookieClient, endpoints: list[str]) -> dict[str, str]:
         """Endpoint -> the instance its bookie reports (absent: no answer in time)."""
