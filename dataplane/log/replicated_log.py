@@ -332,12 +332,8 @@ class ReplicatedLog:
             seen = self._instances(client, endpoints)
             if shared is not None:
                 shared.put(endpoints, seen)
-            return seen
-        for endpoint in endpoints:
-            if endpoint in seen:
-                self._down.discard(endpoint)
-            else:
-                self._mark_down(endpoint)
+        else:
+            self._note_answers(endpoints, seen)
         return seen
 
     def _instances(self, client: BookieClient, endpoints: list[str]) -> dict[str, str]:
@@ -346,14 +342,18 @@ class ReplicatedLog:
         timeout = min(self.replication.recovery_timeout_s, INSTANCE_TIMEOUT_S)
         replies = client.call_many(endpoints, hello, needed=len(endpoints), timeout_s=timeout)
         seen = {e: x.instance for e, x in replies.items() if isinstance(x, m.HelloReply)}
-        for endpoint in endpoints:
-            if endpoint in seen:
-                self._down.discard(endpoint)
-            else:
-                self._mark_down(endpoint)
+        self._note_answers(endpoints, seen)
         return seen
 
     # --- bookies that do not answer -----------------------------------------------------
+    def _note_answers(self, endpoints: list[str], answered: dict[str, str]) -> None:
+        """After an instance round: who answered is up, who did not counts as down."""
+        for endpoint in endpoints:
+            if endpoint in answered:
+                self._down.discard(endpoint)
+            else:
+                self._mark_down(endpoint)
+
     def _mark_down(self, endpoint: str) -> None:
         """A bookie that did not answer an instance round or a read in time counts as down
         until it answers an instance round again: reads ask it last, and recovery's fence

@@ -748,3 +748,20 @@ def test_failed_pwrite_is_fail_stop_and_close_works(tmp_path, monkeypatch, case)
     with pytest.raises(StorageError, match="refusing"):
         journal.commit()
     journal.close()
+
+
+def test_entry_ranges_list_the_committed_entries_of_a_ledger_as_runs(tmp_path):
+    journal = Journal(str(tmp_path), MEDIUM)
+    for entry in (0, 1, 2, 5, 7, 8):
+        _fill(journal, [1], range(entry, entry + 1))
+    _fill(journal, [2], range(3))
+    assert journal.entry_ranges(1) == []  # staged, not committed
+    journal.commit()
+    _fill(journal, [1], range(9, 12))  # staged again: not listed until committed
+    assert journal.entry_ranges(1) == [(0, 2), (5, 5), (7, 8)]
+    assert journal.entry_ranges(2) == [(0, 2)] and journal.entry_ranges(3) == []
+    journal.commit()
+    journal.close()
+    journal = Journal(str(tmp_path), MEDIUM)  # rebuilt from the files alike
+    assert journal.entry_ranges(1) == [(0, 2), (5, 5), (7, 11)]
+    journal.close()
