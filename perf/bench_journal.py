@@ -19,6 +19,7 @@ Back of the envelope: here fio writes ~2.5 GB/s O_DIRECT and ~6-7 k fdatasyncs/s
 the ceiling; Python adds one copy into the aligned buffer and a CRC32C per entry.
 
     python perf/bench_journal.py [--seconds 3] [--runs 3] [--dir DIR] [--sizes 65536,1048576]
+        [--gaps]
 """
 
 from __future__ import annotations
@@ -38,17 +39,67 @@ sys.path.insert(0, str(HERE))
 import baselines  # noqa: E402
 from bench_append import machine  # noqa: E402
 
+from streamvault.dataplane.log.disk import OsDisk  # noqa: E402
 from streamvault.dataplane.log.journal import Journal, JournalConfig  # noqa: E402
 
 LOOPS_MAX = 10_000_000
 
 
-def bandwidth(directory: str, size: int, seconds: float, config: JournalConfig) -> float:
+class TimedDisk(OsDisk):
+    """The real disk, timing each pwrite and fdatasync (`--gaps`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, float, float]] = []  # (op, start, end)
+
+    def pwrite(self, handle: int, data, pos: int) -> int:
+        start = time.perf_counter()
+        written = super().pwrite(handle, data, pos)
+        self.calls.append(("pwrite", start, time.perf_counter()))
+        return written
+
+    def fdatasync(self, handle: int) -> None:
+        start = time.perf_counter()
+        super().fdatasync(handle)
+        self.calls.append(("fdatasync", start, time.perf_counter()))
+
+    def report(self, elapsed: float) -> str:
+        """The disk calls' share of the steady state, and the gaps between them (the I/O
+        side waiting for the caller): after a sync (the next commit being staged) and
+        between two pieces."""
+        calls = self.calls
+        busy = {
+            op: sum(b - a for o, a, b in calls if o == op) / elapsed
+            for op in ("pwrite", "fdatasync")
+        }
+        after_sync = [
+            calls[i + 1][1] - calls[i][2]
+            for i in range(len(calls) - 1)
+            if calls[i][0] == "fdatasync"
+        ]
+        between = [
+            calls[i + 1][1] - calls[i][2]
+            for i in range(len(calls) - 1)
+            if calls[i][0] == calls[i + 1][0] == "pwrite"
+        ]
+        idle = 1 - sum(busy.values())
+        med = lambda xs: statistics.median(xs) * 1e3 if xs else 0.0  # noqa: E731
+        return (
+            f"pwrite {busy['pwrite']:.0%}, fdatasync {busy['fdatasync']:.0%}, idle {idle:.0%}; "
+            f"gap after a sync median {med(after_sync):.3f} ms ({sum(after_sync) / elapsed:.0%}), "
+            f"between pieces {med(between):.3f} ms ({sum(between) / elapsed:.0%})"
+        )
+
+
+def bandwidth(
+    directory: str, size: int, seconds: float, config: JournalConfig, disk: TimedDisk | None = None
+) -> float:
     """Payload MB/s of entries of `size` bytes committed a commit's worth at a time, in the
     steady state: first `warmup` bytes are written (ledgers deleted as they go) so that the
-    journal recycles its files instead of creating (zero-filling) new ones."""
+    journal recycles its files instead of creating (zero-filling) new ones. With `disk`,
+    its timings cover the steady state only."""
     path = tempfile.mkdtemp(prefix="journal-", dir=directory)
-    journal = Journal(path, config)
+    journal = Journal(path, config, disk=disk)
     payload = os.urandom(size)
     per_commit = max(1, config.commit_bytes_max // (size + 64))
     warmup = (config.files_recycled_max + 2) * config.file_bytes
@@ -60,6 +111,8 @@ def bandwidth(directory: str, size: int, seconds: float, config: JournalConfig) 
         for _ in range(LOOPS_MAX):
             if warmup and written >= warmup:
                 warmup, written, start = 0, 0, time.perf_counter()
+                if disk is not None:
+                    disk.calls.clear()
             if not warmup and time.perf_counter() - start >= seconds:
                 break
             for _ in range(per_commit):
@@ -74,7 +127,11 @@ def bandwidth(directory: str, size: int, seconds: float, config: JournalConfig) 
                 journal.commit()
                 ledger += 1
                 entry = 0
-        return written / (time.perf_counter() - start) / 1e6
+        elapsed = time.perf_counter() - start
+        if disk is not None:
+            rate = written / elapsed / 1e6
+            print(f"  {size // 1024} KiB entries, {rate:,.0f} MB/s: {disk.report(elapsed)}")
+        return written / elapsed / 1e6
     finally:
         journal.close()
         shutil.rmtree(path, ignore_errors=True)
@@ -114,10 +171,21 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--dir", default=None, help="file system to measure (default: temp dir)")
     ap.add_argument("--sizes", default="65536,1048576")
+    ap.add_argument(
+        "--gaps",
+        action="store_true",
+        help="only time the journal's disk calls in the bandwidth runs: their share, and the "
+        "gaps in which the I/O side waits for the caller",
+    )
     args = ap.parse_args()
     directory = args.dir or tempfile.gettempdir()
     config = JournalConfig(file_bytes=128 << 20)
     sizes = [int(s) for s in args.sizes.split(",")]
+    if args.gaps:
+        for _ in range(args.runs):
+            for size in sizes:
+                bandwidth(directory, size, args.seconds, config, TimedDisk())
+        return 0
     rows: dict[str, list[float]] = {f"journal {s // 1024} KiB entries MB/s": [] for s in sizes}
     rows["journal 4 KiB commits/s"] = []
     bracketed: dict[str, list[float]] = {name: [] for name in rows}
