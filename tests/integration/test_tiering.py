@@ -324,7 +324,11 @@ def test_truncation_drops_history_below_the_cut_in_lts_and_readers_start_there(t
         deadline = time.monotonic() + 20  # deletes run on the worker's LTS pool
         while True:
             chunks = _file_chunks(cluster.data_dir)
-            below = [n for n in chunks if parse_chunk_name(n)[3] <= cut_event.offset]
+            below = [  # of the truncated segment: reader groups' state segments have chunks too
+                n
+                for n in chunks
+                if parse_chunk_name(n)[1] == segment and parse_chunk_name(n)[3] <= cut_event.offset
+            ]
             if not below or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
