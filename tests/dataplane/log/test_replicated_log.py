@@ -402,7 +402,8 @@ def test_recovery_does_not_wait_out_its_timeout_for_a_bookie_that_is_down(bookie
     finally:
         successor.close()
     elapsed = time.monotonic() - started
-    assert elapsed < slow.recovery_timeout_s / 2, f"recovery took {elapsed:.1f} s"
+    # waiting the timeout out even once takes longer than this; the recovery takes seconds
+    assert elapsed < slow.recovery_timeout_s, f"recovery took {elapsed:.1f} s"
 
 
 def _ledger_entries(store: LocalFileStore) -> list[tuple[int, int]]:
