@@ -18,9 +18,11 @@ One ZeroMQ ROUTER socket serves ledger clients (the containers' replicated logs)
 
 Group commit: each turn drains up to `drain_max` messages, queues their records, commits
 the journal once (one fdatasync for every client's entries of the turn; counted by
-trigger), then answers. While a commit's fdatasync runs, requests queue in the socket, so
-the next turn takes them all. Replies to reads and fences are computed after the commit, so
-they only ever describe durable state.
+trigger), then answers. After answering, the turn lets the journal take one compaction
+step (journal.py: live records of an old file copied forward, so one idle ledger cannot
+pin every journal file; a no-op while none is due). While a commit's fdatasync runs,
+requests queue in the socket, so the next turn takes them all. Replies to reads and fences
+are computed after the commit, so they only ever describe durable state.
 
 An add or fence below the epoch its container was last fenced at (container_fences.py) is
 refused with `Fenced`, even for a ledger the bookie no longer (or never) held; an add or
@@ -139,6 +141,7 @@ class BookieCore:
             replies.append((peer, self._read(rid, read)))
         for peer, frames in replies:
             self.send(peer, frames)
+        self.journal.compact_step()  # between turns: its commit holds no client's record
 
     def receive(self, peer: bytes, body: list[Any]) -> None:
         """One request of this turn (answered at once, or at `end_turn`)."""
@@ -302,6 +305,7 @@ class BookieCore:
         return {
             "durability_mode": self.journal.durability_mode,
             "ledgers": len(self.journal.ledgers()),
+            "files": len(self.journal.files()),
             **self.journal.counters,
             **self.counters,
         }

@@ -34,10 +34,17 @@ Invariants:
 - Recovery cuts a torn tail of the last file (and zeroes its remains before writing again)
   but stops with DataCorruption if later durable data proves the damaged data was durable.
 - File removal rule: a file is removed (unlinked, or renamed into the free pool) only if it
-  is not the current file, every ledger with an entry or fence marker in it is deleted by a
-  durable delete marker, and every older file has been removed: files go strictly from the
-  oldest end, so a delete marker outlives every entry it deletes, and file seqs on disk are
-  contiguous (a gap is DataCorruption).
+  is not the current file, every ledger it holds is deleted by a durable delete marker or
+  has durable copies of its entries and fence marker in it in later files, and every older
+  file has been removed: files go strictly from the oldest end, so a delete marker outlives
+  every entry it deletes, and file seqs on disk are contiguous (a gap is DataCorruption).
+- Compaction (`compact_step`): once more than `compact_files_min` files are in use and the
+  oldest one's live records (of ledgers not deleted) are at most `compact_live_percent` of
+  a file, they are copied forward into the current file: the same ledger, entry, epoch and
+  payload (CRC verified on the way), the ledger's lac, and one fence marker at the
+  ledger's fence epoch. A copy changes nothing a reader sees; once the copies are durable
+  the old file goes. Without it one idle ledger (a container that wrote a record and then
+  nothing) would pin the oldest file, and by the rule above every later one, for ever.
 - The index holds one small tuple per entry and no payloads; reads re-verify the CRC.
 
 It must never: retry a failed fsync (any OSError, on the I/O thread too, is fail-stop: the
@@ -92,7 +99,10 @@ _COUNTERS = (
     *("commits", "syncs", "pieces", "records", "bytes", "tail_cuts"),
     *("files_created", "files_spare", "files_recycled", "files_freed", "files_deleted"),
     *("trigger_queue_empty", "trigger_bytes_max", "trigger_file_end"),
+    *("compactions", "records_relocated", "bytes_relocated"),
 )
+_RELOCATED = object()
+"""The token of a record that compaction copied forward (never returned by `commit`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,11 +133,20 @@ class JournalConfig:
     calls stay on one thread, in a replayable order)."""
     spare_fill_bytes_per_s: int = 256 * 1024 * 1024
     """How fast the spare is zero-filled (0: unpaced); unpaced once a rollover waits for it."""
+    compact_files_min: int = 4
+    """Files in use (the current one included) beyond which the oldest is compacted."""
+    compact_live_percent: int = 25
+    """The oldest file is compacted only if its live records take at most this share of a
+    file (more live data is data the containers still need: copying it would only churn);
+    0: never compact."""
+    compact_step_bytes: int = 4 * 1024 * 1024
+    """Payload bytes one `compact_step` copies at most (one commit, one fdatasync)."""
 
     def __post_init__(self) -> None:
         for name in (
             *("file_bytes", "commit_bytes_max", "piece_bytes"),
             *("commit_wait_us_max", "files_recycled_max", "spare_fill_bytes_per_s"),
+            *("compact_files_min", "compact_live_percent", "compact_step_bytes"),
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
@@ -138,6 +157,10 @@ class JournalConfig:
                 raise ValueError(
                     f"JournalConfig.{name}={value} must be a positive multiple of 4096"
                 )
+        if self.compact_live_percent > 100:
+            raise ValueError(
+                f"JournalConfig.compact_live_percent={self.compact_live_percent} must be <= 100"
+            )
         if self.commit_bytes_max > self.file_bytes:
             raise ValueError(
                 f"JournalConfig.commit_bytes_max={self.commit_bytes_max} must fit in "
@@ -169,13 +192,14 @@ class _File:
 
 
 class _Ledger:
-    __slots__ = ("entries", "last_entry_id", "lac", "fenced_epoch")
+    __slots__ = ("entries", "last_entry_id", "lac", "fenced_epoch", "fence_seq")
 
     def __init__(self) -> None:
         self.entries: dict[int, tuple[int, int, int]] = {}  # entry -> (file_seq, pos, bytes)
         self.last_entry_id = -1
         self.lac = -1
         self.fenced_epoch: int | None = None
+        self.fence_seq: int | None = None  # the file of the newest marker at fenced_epoch
 
 
 class _Queued(NamedTuple):
@@ -230,6 +254,9 @@ class Journal:
         self._next_commit_seq = 1
         self._next_file_seq = 1
         self._maybe_removable = False
+        self._compact_plan: tuple[int, deque[tuple[int, int, int, int]]] | None = None
+        self._compact_skip: tuple[int, int] | None = None  # (file seq, deletes) found too live
+        self._deletes_applied = 0
         self._writer = CommitWriter(
             disk,
             piece_bytes=config.piece_bytes,
@@ -283,6 +310,7 @@ class Journal:
             self._resume(self._files[seqs[-1]], end)
         else:
             self._open_next_file()
+        self._rebuild_holders()
         self._remove_files()
         self._want_spare()
 
@@ -313,6 +341,19 @@ class Journal:
         if dirty > end.end_pos:
             self._zero(path, end.end_pos, dirty)
         return end
+
+    def _rebuild_holders(self) -> None:
+        """After replay, a file holds exactly the live ledgers whose index entries or fence
+        marker are in it: a file whose records were all copied forward (compaction that
+        crashed before the removal) or deleted is removable."""
+        for file in self._files.values():
+            file.holders = set()
+        files = self._files
+        for ledger_id, ledger in self._ledgers.items():
+            for file_seq, _, _ in ledger.entries.values():
+                files[file_seq].holders.add(ledger_id)
+            if ledger.fence_seq is not None:
+                files[ledger.fence_seq].holders.add(ledger_id)
 
     def _zero(self, path: str, start: int, stop: int) -> None:
         disk = self._disk
@@ -415,6 +456,9 @@ class Journal:
     def commit(self) -> list[object]:
         """Make every staged record durable; return their tokens, in order."""
         self._check_usable()
+        return self._commit()
+
+    def _commit(self) -> list[object]:
         try:
             if self._held is not None:
                 self._end_commit("trigger_queue_empty")
@@ -425,6 +469,102 @@ class Journal:
             raise self._fail(exc, "commit") from exc
         tokens, self._tokens = self._tokens, []
         return tokens
+
+    def compact_step(self) -> int:
+        """Copy forward up to `compact_step_bytes` of the oldest file's live records, if it
+        is due for compaction (module docstring), and commit them; once none is left there,
+        remove the file. Only between commits (nothing staged; else 0). Returns the records
+        copied. Fail-stop like `commit`, also when a record to copy fails its CRC."""
+        self._check_usable()
+        config = self.config
+        if self._tokens or not config.compact_live_percent:
+            return 0
+        if len(self._files) <= max(config.compact_files_min, 1):
+            return 0
+        oldest = next(iter(self._files.values()))
+        if oldest is self._cur:
+            return 0
+        plan = self._compact_plan
+        if plan is None or plan[0] != oldest.seq:
+            if self._compact_skip == (oldest.seq, self._deletes_applied):
+                return 0
+            items, live = self._live_records(oldest.seq)
+            if live * 100 > config.file_bytes * config.compact_live_percent:
+                self._compact_skip = (oldest.seq, self._deletes_applied)
+                return 0
+            plan = self._compact_plan = (oldest.seq, deque(items))
+        seq, items = plan
+        moved = moved_bytes = 0
+        while items and moved_bytes < config.compact_step_bytes:
+            _, kind, ledger_id, entry_id = items.popleft()
+            ledger = self._ledgers.get(ledger_id)
+            if ledger is None or ledger_id in self._doomed:
+                continue
+            if kind == KIND_FENCE:
+                if ledger.fence_seq != seq or ledger.fenced_epoch is None:
+                    continue  # fenced again since: that marker is newer
+                item = _Queued(KIND_FENCE, ledger_id, 0, ledger.fenced_epoch, -1, b"", _RELOCATED)
+            else:
+                location = ledger.entries.get(entry_id)
+                if location is None or location[0] != seq:
+                    continue  # rewritten since
+                try:
+                    record, payload = self._read_record(ledger_id, entry_id, location, fail=True)
+                except DataCorruption as exc:  # damaged durable data: this replica stops
+                    self._failed = exc
+                    log.critical(
+                        "journal %s: compaction found damage, fail-stop: %s", self.directory, exc
+                    )
+                    raise StorageError(f"journal {self.directory}: compaction: {exc}") from exc
+                lac = max(record.lac, ledger.lac)
+                item = _Queued(
+                    KIND_ENTRY, ledger_id, entry_id, record.epoch, lac, payload, _RELOCATED
+                )
+                moved_bytes += len(payload)
+            self._stage(item)
+            moved += 1
+        if moved:
+            self._commit()
+            self.counters["records_relocated"] += moved
+            self.counters["bytes_relocated"] += moved_bytes
+        if not items:
+            self._compact_plan = None
+            file = self._files.get(seq)
+            if file is not None:
+                deleted = self._deleted
+                file.holders = {h for h in file.holders if h in deleted or self._holds(h, seq)}
+            self.counters["compactions"] += 1
+            try:
+                self._remove_files()
+            except OSError as exc:
+                raise self._fail(exc, "compact") from exc
+        return moved
+
+    def _live_records(self, seq: int) -> tuple[list[tuple[int, int, int, int]], int]:
+        """The live records in file `seq` as (position, kind, ledger, entry), in file order,
+        and their packed bytes."""
+        items: list[tuple[int, int, int, int]] = []
+        live = 0
+        for ledger_id in self._files[seq].holders:
+            ledger = self._ledgers.get(ledger_id)
+            if ledger is None or ledger_id in self._doomed:
+                continue
+            for entry_id, (file_seq, pos, size) in ledger.entries.items():
+                if file_seq == seq:
+                    items.append((pos, KIND_ENTRY, ledger_id, entry_id))
+                    live += packed_bytes(size)
+            if ledger.fence_seq == seq:
+                items.append((0, KIND_FENCE, ledger_id, 0))
+                live += packed_bytes(0)
+        items.sort()
+        return items, live
+
+    def _holds(self, ledger_id: int, seq: int) -> bool:
+        """True if ledger `ledger_id` has an index entry or its fence marker in file `seq`."""
+        ledger = self._ledgers.get(ledger_id)
+        if ledger is None:
+            return False
+        return ledger.fence_seq == seq or any(s == seq for s, _, _ in ledger.entries.values())
 
     def wait_written(self) -> None:
         """Wait until the pieces of the staged records handed to the writer so far are
@@ -583,6 +723,7 @@ class Journal:
             file.deletes.add(ledger_id)
             self._doomed.add(ledger_id)
             self._maybe_removable = True
+            self._deletes_applied += 1
             return
         if ledger_id in self._deleted:  # only in replay: re-created after a pruned delete
             self._files[self._deleted.pop(ledger_id)].deletes.discard(ledger_id)
@@ -595,8 +736,9 @@ class Journal:
             ledger.entries[entry_id] = (file_seq, record.pos, record.payload_bytes)
             ledger.last_entry_id = max(ledger.last_entry_id, entry_id)
             ledger.lac = max(ledger.lac, record.lac)
-        else:
-            ledger.fenced_epoch = max(record.epoch, ledger.fenced_epoch or 0)
+        elif ledger.fenced_epoch is None or record.epoch >= ledger.fenced_epoch:
+            ledger.fenced_epoch = record.epoch
+            ledger.fence_seq = file_seq
 
     # --- files -----------------------------------------------------------------------
     def _open_next_file(self) -> None:
@@ -659,11 +801,20 @@ class Journal:
         location = ledger.entries.get(entry_id) if ledger is not None else None
         if location is None:
             return None
+        return self._read_record(ledger_id, entry_id, location)[1]
+
+    def _read_record(
+        self, ledger_id: int, entry_id: int, location: tuple[int, int, int], *, fail: bool = False
+    ) -> tuple[JournalRecord, bytes]:
+        """The entry's record (CRC verified) and its payload; `fail`: an I/O error is
+        fail-stop (compaction), else it is the caller's (a read is answered with it)."""
         file_seq, pos, size = location
         file = self._files[file_seq]
         try:
             data = self._disk.pread(file.read_fd, HEADER_BYTES + size, pos)
         except OSError as exc:
+            if fail:
+                raise self._fail(exc, "compact read") from exc
             raise StorageError(f"journal read {file.path} at {pos}: {exc}") from exc
         record = read_record(data, 0, file_seq)
         if (
@@ -679,7 +830,7 @@ class Journal:
                 ledger=ledger_id,
                 entry=entry_id,
             )
-        return data[HEADER_BYTES:]
+        return record, data[HEADER_BYTES:]
 
     def entry_ranges(self, ledger_id: int) -> list[tuple[int, int]]:
         """The committed entries of a ledger as (first, last) runs, ascending."""

@@ -24,6 +24,7 @@ from streamvault.dataplane.log.journal import Journal, JournalConfig
 from streamvault.dataplane.log.journal_format import (
     HEADER_BYTES,
     KIND_ENTRY,
+    KIND_FENCE,
     JournalRecord,
     ScanEnd,
     pack_record,
@@ -291,6 +292,102 @@ def _ledgers_per_file(directory: Path) -> dict[int, set[int]]:
         records, _ = _scan(path, last=False)
         out[int(path.name[8:24], 16)] = {r.ledger_id for r in records if r.kind == KIND_ENTRY}
     return out
+
+
+def _truncating_writer(journal: Journal, ledgers: range, *, compact: bool) -> list[int]:
+    """Busy ledgers, each about a file's worth and then deleted (a container truncating
+    behind its uploads); the files in use after each, with compaction steps run or not."""
+    in_use = []
+    for ledger in ledgers:
+        _fill(journal, [ledger], range(70), size=900)
+        journal.commit()
+        journal.delete_ledger(ledger, token=("d", ledger))
+        journal.commit()
+        while compact and journal.compact_step():
+            pass
+        in_use.append(len(journal.files()))
+    return in_use
+
+
+def test_compaction_copies_an_idle_ledger_forward_so_the_old_files_go(tmp_path):
+    """An idle ledger (two entries and a fence in the first file, then nothing) pins that
+    file and, by the removal rule, every later one; compaction copies it forward instead."""
+    config = dataclasses.replace(SMALL, compact_files_min=2)
+    journal = Journal(str(tmp_path), config)
+    journal.add_entry(1, 0, epoch=3, lac=-1, payload=_payload(1, 0), token="a")
+    journal.add_entry(1, 1, epoch=3, lac=0, payload=_payload(1, 1), token="b")
+    journal.fence(1, epoch=5, token="f")
+    journal.commit()
+    pinned = _truncating_writer(journal, range(2, 6), compact=False)
+    assert pinned == sorted(pinned) and pinned[-1] >= 5, "without compaction nothing goes"
+    in_use = _truncating_writer(journal, range(6, 16), compact=True)
+    assert max(in_use[1:]) <= config.compact_files_min, in_use
+    assert journal.counters["compactions"] >= 3
+    assert journal.counters["records_relocated"] >= 9  # each time: 2 entries and a fence
+
+    def same(journal: Journal) -> None:
+        assert journal.ledgers() == [1]
+        _assert_entries(journal, [1], range(2))
+        assert (journal.last_entry_id(1), journal.lac(1), journal.fenced_epoch(1)) == (1, 0, 5)
+        assert journal.entry_ranges(1) == [(0, 1)]
+
+    same(journal)
+    files = journal.files()
+    journal.close()
+    journal = Journal(str(tmp_path), config)
+    same(journal)
+    assert journal.files() == files
+    records = [r for p in _journal_files(tmp_path) for r in _scan(p, last=False)[0]]
+    copies = [r for r in records if r.ledger_id == 1 and r.file_seq == files[0]]
+    assert {(r.kind, r.entry_id, r.epoch) for r in copies} >= {
+        (KIND_ENTRY, 0, 3), (KIND_ENTRY, 1, 3), (KIND_FENCE, 0, 5),
+    }, "the copies keep ledger, entry and epoch"  # fmt: skip
+    journal.close()
+
+
+def test_compaction_leaves_a_file_whose_live_records_are_more_than_the_limit(tmp_path):
+    """Live data beyond `compact_live_percent` is data still needed: not copied. Once a
+    delete makes the file mostly dead, it is."""
+    config = dataclasses.replace(SMALL, compact_files_min=1, compact_live_percent=25)
+    journal = Journal(str(tmp_path), config)
+    _fill(journal, [1], range(58), size=900)  # ~56 KB of the first 64 KiB file
+    journal.commit()
+    _fill(journal, [2], range(80), size=900)  # its first ~8 KB in the first file too
+    journal.commit()
+    files = journal.files()
+    assert len(files) >= 2
+    assert journal.compact_step() == 0 and journal.files() == files
+    assert journal.counters["compactions"] == 0
+    journal.delete_ledger(1, token="d")
+    journal.commit()
+    assert journal.files() == files, "ledger 2 still has entries in the first file"
+    moved = journal.compact_step()
+    assert 0 < moved < 12 and journal.counters["compactions"] == 1
+    assert journal.files()[0] > files[0]
+    _assert_entries(journal, [2], range(80), size=900)
+    journal.close()
+
+
+def test_a_compaction_step_waits_for_staged_records_and_skips_what_changed(tmp_path):
+    config = dataclasses.replace(SMALL, compact_files_min=1, compact_step_bytes=1000)
+    journal = Journal(str(tmp_path), config)
+    _fill(journal, [1], range(4), size=900)
+    journal.commit()
+    _fill(journal, [2], range(80), size=900)
+    journal.delete_ledger(2, token="d")
+    journal.commit()
+    journal.add_entry(3, 0, epoch=1, lac=-1, payload=b"x", token="x")
+    assert journal.compact_step() == 0, "nothing is copied while records are staged"
+    journal.commit()
+    assert journal.compact_step() == 2  # a step copies at most compact_step_bytes (~2)
+    rewritten = _payload(1, 3, salt=7)
+    journal.add_entry(1, 3, epoch=2, lac=2, payload=rewritten, token="r")  # in a newer file
+    journal.commit()
+    assert journal.compact_step() == 1  # entry 2; entry 3's copy there is not live
+    assert journal.files()[0] > 1, "the first file went"
+    assert journal.read_entry(1, 3) == rewritten
+    _assert_entries(journal, [1], range(3), size=900)
+    journal.close()
 
 
 def test_rollover_recycle_and_removal_from_the_oldest_end(tmp_path):

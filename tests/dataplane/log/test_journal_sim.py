@@ -3,9 +3,10 @@ table rows 2, 3, 5, 8, 9).
 
 Each seed drives one `Journal` (small files, so rollover, recycling and removal happen
 often) through a random workload: entries on several ledgers (some larger than one commit,
-some rewritten), fences, deletes, commits; power cuts between calls and in the middle of a
-commit, of staging a record (the journal writes records as they are staged) or of
-recovery; EIO / ENOSPC on pwrite, fdatasync, fsync or fallocate; rarely a bit
+some rewritten), fences, deletes, commits, compaction steps (copies of an old file's live
+records, which must change nothing a reader sees); power cuts between calls and in the
+middle of a commit, of staging a record (the journal writes records as they are staged), of
+a compaction step or of recovery; EIO / ENOSPC on pwrite, fdatasync, fsync or fallocate; rarely a bit
 flip in durable data or a misdirected (or silently lost) write. A model of what was
 acknowledged checks, after every reopen and at the end:
 
@@ -56,6 +57,9 @@ CONFIG = JournalConfig(
     files_recycled_max=1,
     direct=False,
     spare_thread=False,  # spares made inline: every disk call on the simulation's thread
+    compact_files_min=2,  # compaction is due often
+    compact_live_percent=60,
+    compact_step_bytes=4096,  # a file's copies take several steps (and commits)
 )
 """Odd seeds run it with the I/O thread, even seeds without: the same disk calls either way."""
 DIRECTORY = "/sim/journal"
@@ -200,8 +204,10 @@ class _Sim:
                     self.check_live()
                 elif roll < 0.955:
                     self.oversize()
-                else:
+                elif roll < 0.98:
                     self.commit()
+                else:
+                    self.compact()
             self.step += 1
             self.note("final crash + reopen")
             self.restart(self._staged())
@@ -268,7 +274,8 @@ class _Sim:
         except StorageError as exc:
             if disk.counters["faults_fired"] == before["faults_fired"]:
                 self.fail(f"staging raised StorageError without an injected fault: {exc!r}")
-            self.note(f"  -> StorageError (expected): {exc}")
+            # the error is raised by the add inline, by `wait_written` with the I/O thread
+            self.note(f"  -> StorageError (expected): {str(exc).replace(' in write:', ' in add:')}")
             self.refuses()
             self.stats["stage_failures"] += 1
             self.restart(self._staged())
@@ -407,6 +414,49 @@ class _Sim:
         self.stats["commits_acked"] += 1
         if rng.random() < 0.1:
             self.check_live()
+
+    def compact(self) -> None:
+        """Commit, then a few compaction steps (only between commits), sometimes with a
+        power cut or an I/O error armed. Compaction copies records without changing what
+        the journal shows: after a crash, the state is the acknowledged one."""
+        self.commit()
+        rng, disk = self.rng, self.disk
+        for _ in range(rng.randint(1, 4)):
+            journal = self.journal
+            assert journal is not None and not self.queued
+            fault = ""
+            roll = rng.random()
+            if roll < 0.1:
+                calls = rng.randint(1, 8)
+                disk.crash_after(calls)
+                fault = f" [crash after {calls} disk calls]"
+            elif roll < 0.15:
+                op = rng.choice(("pwrite", "fdatasync", "fsync", "allocate"))
+                disk.fail_next(op, errno.EIO)
+                fault = f" [fail_next {op} EIO]"
+            before = dict(disk.counters)
+            try:
+                moved = journal.compact_step()
+            except SimulatedCrash:
+                self.note(f"compact{fault} -> power cut")
+                self.stats["crashes_in_compact"] += 1
+                self.restart([])
+                return
+            except StorageError as exc:
+                fired = disk.counters["faults_fired"] != before["faults_fired"]
+                if not fired and not self.tainted:
+                    self.fail(f"compaction raised StorageError without a fault: {exc!r}")
+                self.note(f"compact{fault} -> StorageError (expected): {exc}")
+                self.refuses()
+                self.stats["compact_failures"] += 1
+                self.restart([])
+                return
+            finally:
+                disk.clear_faults()
+            if disk.counters["faults_fired"] != before["faults_fired"]:
+                self.fail("an injected I/O error fired but compaction succeeded")
+            self.note(f"compact{fault}: {moved} records copied, files {journal.files()}")
+            self.stats["records_compacted"] += moved
 
     def _damaged(self, before: dict[str, int]) -> None:
         """Taint the run if a misdirected or lost write just happened."""
@@ -731,7 +781,8 @@ def test_journal_simulation(sim_seeds: list[int]) -> None:
             "disk_crashes", "disk_pages_torn", "disk_pages_garbled", "disk_dir_ops_dropped",
             "commit_failures", "crashes_in_commit", "crashes_in_recovery", "bit_flips",
             "disk_writes_misdirected", "disk_writes_lost", "journal_files_recycled",
-            "journal_files_deleted", "journal_tail_cuts",
+            "journal_files_deleted", "journal_tail_cuts", "journal_compactions",
+            "records_compacted", "crashes_in_compact", "compact_failures",
         ):  # fmt: skip
             assert totals[name] > 0, (name, totals)
 
