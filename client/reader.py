@@ -3,7 +3,11 @@
 A reader owns some of the group's segments (assigned through the group's state
 synchronizer, fair share each) and reads them with one outstanding `ReadSegment` per
 segment (long-polling at the tail), buffering whole events and returning them one at a
-time, round-robin across its segments. Events of one routing key live in one segment, and a
+time, round-robin across its segments (a segment's buffered events, up to
+`EVENTS_PER_TURN`, then the next segment's). The next read of a segment is asked for while
+its events are still being returned, once fewer than `READ_BYTES` of them are left, so the
+server's work overlaps the caller's; a segment holds less than two replies' events plus
+one reply in flight (3 x `READ_BYTES` at most). Events of one routing key live in one segment, and a
 segment is read by one reader at a time from the position where the previous owner
 stopped, so each key's events come back in write order, each once.
 
@@ -32,11 +36,16 @@ from streamvault.client.protocol.errors import (
 )
 from streamvault.client.synchronizer import StateSynchronizer
 
+_HEADER_BYTES = events.EVENT_HEADER.size
+
 READ_BYTES = 1024 * 1024
 """Bytes asked for per `ReadSegment`."""
 TAIL_WAIT_MS = 1000
 """Long-poll bound for reads at the tail."""
 REBALANCE_INTERVAL_S = 1.0
+EVENTS_PER_TURN = 1024
+"""Events returned from one segment's buffer before the next segment's turn (and before
+the clock is looked at again for a rebalance)."""
 REPLY_GRACE_S = 5.0
 """A read unanswered for its wait plus this long resets its connection."""
 
@@ -107,12 +116,20 @@ class EventStreamReader:
         self._endpoints: dict[str, str] = {}
         self._next_rebalance = 0.0
         self._round_robin: deque[_SegmentRead] = deque()
+        self._serving: _SegmentRead | None = None  # whose buffered events are returned now
+        self._turn_left = 0  # events it may still return before the slow path runs
         self._map_stale = False
         self._closed = False
 
     # --- public ----------------------------------------------------------------------
     def read_next_event(self, timeout: float) -> EventRead | None:
         """The next event, or None if none arrives within `timeout` seconds."""
+        seg = self._serving
+        if self._turn_left and seg is not None and seg.events:  # the fast path
+            self._turn_left -= 1
+            offset, data = seg.events.popleft()
+            seg.position = offset + _HEADER_BYTES + len(data)
+            return EventRead(data, seg.segment, offset)
         deadline = time.monotonic() + timeout
         while True:
             now = time.monotonic()
@@ -122,6 +139,11 @@ class EventStreamReader:
             event = self._pop()
             if event is not None:
                 return event
+            if self._by_request:  # replies already here count before any timeout does
+                self._poll(0.0)
+                event = self._pop()
+                if event is not None:
+                    return event
             self._request_reads(now)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -175,6 +197,8 @@ class EventStreamReader:
 
     def _drop(self, name: str) -> None:
         seg = self._owned.pop(name, None)
+        if seg is self._serving:
+            self._serving, self._turn_left = None, 0
         if seg is not None:
             self._by_request.pop(seg.request_id, None)
             self._round_robin.remove(seg)
@@ -185,17 +209,22 @@ class EventStreamReader:
         self._next_rebalance = 0.0  # pick up what is left
 
     def _pop(self) -> EventRead | None:
+        """The next segment's turn (round-robin): its first buffered event; the fast path of
+        `read_next_event` returns the rest of its turn."""
         rr = self._round_robin
         for _ in range(len(rr)):
             seg = rr[0]
             rr.rotate(-1)
             if seg.events:
                 offset, data = seg.events.popleft()
-                seg.position = offset + events.EVENT_HEADER.size + len(data)
+                seg.position = offset + _HEADER_BYTES + len(data)
+                self._serving, self._turn_left = seg, EVENTS_PER_TURN - 1
+                self._read_ahead(seg)
                 return EventRead(data, seg.segment, offset)
             if seg.end_seen and not seg.pending and not seg.request_id:
                 self._complete(seg)
                 return self._pop()
+        self._serving, self._turn_left = None, 0
         return None
 
     # --- I/O ---------------------------------------------------------------------------
@@ -212,24 +241,27 @@ class EventStreamReader:
 
     def _request_reads(self, now: float) -> None:
         for seg in self._owned.values():
-            if seg.events or seg.end_seen:
+            if seg.end_seen:
                 continue
             if seg.request_id:
                 if now - seg.sent_at > TAIL_WAIT_MS / 1000 + REPLY_GRACE_S:
                     self._reset(seg)
                 continue
-            if now < seg.retry_at:
-                continue
-            try:
-                sock = self._sock(seg.segment)
-            except RetryableError:
-                seg.retry_at = now + 0.2
-                continue
-            rid = next_request_id()
-            request = m.ReadSegment(seg.fetch_offset, READ_BYTES, TAIL_WAIT_MS, seg.name)
-            sock.send_multipart(codec.encode(request, rid, timeout_ms=TAIL_WAIT_MS + 1000))
-            seg.request_id, seg.sent_at = rid, now
-            self._by_request[rid] = seg
+            if not seg.events and now >= seg.retry_at:
+                self._request(seg, now)
+
+    def _request(self, seg: _SegmentRead, now: float) -> None:
+        """Ask for the segment's next bytes (nothing else outstanding for it)."""
+        try:
+            sock = self._sock(seg.segment)
+        except RetryableError:
+            seg.retry_at = now + 0.2
+            return
+        rid = next_request_id()
+        request = m.ReadSegment(seg.fetch_offset, READ_BYTES, TAIL_WAIT_MS, seg.name)
+        sock.send_multipart(codec.encode(request, rid, timeout_ms=TAIL_WAIT_MS + 1000))
+        seg.request_id, seg.sent_at = rid, now
+        self._by_request[rid] = seg
 
     def _reset(self, seg: _SegmentRead) -> None:
         """No answer in time: drop the connection (and anything queued on it) and re-route."""
@@ -247,13 +279,16 @@ class EventStreamReader:
         self._map_stale = True
 
     def _poll(self, timeout_s: float) -> None:
+        """Take the replies that arrive within `timeout_s` (0: those already here)."""
         if not self._socks:
+            if timeout_s <= 0:
+                return
             time.sleep(min(timeout_s, 0.05))
             return
         poller = zmq.Poller()
         for sock in self._socks.values():
             poller.register(sock, zmq.POLLIN)
-        for sock, _ in poller.poll(int(timeout_s * 1000) + 1):
+        for sock, _ in poller.poll(int(timeout_s * 1000) + 1 if timeout_s > 0 else 0):
             while True:
                 try:
                     frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -290,6 +325,21 @@ class EventStreamReader:
         seg.pending = bytes(buffer[used:])  # a partial event: never a view of the frame
         if body.end_of_segment and seg.fetch_offset >= body.segment_length:
             seg.end_seen = True
+        else:
+            self._read_ahead(seg)
+
+    def _read_ahead(self, seg: _SegmentRead) -> None:
+        """Ask for the segment's next bytes while its buffered events are still returned,
+        if less than `READ_BYTES` of them are left (so it holds less than two replies'
+        events, plus the reply in flight)."""
+        if (
+            not seg.request_id
+            and not seg.end_seen
+            and seg.fetch_offset - len(seg.pending) - seg.position < READ_BYTES
+        ):
+            now = time.monotonic()
+            if now >= seg.retry_at:
+                self._request(seg, now)
 
     def _on_error(self, seg: _SegmentRead, exc: StreamVaultError) -> None:
         if isinstance(exc, RetryableError):

@@ -75,10 +75,19 @@ def writer_loop(
 
 
 def reader_process(
-    controller: str, scope: str, stream: str, tail_lag: float, deadline_s: float, sched: str, out
+    controller: str,
+    scope: str,
+    stream: str,
+    tail_lag: float,
+    deadline_s: float,
+    sched: str,
+    go,
+    out,
 ) -> None:
     if sched == "idle":  # only CPU time nothing else of this machine wants
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    out.put("spawned")
+    go.wait()
     with StreamManager(controller) as mgr:
         mgr.create_reader_group(scope, "catchup", [stream])
         reader = mgr.create_reader(scope, "catchup", "r")
@@ -129,12 +138,13 @@ def one_run(args: argparse.Namespace) -> dict:
                 target=writer_loop,
                 args=(mgr, scope, stream, args.rate_mb, stop, latencies, written),
             )
+            writing_since = time.perf_counter()
             thread.start()
             backlog_s = args.backlog * cache / (args.rate_mb * 1e6)
-            time.sleep(backlog_s)
-            reader_started = time.perf_counter()
+            # the reader's interpreter starts (imports) before the backlog is in place: its
+            # start-up is not catch-up work, and took most of a core for about a second
             ctx = mp.get_context("spawn")
-            out = ctx.Queue()
+            out, go = ctx.Queue(), ctx.Event()
             reader = ctx.Process(
                 target=reader_process,
                 args=(
@@ -144,10 +154,16 @@ def one_run(args: argparse.Namespace) -> dict:
                     args.tail_lag,
                     args.deadline,
                     args.reader_sched,
+                    go,
                     out,
                 ),
             )
             reader.start()
+            if out.get(timeout=60) != "spawned":
+                raise SystemExit("reader process did not start")
+            time.sleep(max(0.0, backlog_s - (time.perf_counter() - writing_since)))
+            reader_started = time.perf_counter()
+            go.set()
             result = out.get(timeout=args.deadline + 60)
             reader_done = time.perf_counter()
             reader.join(timeout=30)

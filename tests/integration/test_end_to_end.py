@@ -75,3 +75,35 @@ def test_large_events_up_to_the_limit_round_trip(shared_standalone):
                 got.append(ev.data)
     assert [len(g) for g in got] == sizes
     assert got == payloads
+
+
+def test_a_reader_reads_ahead_of_the_caller_and_holds_a_bounded_buffer(shared_standalone):
+    """The next read of a segment is asked for while the last reply's events are returned:
+    a reply waits for the caller, the caller does not wait for the server. What a reader
+    holds stays bounded: per segment less than two replies' events plus one in flight."""
+    from streamvault.client.reader import READ_BYTES
+
+    scope, stream = unique("s"), unique("t")
+    payload = [b"x" * 996 for _ in range(1000)]  # 1000 B framed: ~1 MB per call
+    with StreamManager(shared_standalone.controller) as mgr:
+        mgr.create_scope(scope)
+        mgr.create_stream(scope, stream, initial_segments=2)
+        with mgr.create_writer(scope, stream) as writer:
+            for call in range(12):
+                writer.write_events(payload, routing_key=f"k{call % 2}")
+            writer.flush(timeout=60)
+        mgr.create_reader_group(scope, "g", [stream])
+        with mgr.create_reader(scope, "g", "r") as reader:
+            read = 0
+            ahead = 0
+            while read < 12_000:
+                assert reader.read_next_event(10.0) is not None, f"stalled after {read}"
+                read += 1
+                if read % 100:
+                    continue
+                owned = list(reader._owned.values())
+                ahead += sum(1 for seg in owned if seg.events and seg.request_id)
+                assert len(reader._by_request) <= len(owned)
+                for seg in owned:
+                    assert sum(len(d) + 4 for _, d in seg.events) < 2 * READ_BYTES
+            assert ahead > 0, "no read was ever asked for while events were buffered"
