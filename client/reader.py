@@ -44,8 +44,7 @@ TAIL_WAIT_MS = 1000
 """Long-poll bound for reads at the tail."""
 REBALANCE_INTERVAL_S = 1.0
 EVENTS_PER_TURN = 1024
-"""Events returned from one segment's buffer before the next segment's turn (and before
-the clock is looked at again for a rebalance)."""
+"""Events returned from one segment's buffer before the next segment's turn."""
 REPLY_GRACE_S = 5.0
 """A read unanswered for its wait plus this long resets its connection."""
 
@@ -125,7 +124,12 @@ class EventStreamReader:
     def read_next_event(self, timeout: float) -> EventRead | None:
         """The next event, or None if none arrives within `timeout` seconds."""
         seg = self._serving
-        if self._turn_left and seg is not None and seg.events:  # the fast path
+        if (
+            self._turn_left
+            and seg is not None
+            and seg.events
+            and time.monotonic() < self._next_rebalance
+        ):  # the fast path
             self._turn_left -= 1
             offset, data = seg.events.popleft()
             seg.position = offset + _HEADER_BYTES + len(data)
