@@ -9,6 +9,9 @@ the stream from the head (history from LTS, then the cached tail). Reported:
   read less than `--tail-lag` seconds after it was written);
 - a check that the reader got every event in order.
 
+The reader's process is started (interpreter, imports) while the backlog builds; the
+catch-up window begins when it is told to create its reader group and read.
+
 Back of the envelope: at 50 MB/s a 64 MiB cache holds ~1.3 s of data, so a 4x backlog is
 ~5 s of writes, all but the last second in LTS only. Target: the reader reads >= 2x the
 write rate, and write p95 during catch-up stays within 1.5x of write p95 without it.
@@ -142,7 +145,7 @@ def one_run(args: argparse.Namespace) -> dict:
             thread.start()
             backlog_s = args.backlog * cache / (args.rate_mb * 1e6)
             # the reader's interpreter starts (imports) before the backlog is in place: its
-            # start-up is not catch-up work, and took most of a core for about a second
+            # start-up (about a second, a third of it CPU) is not catch-up work
             ctx = mp.get_context("spawn")
             out, go = ctx.Queue(), ctx.Event()
             reader = ctx.Process(
