@@ -62,6 +62,12 @@ from streamvault.client.segment_writer import Block, SegmentWriter
 log = logging.getLogger(__name__)
 
 
+REROUTE_RECHECK_S = 0.2
+"""How often a connection still not back asks the controller again: a worker restarted on
+another port (or a standby that took its containers over) is found this soon after it
+registered, not up to `reroute_after_s` later."""
+
+
 @dataclass(frozen=True)
 class WriterConfig:
     batch_bytes_max: int = 256 * 1024
@@ -80,7 +86,8 @@ class WriterConfig:
     ack_timeout_s: float = 30.0
     """A block unacknowledged this long resets its connection (and is resent)."""
     reroute_after_s: float = 1.0
-    """A connection that does not come back in this time asks the controller for a route."""
+    """A connection that does not come back in this time asks the controller for a route
+    (then again every `REROUTE_RECHECK_S` until it is back or the route changed)."""
     setup_timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
@@ -531,7 +538,7 @@ class EventStreamWriter:
                 and now >= conn.next_route_check
                 and now - conn.since >= self.config.reroute_after_s
             ):
-                conn.next_route_check = now + self.config.reroute_after_s
+                conn.next_route_check = now + min(self.config.reroute_after_s, REROUTE_RECHECK_S)
                 for sw in list(conn.segments):
                     self._route(sw, refresh=True)
             elif conn.state == "ready":
