@@ -17,6 +17,7 @@ detected as misdirected, not served.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import crc32c
@@ -96,3 +97,22 @@ def check_record(buf: memoryview, pos: int, header: RecordHeader) -> bool:
     crc = crc32c.crc32c(buf[pos : pos + _CRC_COVERED])
     crc = crc32c.crc32c(buf[pos + RECORD_HEADER_BYTES : end], crc)
     return crc == header.crc
+
+
+def aligned_finds(
+    view: memoryview, needle: bytes, start: int, stop: int, align: int, *, origin: int = 0
+) -> Iterator[int]:
+    """The positions p in view[start:stop], (p - origin) a multiple of `align`, where
+    `needle` starts. The search runs in C (`find` of the object `view` is a whole view of: an
+    mmap or bytes); Python sees at most one match per `align` bytes, so probing a mostly
+    empty file costs no Python work per block."""
+    obj = view.obj
+    assert hasattr(obj, "find") and len(obj) == len(view), type(obj)
+    at = obj.find(needle, start, stop)
+    while at >= 0:
+        skew = (at - origin) % align
+        if skew == 0:
+            yield at
+            at = obj.find(needle, at + align, stop)
+        else:  # on to the next aligned position after it
+            at = obj.find(needle, at - skew + align, stop)

@@ -35,7 +35,12 @@ from typing import NamedTuple
 import crc32c
 
 from streamvault.client.protocol.errors import DataCorruption
-from streamvault.dataplane.log.framing import BLOCK_BYTES, RECORD_PAYLOAD_BYTES_MAX, align_up
+from streamvault.dataplane.log.framing import (
+    BLOCK_BYTES,
+    RECORD_PAYLOAD_BYTES_MAX,
+    align_up,
+    aligned_finds,
+)
 
 JOURNAL_MAGIC = 0x4E4A5653  # b"SVJN" little-endian
 JOURNAL_VERSION = 1
@@ -229,15 +234,9 @@ def _probe_beyond_end(
 
 def _magic_positions(view: memoryview, start: int, stop: int, align: int) -> Iterator[int]:
     """The `align`-aligned positions in view[start:stop] where a record header could start."""
-    obj = view.obj
-    assert hasattr(obj, "find") and len(obj) == len(view), type(obj)  # a view of a whole mmap
-    at = obj.find(_NEEDLE, start, stop)
-    while at >= 0:
-        if at % align == 0 and len(view) - at >= HEADER_BYTES:
+    for at in aligned_finds(view, _NEEDLE, start, stop, align):
+        if len(view) - at >= HEADER_BYTES:
             yield at
-            at = obj.find(_NEEDLE, at + align, stop)
-        else:
-            at = obj.find(_NEEDLE, at + 1, stop)
 
 
 def torn_extent(view: memoryview, start: int, stop: int, file_seq: int) -> int:

@@ -13,6 +13,7 @@ with `DataCorruption` instead of silently cutting it.
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 from collections.abc import Iterator
@@ -21,12 +22,19 @@ from typing import NamedTuple
 from streamvault.client.protocol.errors import DataCorruption
 from streamvault.dataplane.log.framing import (
     BLOCK_BYTES,
+    RECORD_HEADER,
     RECORD_HEADER_BYTES,
+    RECORD_MAGIC,
+    RECORD_VERSION,
+    aligned_finds,
     check_record,
     parse_header,
     record_bytes,
 )
 from streamvault.dataplane.log.metadata import fsync_dir
+
+_NEEDLE = RECORD_HEADER.pack(RECORD_MAGIC, RECORD_VERSION, 0, 0, 0, 0, 0, 0, 0)[:6]
+"""What every record header starts with (magic, version)."""
 
 
 def ledger_path(directory: str, ledger_id: int) -> str:
@@ -117,10 +125,11 @@ def scan_ledger(
             result.append(ScanEnd(-1, 0, False))
             return
         mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        extents = _data_extents(f.fileno(), size)
     try:
         view = memoryview(mm)
         try:
-            yield from _scan(view, path, ledger_id, closed_last_entry_id, result)
+            yield from _scan(view, path, ledger_id, closed_last_entry_id, result, extents)
         finally:
             view.release()
     finally:
@@ -138,8 +147,35 @@ def _valid_at(view: memoryview, pos: int, ledger_id: int, entry_id: int | None):
     return header
 
 
+def _data_extents(fd: int, size: int) -> list[tuple[int, int]]:
+    """The parts of the file that may hold anything but zeros: every part but its holes
+    (`SEEK_DATA` / `SEEK_HOLE`; ext4 and XFS count a preallocated extent never written as a
+    hole). Without hole support the whole file is one extent."""
+    extents: list[tuple[int, int]] = []
+    pos = 0
+    try:
+        while pos < size:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:  # nothing but a hole from pos on
+                    break
+                raise
+            end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+            extents.append((start, end))
+            pos = end
+    except OSError:  # no SEEK_DATA here: probe everything
+        return [(0, size)]
+    return extents
+
+
 def _scan(
-    view: memoryview, path: str, ledger_id: int, closed_last: int | None, result: list[ScanEnd]
+    view: memoryview,
+    path: str,
+    ledger_id: int,
+    closed_last: int | None,
+    result: list[ScanEnd],
+    extents: list[tuple[int, int]] | None = None,
 ) -> Iterator[ScannedRecord]:
     pos = 0
     entry_id = 0
@@ -163,16 +199,37 @@ def _scan(
             )
         result.append(ScanEnd(entry_id - 1, pos, False))
         return
-    _check_torn_tail(view, path, ledger_id, pos, entry_id)
+    if extents is None:  # not known: all of it
+        extents = [(0, len(view))]
+    _check_torn_tail(view, path, ledger_id, pos, entry_id, extents)
     cut = parse_header(view, pos) is not None or any(view[pos : pos + RECORD_HEADER_BYTES])
     result.append(ScanEnd(entry_id - 1, pos, bool(cut)))
 
 
-def _check_torn_tail(view: memoryview, path: str, ledger_id: int, pos: int, entry_id: int) -> None:
-    """Raise DataCorruption if any later valid record proves `entry_id` was durable."""
-    probe = pos + BLOCK_BYTES
+def _probes(view: memoryview, pos: int, extents: list[tuple[int, int]]) -> Iterator[int]:
+    """Block-spaced positions after `pos` where a record header starts, in the extents."""
+    for start, end in extents:
+        start = max(start, pos + BLOCK_BYTES)
+        if start < end:  # a header may run past its extent's end (into zeros)
+            stop = min(end + len(_NEEDLE), len(view))
+            yield from aligned_finds(view, _NEEDLE, start, stop, BLOCK_BYTES, origin=pos)
+
+
+def _check_torn_tail(
+    view: memoryview,
+    path: str,
+    ledger_id: int,
+    pos: int,
+    entry_id: int,
+    extents: list[tuple[int, int]],
+) -> None:
+    """Raise DataCorruption if any later valid record proves `entry_id` was durable. Only
+    the file's data extents are searched (a hole reads as zeros: no record starts there),
+    so a fresh preallocated ledger is not read to its end."""
     size = len(view)
-    while probe + RECORD_HEADER_BYTES <= size:
+    for probe in _probes(view, pos, extents):
+        if probe + RECORD_HEADER_BYTES > size:
+            break
         header = _valid_at(view, probe, ledger_id, None)
         if header is not None and header.entry_id > entry_id and header.lac >= entry_id:
             raise DataCorruption(
@@ -182,4 +239,3 @@ def _check_torn_tail(view: memoryview, path: str, ledger_id: int, pos: int, entr
                 entry=entry_id,
                 position=pos,
             )
-        probe += BLOCK_BYTES

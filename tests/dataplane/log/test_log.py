@@ -287,3 +287,33 @@ def test_fsync_error_is_fail_stop_and_nothing_of_that_cycle_is_acknowledged(tmp_
     monkeypatch.undo()
     harness.committer.stop()
     harness.log.close()
+
+
+def _record(entry: int, lac: int, payload: bytes = b"p" * 100) -> bytes:
+    buf = memoryview(bytearray(record_bytes(len(payload))))
+    buf[RECORD_HEADER_BYTES : RECORD_HEADER_BYTES + len(payload)] = payload
+    seal_record(buf, len(payload), ledger_id=5, entry_id=entry, epoch=1, lac=lac)
+    return bytes(buf)
+
+
+@pytest.mark.parametrize("beyond", ["adjacent", "after a hole"])
+def test_the_torn_tail_probe_finds_a_confirming_record_past_preallocated_holes(tmp_path, beyond):
+    """Recovery looks for a later valid record behind a bad one only in the ledger file's
+    data extents (a fresh preallocated ledger is not read to its end); a record written past
+    a hole, as a misdirected write could leave it, is still found."""
+    from streamvault.dataplane.log.ledger import ScanEnd, scan_ledger
+
+    path = tmp_path / "ledger-0000000000000005.log"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.posix_fallocate(fd, 0, 64 * 1024 * 1024)
+        os.pwrite(fd, _record(0, -1) + _record(1, 0), 0)
+        os.pwrite(fd, b"\xff" * 64, 2 * BLOCK_BYTES)  # entry 2 damaged
+        later = 3 * BLOCK_BYTES if beyond == "adjacent" else 40 * 1024 * 1024
+        os.pwrite(fd, _record(3, 2), later)  # ...but entry 3 says 2 was acknowledged
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    result: list[ScanEnd] = []
+    with pytest.raises(DataCorruption, match="confirms it durable"):
+        list(scan_ledger(str(path), 5, closed_last_entry_id=None, result=result))
