@@ -6,8 +6,8 @@ often) through a random workload: entries on several ledgers (some larger than o
 some rewritten), fences, deletes, commits, compaction steps (copies of an old file's live
 records, which must change nothing a reader sees); power cuts between calls and in the
 middle of a commit, of staging a record (the journal writes records as they are staged), of
-a compaction step or of recovery; EIO / ENOSPC on pwrite, fdatasync, fsync or fallocate; rarely a bit
-flip in durable data or a misdirected (or silently lost) write. A model of what was
+a compaction step or of recovery; EIO / ENOSPC on pwrite, fdatasync, fsync or fallocate;
+rarely a bit flip in durable data or a misdirected (or silently lost) write. A model of what was
 acknowledged checks, after every reopen and at the end:
 
 (a) every acknowledged entry reads back byte-identical; once durable data was damaged, the
