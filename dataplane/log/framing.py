@@ -103,9 +103,9 @@ def aligned_finds(
     view: memoryview, needle: bytes, start: int, stop: int, align: int, *, origin: int = 0
 ) -> Iterator[int]:
     """The positions p in view[start:stop], (p - origin) a multiple of `align`, where
-    `needle` starts. The search runs in C (`find` of the object `view` is a whole view of: an
-    mmap or bytes); Python sees at most one match per `align` bytes, so probing a mostly
-    empty file costs no Python work per block."""
+    `needle` starts. `view` must cover the whole of an mmap or bytes object, whose `find`
+    does the search in C; Python sees at most one match per `align` bytes, so probing a
+    mostly empty file costs no Python work per block."""
     obj = view.obj
     assert hasattr(obj, "find") and len(obj) == len(view), type(obj)
     at = obj.find(needle, start, stop)
