@@ -50,6 +50,13 @@ class Owner:
             config=LogConfig(**log_config),
         )
 
+    @classmethod
+    def running(cls, store: LocalFileStore, rep: ReplicationConfig, **log_config) -> Owner:
+        """An owner that has recovered the log (whatever it held) and started writing."""
+        owner = cls(store, rep, **log_config)
+        owner.recover()
+        return owner.start()
+
     def recover(self) -> list[bytes]:
         return [bytes(payload) for _, payload in self.log.recover()]
 

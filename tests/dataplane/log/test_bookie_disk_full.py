@@ -32,9 +32,7 @@ def test_a_full_disk_stops_one_bookie_and_the_log_goes_on(tmp_path: Path):
             bookie.start()
         store = LocalFileStore(str(tmp_path / "coordination"))
         rep = replication([b.endpoint for b in bookies])
-        owner = Owner(store, rep)
-        owner.recover()
-        owner.start()
+        owner = Owner.running(store, rep)
         records: list[bytes] = []
         full = bookies[0]
         for _ in range(WRITES_MAX):  # 16 MiB journal files: the 4th does not fit

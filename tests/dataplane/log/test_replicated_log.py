@@ -54,9 +54,7 @@ def test_acknowledged_records_survive_a_dead_bookie_and_recover_in_order(bookies
 
 def test_recovery_fences_the_old_owner_whose_late_writes_stay_invisible(bookies, store):
     rep = replication([b.endpoint for b in bookies])
-    old = Owner(store, rep)
-    old.recover()
-    old.start()
+    old = Owner.running(store, rep)
     for i in range(5):
         old.write(b"acked-%d" % i)
     new = Owner(store, rep)
@@ -85,9 +83,7 @@ def test_recovery_fences_the_old_owner_whose_late_writes_stay_invisible(bookies,
 
 def test_of_two_racing_recoverers_exactly_one_writes(bookies, store):
     rep = replication([b.endpoint for b in bookies])
-    first = Owner(store, rep)
-    first.recover()
-    first.start()
+    first = Owner.running(store, rep)
     first.write(b"before")
     first.close()
     racers = [Owner(store, rep), Owner(store, rep)]
@@ -147,9 +143,7 @@ def _flip_in_journal(bookie: BookieProcess, needle: bytes) -> None:
 
 def test_a_bit_flip_on_one_replica_is_never_served(bookies, store):
     rep = replication([b.endpoint for b in bookies])
-    owner = Owner(store, rep)
-    owner.recover()
-    owner.start()
+    owner = Owner.running(store, rep)
     records = [b"record-%03d-" % i + os.urandom(200) for i in range(10)]
     for record in records:
         owner.write(record)
@@ -162,9 +156,7 @@ def test_with_two_of_three_bookies_stopped_nothing_is_acknowledged_until_they_re
     bookies, store
 ):
     rep = replication([b.endpoint for b in bookies])
-    owner = Owner(store, rep)
-    owner.recover()
-    owner.start()
+    owner = Owner.running(store, rep)
     owner.write(b"first")
     for bookie in bookies[:2]:
         os.killpg(bookie.proc.pid, signal.SIGSTOP)
@@ -186,9 +178,7 @@ def test_with_two_of_three_bookies_stopped_nothing_is_acknowledged_until_they_re
 
 def test_rollover_closes_ledgers_at_acknowledged_entries(bookies, store):
     rep = replication([b.endpoint for b in bookies])
-    owner = Owner(store, rep, ledger_bytes=64 * 1024, frame_payload_bytes=16 * 1024)
-    owner.recover()
-    owner.start()
+    owner = Owner.running(store, rep, ledger_bytes=64 * 1024, frame_payload_bytes=16 * 1024)
     records = [os.urandom(9000) for _ in range(40)]
     pending = 0
     for record in records:  # pipelined: up to `buffers` in flight across rollovers
@@ -217,9 +207,7 @@ def test_ledgers_a_bookie_missed_the_delete_of_are_collected_at_recovery(bookies
     from streamvault.dataplane.log.bookie_client import BookieClient
 
     rep = replication([b.endpoint for b in bookies])
-    owner = Owner(store, rep, ledger_bytes=64 * 1024, frame_payload_bytes=16 * 1024)
-    owner.recover()
-    owner.start()
+    owner = Owner.running(store, rep, ledger_bytes=64 * 1024, frame_payload_bytes=16 * 1024)
     for _ in range(30):
         owner.write(os.urandom(9000))
     ledgers = [i.ledger_id for i in owner.log.meta.ledgers]
@@ -260,9 +248,7 @@ def test_a_dead_bookie_is_replaced_by_an_ensemble_change(bookies, store, tmp_pat
     try:
         everyone = [*bookies, spare]
         rep = replication([b.endpoint for b in everyone], bookie_failed_s=0.5)
-        owner = Owner(store, rep)
-        owner.recover()
-        owner.start()
+        owner = Owner.running(store, rep)
         records = [os.urandom(200) for _ in range(40)]
         owner.write(records[0])
         first = owner.log.ledger.info
@@ -293,9 +279,7 @@ def test_a_bookie_an_ensemble_change_left_out_is_caught_up_when_back(bookies, st
         rep = replication(
             [b.endpoint for b in everyone], bookie_failed_s=0.5, catchup_timeout_s=0.5
         )
-        owner = Owner(store, rep)
-        owner.recover()
-        owner.start()
+        owner = Owner.running(store, rep)
         owner.write(b"first")
         first = owner.log.ledger.info
         victim = everyone[int(first.ensemble[0])]
@@ -347,9 +331,7 @@ def test_a_restarted_bookie_catches_up_on_the_entries_it_missed(bookies, store):
     from streamvault.dataplane.log.bookie_client import BookieClient
 
     rep = replication([b.endpoint for b in bookies])
-    owner = Owner(store, rep)
-    owner.recover()
-    owner.start()
+    owner = Owner.running(store, rep)
     for i in range(5):
         owner.write(b"before-%d" % i)
     bookies[2].kill()
@@ -385,9 +367,7 @@ def test_recovery_does_not_wait_out_its_timeout_for_a_bookie_that_is_down(bookie
     on with the bookies that answered the instance round instead of waiting the timeout out
     for the one that did not (which took timeout x (3 + read windows) before)."""
     rep = replication([b.endpoint for b in bookies], read_window=8)
-    owner = Owner(store, rep)
-    owner.recover()
-    owner.start()
+    owner = Owner.running(store, rep)
     records = [os.urandom(200) for _ in range(40)]  # five read windows
     for record in records:
         owner.write(record)
@@ -432,9 +412,7 @@ def test_recovery_copies_entries_of_closed_ledgers_a_bookie_lacks(bookies, store
     each bookie of the ensembles which entries it holds (`ListEntries`) and catch-up copies
     what it lacks, so every entry the log names has its Qw copies again."""
     rep = replication([b.endpoint for b in bookies])
-    owner = Owner(store, rep)
-    owner.recover()
-    owner.start()
+    owner = Owner.running(store, rep)
     for i in range(5):
         owner.write(b"before-%d" % i)
     if how == "missed under the previous owner":

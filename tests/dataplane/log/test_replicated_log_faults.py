@@ -35,9 +35,7 @@ def store(tmp_path: Path) -> LocalFileStore:
 
 def test_partitions_stop_acks_only_below_the_ack_quorum(cluster, store):
     bookies, proxies = cluster
-    owner = Owner(store, replication([p.endpoint for p in proxies]))
-    owner.recover()
-    owner.start()
+    owner = Owner.running(store, replication([p.endpoint for p in proxies]))
     records = [os.urandom(300) for _ in range(12)]
     try:
         for record in records[:4]:
@@ -61,9 +59,7 @@ def test_partitions_stop_acks_only_below_the_ack_quorum(cluster, store):
 
 def test_lost_acks_and_resets_are_repaired_by_resends_without_duplicates(cluster, store):
     bookies, proxies = cluster
-    owner = Owner(store, replication([p.endpoint for p in proxies]))
-    owner.recover()
-    owner.start()
+    owner = Owner.running(store, replication([p.endpoint for p in proxies]))
     records = [os.urandom(500) for _ in range(10)]
     try:
         for record in records[:3]:
