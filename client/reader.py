@@ -251,8 +251,7 @@ class EventStreamReader:
                 if now - seg.sent_at > TAIL_WAIT_MS / 1000 + REPLY_GRACE_S:
                     self._reset(seg)
                 continue
-            if not seg.events and now >= seg.retry_at:
-                self._request(seg, now)
+            self._read_ahead(seg, now)
 
     def _request(self, seg: _SegmentRead, now: float) -> None:
         """Ask for the segment's next bytes (nothing else outstanding for it)."""
@@ -332,16 +331,16 @@ class EventStreamReader:
         else:
             self._read_ahead(seg)
 
-    def _read_ahead(self, seg: _SegmentRead) -> None:
-        """Ask for the segment's next bytes while its buffered events are still returned,
-        if less than `READ_BYTES` of them are left (so it holds less than two replies'
-        events, plus the reply in flight)."""
+    def _read_ahead(self, seg: _SegmentRead, now: float | None = None) -> None:
+        """Ask for the segment's next bytes if nothing is outstanding for it and less than
+        `READ_BYTES` of its events are left to return (none, or a reply's tail: so it holds
+        less than two replies' events, plus the reply in flight)."""
         if (
             not seg.request_id
             and not seg.end_seen
             and seg.fetch_offset - len(seg.pending) - seg.position < READ_BYTES
         ):
-            now = time.monotonic()
+            now = time.monotonic() if now is None else now
             if now >= seg.retry_at:
                 self._request(seg, now)
 

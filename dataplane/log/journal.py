@@ -99,7 +99,7 @@ _COUNTERS = (
     *("commits", "syncs", "pieces", "records", "bytes", "tail_cuts"),
     *("files_created", "files_spare", "files_recycled", "files_freed", "files_deleted"),
     *("trigger_queue_empty", "trigger_bytes_max", "trigger_file_end"),
-    *("compactions", "records_relocated", "bytes_relocated"),
+    *("trigger_compaction", "compactions", "records_relocated", "bytes_relocated"),
 )
 _RELOCATED = object()
 """The token of a record that compaction copied forward (never returned by `commit`)."""
@@ -458,10 +458,10 @@ class Journal:
         self._check_usable()
         return self._commit()
 
-    def _commit(self) -> list[object]:
+    def _commit(self, trigger: str = "trigger_queue_empty") -> list[object]:
         try:
             if self._held is not None:
-                self._end_commit("trigger_queue_empty")
+                self._end_commit(trigger)
             self._settle()
             if self._maybe_removable:
                 self._remove_files()
@@ -524,7 +524,7 @@ class Journal:
             self._stage(item)
             moved += 1
         if moved:
-            self._commit()
+            self._commit("trigger_compaction")  # its own count: not a group-commit trigger
             self.counters["records_relocated"] += moved
             self.counters["bytes_relocated"] += moved_bytes
         if not items:

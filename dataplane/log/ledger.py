@@ -175,7 +175,7 @@ def _scan(
     ledger_id: int,
     closed_last: int | None,
     result: list[ScanEnd],
-    extents: list[tuple[int, int]] | None = None,
+    extents: list[tuple[int, int]],
 ) -> Iterator[ScannedRecord]:
     pos = 0
     entry_id = 0
@@ -199,8 +199,6 @@ def _scan(
             )
         result.append(ScanEnd(entry_id - 1, pos, False))
         return
-    if extents is None:  # not known: all of it
-        extents = [(0, len(view))]
     _check_torn_tail(view, path, ledger_id, pos, entry_id, extents)
     cut = parse_header(view, pos) is not None or any(view[pos : pos + RECORD_HEADER_BYTES])
     result.append(ScanEnd(entry_id - 1, pos, bool(cut)))

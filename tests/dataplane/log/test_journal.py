@@ -324,6 +324,7 @@ def test_compaction_copies_an_idle_ledger_forward_so_the_old_files_go(tmp_path):
     assert max(in_use[1:]) <= config.compact_files_min, in_use
     assert journal.counters["compactions"] >= 3
     assert journal.counters["records_relocated"] >= 9  # each time: 2 entries and a fence
+    assert journal.counters["trigger_compaction"] == journal.counters["compactions"]
 
     def same(journal: Journal) -> None:
         assert journal.ledgers() == [1]
