@@ -6,13 +6,11 @@ only carries the version and re-exports the client's public API (lazily, so that
 processes do not import the client).
 """
 
-from importlib import metadata as _metadata
 from typing import Any
 
-try:
-    __version__ = _metadata.version("streamvault")
-except _metadata.PackageNotFoundError:  # a source tree that is not installed
-    __version__ = "0.0.0+source"
+__version__ = "0.1.0"
+"""pyproject.toml's version (tests/test_packaging.py checks they agree). A constant, not
+`importlib.metadata`, whose import cost every process ~60 ms at start."""
 
 __all__ = [
     "EventRead",

@@ -55,6 +55,7 @@ from streamvault.dataplane.container import Container, ReadPlan
 from streamvault.dataplane.container.recovery import recover as recover_container
 from streamvault.dataplane.container.tiering import TieringConfig
 from streamvault.dataplane.log import Committer, LocalDurableLog, LocalFileStore, LogConfig
+from streamvault.dataplane.log.bookie_client import await_hellos
 from streamvault.dataplane.log.bookie_instance import InstanceRound
 from streamvault.dataplane.log.probe import durability_mode
 from streamvault.dataplane.log.replicated_log import (
@@ -83,6 +84,8 @@ SWEEP_INTERVAL_S = 10.0
 GIL_SWITCH_INTERVAL_S = 0.0005
 THROTTLE_DELAY_S_MAX = 0.02
 """While throttling, the socket is read at most every (1 - credit) x this."""
+BOOKIES_WAIT_S = 30.0
+"""How long a replicated worker waits at start for a quorum of bookies to answer."""
 
 
 @dataclass(frozen=True)
@@ -193,6 +196,8 @@ class Worker:
             self.ring = BlockRing(self.cache, cfg.worker_id % self.cache.regions)
             self.segment_cache = SegmentCache(self.ring)
         started = time.monotonic()
+        if cfg.replication is not None:
+            self._await_bookies(cfg.replication)
         for cid in cfg.containers:
             container = Container(
                 cid,
@@ -218,12 +223,15 @@ class Worker:
             self.containers[cid] = container
             self.logs[cid] = dlog
             log.info(
-                "worker=%d container=%d recovered records=%d segments=%d epoch=%d",
+                "worker=%d container=%d recovered records=%d segments=%d epoch=%d "
+                "scan_s=%.3f replay_s=%.3f",
                 cfg.worker_id,
                 cid,
                 records,
                 len(container.segments),
                 dlog.epoch,
+                recovered.scan_s,
+                recovered.replay_s,
             )
         self.committer.start()
         if cfg.lts:
@@ -251,6 +259,32 @@ class Worker:
             self.mode,
             time.monotonic() - started,
         )
+
+    def _await_bookies(self, replication: ReplicationConfig) -> None:
+        """Before recovery, wait (at most `BOOKIES_WAIT_S`) until enough bookies answer to
+        fence, read and open a ledger: the standalone starts its bookies and this host at
+        once, and a bookie replaying its journal answers only when it is done. Recovery
+        itself then waits its instance round (1 s) for the others; when all answered here,
+        their instances are that round's."""
+        endpoints = list(replication.bookies.values())
+        needed = min(len(endpoints), max(replication.fence_quorum, replication.ack_quorum))
+        seen = await_hellos(
+            self.ctx,
+            endpoints,
+            needed=needed,
+            deadline_s=BOOKIES_WAIT_S,
+            who=f"worker {self.config.worker_id}",
+        )
+        if len(seen) == len(endpoints):
+            self.instance_round.put(endpoints, {e: r.instance for e, r in seen.items()})
+        elif len(seen) < needed:
+            log.warning(
+                "worker=%d only %d of %d bookies answered in %.0fs; recovering anyway",
+                self.config.worker_id,
+                len(seen),
+                len(endpoints),
+                BOOKIES_WAIT_S,
+            )
 
     # --- loop ----------------------------------------------------------------------------
     def serve_forever(self) -> None:

@@ -40,7 +40,7 @@ sys.path.insert(0, str(HERE))
 from bench_append import machine, percentiles, start_standalone, stop_standalone  # noqa: E402
 
 from streamvault.client import StreamManager  # noqa: E402
-from streamvault.dataplane.cache.shared_cache import parse_size  # noqa: E402
+from streamvault.client.protocol.sizes import parse_size  # noqa: E402
 
 EVENT_BYTES = 1000
 BATCH = 100

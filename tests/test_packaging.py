@@ -92,3 +92,9 @@ def test_console_script_and_extras_exist():
     project = _pyproject()["project"]
     assert project["scripts"]["streamvault"] == "streamvault.tools.cli:main"
     assert {"test", "perf"} <= set(project["optional-dependencies"])
+
+
+def test_the_package_version_is_pyprojects():
+    import streamvault
+
+    assert streamvault.__version__ == _pyproject()["project"]["version"]

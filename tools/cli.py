@@ -21,7 +21,7 @@ import argparse
 import sys
 
 from streamvault.client.protocol.errors import StreamVaultError
-from streamvault.dataplane.cache.shared_cache import parse_size
+from streamvault.client.protocol.sizes import parse_size
 from streamvault.tools import process
 
 DEFAULT_CONTROLLER = "tcp://127.0.0.1:9090"

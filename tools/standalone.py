@@ -4,10 +4,11 @@ Starts the controller, the log replicas the configuration asks for (`--replicas 
 processes, each with its own data dir `<data>/bookie-<i>`, on ports fixed for the run) and
 one segment-store host (which starts the workers), restarts any of them that dies,
 heartbeats the controller as `standalone`, and prints exactly one line
-`streamvault ready: controller=<endpoint>` once every container is served by a worker and
-the controller answers. SIGINT/SIGTERM stop everything cleanly. The data directory records
-the cluster's container count at creation (`cluster.json`); a restart on the same data dir
-and port resumes where the previous run stopped.
+`streamvault ready: controller=<endpoint>` once every bookie answers, every container is
+served by a worker and the controller answers (all are started at once; the workers wait
+for a quorum of bookies before they recover). SIGINT/SIGTERM stop everything cleanly. The
+data directory records the cluster's container count at creation (`cluster.json`); a
+restart on the same data dir and port resumes where the previous run stopped.
 """
 
 from __future__ import annotations
@@ -204,11 +205,13 @@ class Standalone:
         ctx = zmq.Context()
         beat = transport.HeartbeatSender(ctx, self.config.controller)
         try:
+            # all at once: the workers wait for their bookies (worker._await_bookies) while
+            # the bookies replay their journals, instead of starting only after them
             for child in self.children:
-                if child is self.host and not self._wait_bookies():
-                    log.error("standalone: bookies not up after %.0fs", READY_TIMEOUT_S)
-                    return 1
                 child.start()
+            if self.bookies and not self._wait_bookies():
+                log.error("standalone: bookies not up after %.0fs", READY_TIMEOUT_S)
+                return 1
             if not self._wait_ready(beat):
                 log.error("standalone: not ready after %.0fs; stopping", READY_TIMEOUT_S)
                 return 1

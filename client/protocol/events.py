@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from streamvault.client.protocol.errors import EventTooLarge, InvalidArgument, InvalidMessage
 from streamvault.client.protocol.limits import EVENT_BYTES_MAX, EVENT_HEADER_BYTES
+
+if TYPE_CHECKING:
+    import numpy as np
 
 EVENT_HEADER = struct.Struct("<I")
 pack_event_header = EVENT_HEADER.pack
@@ -36,6 +38,8 @@ def frame_events(events: Sequence[bytes]) -> bytes:
 
 def frame_array(array: np.ndarray) -> np.ndarray:
     """Frame a 2-D uint8 array (one fixed-size event per row) into a contiguous block."""
+    import numpy as np  # here: the processes that never frame arrays skip its import
+
     if array.ndim != 2 or array.dtype != np.uint8:
         raise InvalidArgument(
             "write_events: numpy events must be a 2-D uint8 array", field="events"

@@ -30,7 +30,6 @@ CACHE_VERSION = 1
 HEADER = struct.Struct("<IHHIII")
 HEADER_BYTES = 64
 BLOCK_BYTES_DEFAULT = 64 * 1024
-SIZE_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
 def cache_path_for(data_dir: str) -> str:
@@ -54,22 +53,6 @@ def default_cache_bytes() -> int:
         stats = os.statvfs("/dev/shm")
         size = min(size, stats.f_bavail * stats.f_frsize // 2)
     return size
-
-
-def parse_size(text: str) -> int:
-    """`64M`, `1G`, `4096` → bytes; InvalidArgument otherwise."""
-    raw = text.strip().upper().removesuffix("B").removesuffix("I")
-    suffix = raw[-1:] if raw[-1:] in SIZE_SUFFIXES and raw[-1:] else ""
-    number = raw[: len(raw) - len(suffix)]
-    try:
-        value = int(float(number) * SIZE_SUFFIXES[suffix])
-    except ValueError:
-        raise InvalidArgument(
-            f"size {text!r}: expected bytes with an optional K/M/G suffix", field="size"
-        ) from None
-    if value <= 0:
-        raise InvalidArgument(f"size {text!r} must be > 0", field="size")
-    return value
 
 
 class BlockRef(NamedTuple):

@@ -4,7 +4,8 @@
 `call_many` sends one request to several bookies and waits, up to a deadline, until
 `needed` of them have answered (replies and typed errors both count as answers; a bookie
 that does not answer in time is reported as `RequestTimeout`). Nothing here retries: the
-caller decides, with its own attempt limit.
+caller decides, with its own attempt limit (`await_hellos` is the one loop: it asks again
+until enough bookies answer).
 
 The write path does not use this module: the replicator thread (replicated_log.py) has its
 own sockets and pipelines adds.
@@ -24,6 +25,10 @@ from streamvault.client.protocol.errors import (
     RequestTimeout,
     error_from_code,
 )
+from streamvault.client.protocol.limits import PROTOCOL_VERSION, PROTOCOL_VERSION_MIN
+
+HELLO_ATTEMPT_S = 0.25
+"""How long `await_hellos` waits for one round of Hello before asking again."""
 
 
 class BookieClient:
@@ -116,3 +121,25 @@ class BookieClient:
         for sock in self.socks.values():
             sock.close(0)
         self.socks.clear()
+
+
+def await_hellos(
+    ctx: zmq.Context, endpoints: Sequence[str], *, needed: int, deadline_s: float, who: str
+) -> dict[str, m.HelloReply]:
+    """Ask `endpoints` for Hello, again every `HELLO_ATTEMPT_S`, until `needed` of them have
+    answered or `deadline_s` passed; return the answers ({endpoint: reply}). A bookie that
+    is still replaying its journal answers only once it is done."""
+    hello = m.Hello(PROTOCOL_VERSION_MIN, PROTOCOL_VERSION, who)
+    answered: dict[str, m.HelloReply] = {}
+    deadline = time.monotonic() + deadline_s
+    client = BookieClient(ctx)
+    try:
+        while len(answered) < needed and time.monotonic() < deadline:
+            left = [e for e in endpoints if e not in answered]
+            replies = client.call_many(left, hello, needed=len(left), timeout_s=HELLO_ATTEMPT_S)
+            for endpoint, reply in replies.items():
+                if isinstance(reply, m.HelloReply):
+                    answered[endpoint] = reply
+    finally:
+        client.close()
+    return answered

@@ -143,6 +143,7 @@ class OsDisk:
 @contextmanager
 def _mapped(fd: int) -> Iterator[memoryview]:
     with mmap.mmap(fd, os.fstat(fd).st_size, access=mmap.ACCESS_READ) as mm:
+        mm.madvise(mmap.MADV_SEQUENTIAL)  # read front to back: aggressive read-ahead
         view = memoryview(mm)
         try:
             yield view

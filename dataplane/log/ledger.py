@@ -125,6 +125,7 @@ def scan_ledger(
             result.append(ScanEnd(-1, 0, False))
             return
         mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        mm.madvise(mmap.MADV_SEQUENTIAL)  # read front to back: aggressive read-ahead
         extents = _data_extents(f.fileno(), size)
     try:
         view = memoryview(mm)

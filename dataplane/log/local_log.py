@@ -213,12 +213,14 @@ class LocalDurableLog:
                     ledger_id in empty,
                 )
 
-    def scan(self) -> Iterator[tuple[LogLocation, memoryview]]:
-        """Yield the durable records like `recover`, changing nothing (no fencing, no
-        metadata update): recovery's first pass, and offline inspection."""
+    def scan_back(self) -> Iterator[Iterator[memoryview]]:
+        """The durable payloads like `recover`'s, changing nothing (no fencing, no metadata
+        update), in runs, newest run first, each in log order: here one run per ledger (a
+        ledger file is read front to back). Recovery's first pass (ReplicatedLog.scan_back).
+        Take each run before asking for the next."""
         meta, _ = self.store.get(self.key)
-        for info in (meta or LogMetadata()).ledgers:
-            yield from self._ledger_records(info, [])
+        for info in reversed((meta or LogMetadata()).ledgers):
+            yield (payload for _, payload in self._ledger_records(info, []))
 
     def _ledger_records(
         self, info: LedgerInfo, ends: list[ScanEnd]

@@ -197,7 +197,7 @@ class ReplicatedLog:
         """What recovery found bookies lack (`_find_lacking`), handed to catch-up by `start`."""
         self._instance_round = instance_round
         self._scan_seen: dict[str, str] | None = None
-        """The instances `scan` asked for (`recover` uses them instead of asking again)."""
+        """The instances `scan_back` asked for (`recover` uses them instead of asking again)."""
         self._down: set[str] = set()
         """Endpoints that did not answer the last instance round, or a read in time, since
         (any thread; see `_mark_down`)."""
@@ -215,7 +215,7 @@ class ReplicatedLog:
         client = self._new_client()
         try:
             bookies = self.replication.bookies
-            seen = self._scan_seen  # asked just before by `scan`, if it ran: before any fence
+            seen = self._scan_seen  # asked just before by `scan_back`, if it ran: before any fence
             self._scan_seen = None
             if seen is None:
                 seen = self._first_instances(client)
@@ -305,16 +305,34 @@ class ReplicatedLog:
         finally:
             client.close()
 
-    def scan(self) -> Iterator[tuple[LogLocation, memoryview]]:
-        """The records, changing nothing: open ledgers are read while any bookie has the
-        next entry (recovery's first pass only looks for the last checkpoint)."""
+    def scan_back(self) -> Iterator[Iterator[memoryview]]:
+        """The log's payloads, changing nothing, in runs: the newest run first, each run in
+        log order. Recovery's first pass looks for the last checkpoint and stops after
+        the first run that holds one, so it reads from the end of the log instead of all of
+        it. An open ledger is one run (read while any bookie has the next entry); a closed
+        ledger is read from its last entry back, `read_window` entries per run. Take each
+        run before asking for the next."""
         meta, _ = self.store.get(self.key)
         client = self._new_client()
+        window = self.replication.read_window
         try:
             # who is up; `recover`, which comes next, takes these instances as its own
             self._scan_seen = self._first_instances(client)
-            for info in (meta or LogMetadata()).ledgers:
-                yield from self._read_ledger(client, info, upto_missing=info.state == "open")
+            for info in reversed((meta or LogMetadata()).ledgers):
+                if info.state == "open":
+                    yield (view for _, view in self._read_ledger(client, info, upto_missing=True))
+                    continue
+                endpoints = self.endpoints(info)
+                stop = info.last_entry_id + 1
+                while stop > 0:
+                    first = max(0, stop - window)
+                    batch, unanswered = self._read_batch(
+                        client, endpoints, info.ledger_id, first, stop - first
+                    )
+                    if len(batch) < stop - first:
+                        self._no_valid_copy(info, first + len(batch), unanswered)
+                    yield iter([memoryview(r)[RECORD_HEADER_BYTES:] for r in batch])
+                    stop = first
         finally:
             client.close()
 
@@ -554,7 +572,7 @@ class ReplicatedLog:
         asked of one bookie at once (pipelined), a missing or bad copy asked of the others.
         Also returns, for the first entry without a valid copy, the bookies that did not
         answer for it (empty: every bookie said absent or had a bad copy). Bookies that count
-        as down are asked last, or (`ask_down` False: `scan` reading an open ledger up to its
+        as down are asked last, or (`ask_down` False: `scan_back` reading an open ledger up to its
         first missing entry, where an acknowledged entry is on Qa bookies, so on one that is
         up while fewer than Qa are down) not at all; one that does not answer in time counts
         as down."""

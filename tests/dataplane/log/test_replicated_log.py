@@ -197,6 +197,59 @@ def test_rollover_closes_ledgers_at_acknowledged_entries(bookies, store):
     assert recovered(store, rep) == records
 
 
+def test_scan_back_reads_the_log_from_its_end_in_runs_and_stops_where_asked(bookies, store):
+    """Recovery's first pass looks for the last checkpoint from the end of the log back:
+    the open ledger is one run, closed ledgers are read from their last entry back,
+    `read_window` entries per run; together the runs are the log, and a scan stopped after
+    its first runs read (on the bookies) only what they hold."""
+    import zmq
+
+    from streamvault.client.protocol import messages as m
+    from streamvault.dataplane.log.bookie_client import BookieClient
+
+    rep = replication([b.endpoint for b in bookies], read_window=3)
+    owner = Owner.running(store, rep, ledger_bytes=64 * 1024, frame_payload_bytes=16 * 1024)
+    records = [os.urandom(9000) for _ in range(40)]
+    for record in records:
+        owner.write(record)
+    owner.close()  # as a crash leaves it: the last ledger open
+    meta, _ = store.get(KEY)
+    closed = [i for i in meta.ledgers if i.state == "closed"]
+    assert len(closed) >= 3 and meta.ledgers[-1].state == "open"
+
+    successor = Owner(store, rep)
+    try:
+        runs = [[bytes(p) for p in run] for run in successor.log.scan_back()]
+        assert [r for run in reversed(runs) for r in run] == records
+        open_entries = 40 - sum(i.last_entry_id + 1 for i in closed)
+        assert len(runs[0]) == open_entries  # the open ledger, whole
+        assert all(0 < len(run) <= 3 for run in runs[1:])  # closed ledgers, a window each
+
+        ctx = zmq.Context()
+        client = BookieClient(ctx)
+
+        def reads() -> int:
+            return sum(
+                client.call(b.endpoint, m.GetStatus(), 5.0).processes[0].info["reads"]
+                for b in bookies
+            )
+
+        try:
+            before = reads()
+            scan = successor.log.scan_back()
+            taken = [bytes(p) for run in (next(scan), next(scan)) for p in run]
+            scan.close()
+            assert taken == runs[0] + runs[1]
+            # the open ledger's entries, the probe for the entry after its end, one window
+            assert reads() - before < open_entries + 1 + 3 + 3 < len(records)
+        finally:
+            client.close()
+            ctx.term()
+        assert successor.recover() == records  # scanning changed nothing
+    finally:
+        successor.close()
+
+
 def test_ledgers_a_bookie_missed_the_delete_of_are_collected_at_recovery(bookies, store):
     """Truncation deletes ledgers in metadata first, then on the bookies; a bookie that was
     down keeps them. The next recovery lists what each bookie holds and deletes the ledgers
@@ -377,7 +430,8 @@ def test_recovery_does_not_wait_out_its_timeout_for_a_bookie_that_is_down(bookie
     started = time.monotonic()
     successor = Owner(store, slow)
     try:
-        assert [bytes(p) for _, p in successor.log.scan()] == records  # the ledger is open
+        runs = [[bytes(p) for p in run] for run in successor.log.scan_back()]
+        assert [r for run in reversed(runs) for r in run] == records  # the ledger is open
         assert successor.recover() == records
     finally:
         successor.close()
