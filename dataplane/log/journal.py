@@ -326,18 +326,29 @@ class Journal:
             ):
                 self._apply(record)
             end = result[0]
-            if last and end.torn:
-                log.warning(
-                    "journal %s: torn tail cut at position=%d after commit_seq=%s",
-                    path,
-                    end.end_pos,
-                    end.last_commit_seq,
-                )
-                self.counters["tail_cuts"] += 1
             # remains of the in-flight commit must not mix with the next commit written at
             # the same position: zero them before writing there
             stop = end.end_pos + max(_TORN_EXTENT_BYTES, self.config.commit_bytes_max)
             dirty = torn_extent(view, end.end_pos, stop, seq) if last else end.end_pos
+            if last and dirty > end.end_pos:
+                log.warning(
+                    "journal %s: torn tail cut at position=%d after commit_seq=%s "
+                    "(its remains zeroed up to %d)",
+                    path,
+                    end.end_pos,
+                    end.last_commit_seq,
+                    dirty,
+                )
+                self.counters["tail_cuts"] += 1
+            elif last and end.torn:  # nothing of this file there: nothing to cut
+                log.info(
+                    "journal %s: after commit_seq=%s, position=%d holds no record of this "
+                    "file (a recycled file's old contents, or a commit torn before any of "
+                    "its records landed)",
+                    path,
+                    end.last_commit_seq,
+                    end.end_pos,
+                )
         if dirty > end.end_pos:
             self._zero(path, end.end_pos, dirty)
         return end

@@ -198,11 +198,16 @@ def test_torn_tail_is_cut_idempotently_and_writing_continues(tmp_path, damage):
     _torn_commit(path, end.end_pos, end.last_commit_seq + 1, damage)
     assert _scan(path)[1].torn == (damage not in ("zeros", "pieces"))
 
+    # a cut is counted where remains of this file's records were zeroed (random bytes hold
+    # none: what a recycled file's old contents look like)
+    cuts = 0 if damage in ("garbage", "zeros") else 1
     for _ in range(2):  # recovery is idempotent
         journal = Journal(str(tmp_path), MEDIUM)
         _assert_entries(journal, [1], range(10))
         assert journal.last_entry_id(1) == 9 and journal.read_entry(1, 100) is None
+        assert journal.counters["tail_cuts"] == cuts
         journal.close()
+        cuts = 0
     data = memoryview(bytearray(path.read_bytes()))
     assert torn_extent(data, end.end_pos, len(data), 1) == end.end_pos, "torn remains zeroed"
 
@@ -432,6 +437,7 @@ def test_rollover_recycle_and_removal_from_the_oldest_end(tmp_path):
 
     journal = Journal(str(tmp_path), SMALL)  # stale records of the recycled file are ignored
     assert journal.ledgers() == [3, 4]
+    assert journal.counters["tail_cuts"] == 0, "old contents after the end are no torn tail"
     _assert_entries(journal, [3], range(40), size=900)
     _assert_entries(journal, [4], range(150), size=900)
     assert journal.read_entry(1, 0) is None and journal.read_entry(2, 10) is None
