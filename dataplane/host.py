@@ -7,7 +7,12 @@ heartbeats the controller with each worker's pid and restart count. SIGTERM/SIGI
 workers gracefully (SIGKILL after `stop_timeout_s`). Workers die with the host
 (PR_SET_PDEATHSIG, set by the worker's entry point).
 
-Later issues add the shared cache (created here, mapped by workers) and the LTS uploader.
+The host also creates the shared cache and starts the LTS uploader. The cache file is
+unlinked as soon as it is made: the host keeps a descriptor and hands it to every worker and
+the uploader it starts (`--cache-path /proc/self/fd/N`, the descriptor inherited), so the
+memory goes back to the system when the last process that maps it exits, however the host
+ends (a SIGKILLed host used to leave up to a GiB in /dev/shm until its data dir was started
+again).
 """
 
 from __future__ import annotations
@@ -124,6 +129,10 @@ class Host:
                 regions=config.workers,
                 block_bytes=config.cache_block_bytes,
             )
+        # keep it only as a descriptor the children inherit (module docstring)
+        self.cache_fd = os.open(self.cache_path, os.O_RDWR)
+        os.unlink(self.cache_path)
+        self.child_cache_path = f"/proc/self/fd/{self.cache_fd}"
         region_bytes = self.cache.blocks_per_region * self.cache.block_bytes
         self.flush_bytes = config.flush_bytes or max(64 * 1024, min(8 << 20, region_bytes // 16))
         self.upload_bytes = max(self.flush_bytes, min(64 << 20, region_bytes // 4))
@@ -132,9 +141,10 @@ class Host:
             self.uploader_endpoint = f"tcp://127.0.0.1:{probe.getsockname()[1]}"
         self.uploader = _Slot(-1, [], None, self.uploader_endpoint)
         log.info(
-            "host=%s cache=%s bytes=%d blocks/region=%d lts=%s flush_bytes=%d",
+            "host=%s cache=%s (unlinked, fd %d) bytes=%d blocks/region=%d lts=%s flush_bytes=%d",
             config.host_id,
             self.cache_path,
+            self.cache_fd,
             cache_bytes,
             self.cache.blocks_per_region,
             self.lts,
@@ -171,7 +181,7 @@ class Host:
             cmd.append("--no-direct-io")
         cmd += [
             "--cache-path",
-            self.cache_path,
+            self.child_cache_path,
             "--lts",
             self.lts,
             "--uploader",
@@ -201,7 +211,7 @@ class Host:
             "--bind",
             self.uploader_endpoint,
             "--cache-path",
-            self.cache_path,
+            self.child_cache_path,
             "--lts",
             self.lts,
             "--controller",
@@ -217,7 +227,7 @@ class Host:
 
     def _spawn(self, slot: _Slot) -> None:
         command = self._uploader_command() if slot is self.uploader else self._command(slot)
-        slot.proc = subprocess.Popen(command)
+        slot.proc = subprocess.Popen(command, pass_fds=(self.cache_fd,))
         log.info(
             "host=%s %s started pid=%d",
             self.config.host_id,
@@ -230,10 +240,7 @@ class Host:
             return self._run()
         finally:
             self.cache.close()
-            try:
-                os.unlink(self.cache_path)
-            except FileNotFoundError:
-                pass
+            os.close(self.cache_fd)
 
     def _run(self) -> int:
         self._spawn(self.uploader)

@@ -41,7 +41,6 @@ sys.path.insert(0, str(HERE))
 from bench_append import machine, start_standalone, stop_standalone  # noqa: E402
 
 from streamvault.client import StreamManager  # noqa: E402
-from streamvault.dataplane.cache.shared_cache import cache_path_for  # noqa: E402
 
 EVENT_BYTES = 1000
 BATCH = 1000
@@ -112,10 +111,6 @@ def kill_all(proc: subprocess.Popen, data_dir: str) -> None:
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     psutil.wait_procs([p for p in map(_proc, pids) if p is not None], timeout=30)
-    try:
-        os.unlink(cache_path_for(data_dir))  # a SIGKILLed host cannot remove it
-    except FileNotFoundError:
-        pass
 
 
 def _proc(pid: int) -> psutil.Process | None:

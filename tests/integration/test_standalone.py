@@ -9,9 +9,10 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psutil
-from support.cluster import Standalone
+from support.cluster import Standalone, cache_path_for_data
 
 
 def _status_json(controller: str) -> list[dict]:
@@ -67,6 +68,39 @@ def test_each_process_has_a_title_naming_its_role(standalone):
         "streamvault uploader 0",
     }
     assert expected <= titles, titles
+
+
+def test_the_shared_cache_goes_with_its_processes_even_after_sigkill(tmp_path):
+    """The host unlinks the cache file once made and hands its descriptor to the workers
+    and the uploader: they map it, no name is left in /dev/shm, and when every process is
+    SIGKILLed (no clean-up runs) the memory is back, where the named file used to stay
+    until the data dir was started again."""
+    shm = os.path.dirname(cache_path_for_data(tmp_path / "data"))
+    before = psutil.disk_usage(shm).used
+    cluster = Standalone(tmp_path / "data", cache_size="64M").start()
+    try:
+        path = cache_path_for_data(cluster.data_dir)
+        assert not os.path.exists(path)
+        mappers = [
+            pid
+            for pid in cluster.group_pids()
+            if any(
+                path in line and "(deleted)" in line
+                for line in Path(f"/proc/{pid}/maps").read_text().splitlines()
+            )
+        ]
+        titles = {" ".join(psutil.Process(pid).cmdline()).strip() for pid in mappers}
+        assert {"streamvault worker 0", "streamvault worker 1", "streamvault uploader 0"} <= (
+            titles
+        ), titles
+        assert psutil.disk_usage(shm).used - before >= 60 << 20  # allocated up front
+    finally:
+        cluster.kill()
+    assert not os.path.exists(path)
+    deadline = time.monotonic() + 10  # bounded: the kernel frees it as the last mapping goes
+    while psutil.disk_usage(shm).used - before > 16 << 20 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert psutil.disk_usage(shm).used - before <= 16 << 20
 
 
 def test_sigint_stops_every_process_cleanly(tmp_path):

@@ -140,14 +140,6 @@ class Standalone:
         self.proc.wait(timeout=30)
         self._wait_gone(pids)
         self.proc = None
-        self._remove_cache_file()
-
-    def _remove_cache_file(self) -> None:
-        """A SIGKILLed host cannot remove its shared-memory cache file: do it for it."""
-        try:
-            os.unlink(cache_path_for_data(self.data_dir))
-        except FileNotFoundError:
-            pass
 
     def stop(self, timeout_s: float = 30.0) -> int:
         """SIGTERM the supervisor and wait until every process of the group has exited."""
