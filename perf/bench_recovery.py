@@ -106,7 +106,7 @@ def bookie_pids(mgr) -> list[int]:
     return [p.pid for p in mgr.status().processes if p.role == "bookie"]
 
 
-def kill_all(proc: subprocess.Popen, data_dir: str) -> None:
+def kill_all(proc: subprocess.Popen) -> None:
     pids = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
@@ -152,7 +152,7 @@ def one_run(args: argparse.Namespace, run: int) -> dict:
             for pid in hung:
                 os.kill(pid, signal.SIGCONT)
 
-        kill_all(proc, data)
+        kill_all(proc)
         start = time.perf_counter()
         proc, _ = start_standalone(data, 0, extra, port=port)
         ready_s = time.perf_counter() - start
