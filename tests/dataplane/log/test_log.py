@@ -110,7 +110,8 @@ class LogHarness:
             completed = self.done[self.released :]
             self.released = len(self.done)
         for log_, buffer, _, _ in completed:
-            log_.release(buffer)
+            if buffer is not None:  # None: a task's completion (truncation)
+                log_.release(buffer)
 
     def close(self) -> None:
         self.committer.stop()
@@ -211,6 +212,45 @@ def test_ledgers_roll_over_and_all_records_survive(tmp_path):
     assert len(list((tmp_path / "log").glob("ledger-*.log"))) >= 3
     again = LogHarness(tmp_path, config)
     assert again.recover() == written
+    again.close()
+
+
+def test_truncated_ledgers_are_removed_without_holding_up_commits(tmp_path, monkeypatch):
+    """Truncation changes the metadata on the committer thread, and the files go on the
+    deleter's: with the removal held up, the log still commits; once it is let go the
+    files are gone, and the log recovers what it held after the cut."""
+    import streamvault.dataplane.log.local_log as local_log
+
+    config = LogConfig(ledger_bytes=20 * 1024 * 1024, frame_payload_bytes=1024 * 1024, buffers=4)
+    harness = LogHarness(tmp_path, config)
+    harness.recover()
+    written = [bytes([i]) * (1024 * 1024 - 100) for i in range(80)]  # > 3 ledgers
+    harness.append(written)
+    ledgers = [i.ledger_id for i in harness.log.meta.ledgers]
+    assert len(ledgers) >= 4
+    held, removing = threading.Event(), threading.Event()
+    real_unlink = os.unlink
+
+    def slow_unlink(path):
+        removing.set()
+        assert held.wait(30)
+        real_unlink(path)
+
+    monkeypatch.setattr(local_log.os, "unlink", slow_unlink)
+    harness.log.truncate_before(ledgers[2])
+    assert removing.wait(30), "the deleter never started on the truncated files"
+    later = [b"after the cut"] * 3
+    harness.append(later)  # commits while the removal is held up (it waited here before)
+    assert [d[2] for d in harness.done if d[1] is not None][-3:] == later
+    assert [i.ledger_id for i in harness.log.meta.ledgers][0] == ledgers[2]
+    held.set()
+    harness.close()  # waits for the deleter
+    monkeypatch.setattr(local_log.os, "unlink", real_unlink)
+    for ledger_id in ledgers[:2]:
+        assert not os.path.exists(ledger_path(str(tmp_path / "log"), ledger_id))
+    again = LogHarness(tmp_path, config)
+    recovered = again.recover()
+    assert recovered[-3:] == later and len(recovered) < len(written) + len(later)
     again.close()
 
 
