@@ -41,6 +41,20 @@ def ledger_path(directory: str, ledger_id: int) -> str:
     return os.path.join(directory, f"ledger-{ledger_id:016x}.log")
 
 
+def free_path(directory: str, ledger_id: int) -> str:
+    """Where the file of deleted ledger `ledger_id` waits to be reused by a later ledger."""
+    return os.path.join(directory, f"free-{ledger_id:016x}.log")
+
+
+def parse_free_file_name(name: str) -> int | None:
+    if name.startswith("free-") and name.endswith(".log") and len(name) == 25:
+        try:
+            return int(name[5:21], 16)
+        except ValueError:
+            return None
+    return None
+
+
 def parse_ledger_file_name(name: str) -> int | None:
     if name.startswith("ledger-") and name.endswith(".log") and len(name) == 27:
         try:
@@ -51,20 +65,35 @@ def parse_ledger_file_name(name: str) -> int | None:
 
 
 class LedgerFile:
-    """Write side of one ledger file."""
+    """Write side of one ledger file: a new preallocated file, or (`recycled`) the file of a
+    deleted ledger of the same size, renamed. Its old records name another ledger, so the
+    scanner never takes them for this one's; reusing it frees no blocks and allocates none
+    (removing a ledger file took 30-130 ms here, ext4 with `discard`, and stalled the
+    disk's other writes meanwhile)."""
 
-    def __init__(self, directory: str, ledger_id: int, *, size_bytes: int, direct: bool) -> None:
+    def __init__(
+        self,
+        directory: str,
+        ledger_id: int,
+        *,
+        size_bytes: int,
+        direct: bool,
+        recycled: str | None = None,
+    ) -> None:
         assert size_bytes % BLOCK_BYTES == 0
         self.ledger_id = ledger_id
         self.path = ledger_path(directory, ledger_id)
         self.size_bytes = size_bytes
-        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL
-        if direct:
-            flags |= os.O_DIRECT
-        self.fd = os.open(self.path, flags, 0o644)
-        os.posix_fallocate(self.fd, 0, size_bytes)
-        os.fsync(self.fd)
-        fsync_dir(directory)
+        flags = os.O_RDWR | (os.O_DIRECT if direct else 0)
+        if recycled is not None:
+            os.rename(recycled, self.path)
+            fsync_dir(directory)
+            self.fd = os.open(self.path, flags)
+        else:
+            self.fd = os.open(self.path, flags | os.O_CREAT | os.O_EXCL, 0o644)
+            os.posix_fallocate(self.fd, 0, size_bytes)
+            os.fsync(self.fd)
+            fsync_dir(directory)
         self.write_pos = 0
         self.next_entry_id = 0
         self.synced_entry_id = -1  # the ledger's last-add-confirmed
@@ -201,8 +230,12 @@ def _scan(
         result.append(ScanEnd(entry_id - 1, pos, False))
         return
     _check_torn_tail(view, path, ledger_id, pos, entry_id, extents)
-    cut = parse_header(view, pos) is not None or any(view[pos : pos + RECORD_HEADER_BYTES])
-    result.append(ScanEnd(entry_id - 1, pos, bool(cut)))
+    # a cut where this ledger's record is damaged; other bytes there are zeros, or what a
+    # recycled file held before (another ledger's records), or a record torn before its
+    # header landed: nothing of this ledger to report
+    header = parse_header(view, pos)
+    cut = header is not None and header.ledger_id == ledger_id
+    result.append(ScanEnd(entry_id - 1, pos, cut))
 
 
 def _probes(view: memoryview, pos: int, extents: list[tuple[int, int]]) -> Iterator[int]:

@@ -14,7 +14,8 @@ one sync covers everything written in the cycle; a frame queued while a sync run
 the next cycle, so building the next frame never waits for the current one). An I/O error is
 fail-stop: nothing of the failed cycle is acknowledged, the error is reported, and the
 process must exit; a failed fsync is never retried. The files of truncated ledgers are
-removed by a thread of its own (`_Deleter`), after the metadata no longer names them.
+kept for reuse by later ledgers or removed, by a thread of its own (`_Deleter`), after the
+metadata no longer names them.
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ from streamvault.dataplane.log.framing import (
 from streamvault.dataplane.log.ledger import (
     LedgerFile,
     ScanEnd,
+    free_path,
     ledger_path,
+    parse_free_file_name,
     parse_ledger_file_name,
     scan_ledger,
 )
@@ -129,6 +132,8 @@ class LogConfig(NamedTuple):
     """Pooled buffers per log: the most records one container has in flight."""
     read_fds_max: int = 32
     """Open read descriptors kept per log (LRU)."""
+    free_ledgers_max: int = 2
+    """Files of deleted ledgers kept per log for reuse by the next ledgers (LedgerFile)."""
 
 
 class LocalDurableLog:
@@ -171,6 +176,9 @@ class LocalDurableLog:
         self.ledger: LedgerFile | None = None  # the open ledger (committer thread only)
         self.pool = BufferPool(key, config)
         self._read_fds: collections.OrderedDict[int, int] = collections.OrderedDict()
+        self._free: list[str] = []  # files of deleted ledgers to reuse, oldest first
+        self._free_lock = threading.Lock()  # committer thread takes, deleter thread adds
+        self.counters = {"ledgers_created": 0, "ledgers_recycled": 0}
 
     # --- recovery --------------------------------------------------------------------
     def recover(self) -> Iterator[tuple[LogLocation, memoryview]]:
@@ -203,16 +211,21 @@ class LocalDurableLog:
         self.meta_version = self.store.cas(self.key, meta, version)
         self.meta = meta
         known = {i.ledger_id for i in meta.ledgers}
-        for name in os.listdir(self.directory):
+        unreferenced: list[str] = []
+        for name in sorted(os.listdir(self.directory)):
+            path = os.path.join(self.directory, name)
             ledger_id = parse_ledger_file_name(name)
             if ledger_id is not None and ledger_id not in known:
-                os.unlink(os.path.join(self.directory, name))  # empty or orphaned ledger
+                unreferenced.append(path)  # empty or orphaned ledger
                 log.info(
-                    "log=%s removed unreferenced ledger=%d (empty=%s)",
+                    "log=%s unreferenced ledger=%d (empty=%s) retired",
                     self.key,
                     ledger_id,
                     ledger_id in empty,
                 )
+            elif parse_free_file_name(name) is not None:
+                unreferenced.append(path)
+        self._retire(unreferenced)
 
     def scan_back(self) -> Iterator[Iterator[memoryview]]:
         """The durable payloads like `recover`'s, changing nothing (no fencing, no metadata
@@ -262,15 +275,47 @@ class LocalDurableLog:
         # recovery deletes; never metadata naming a deleted ledger
         self.meta_version = self.store.cas(self.key, self.meta, self.meta_version)
         crash_point("truncate_after_meta")
-        # the files go on the committer's deleter thread: removing a preallocated ledger
-        # took 30-130 ms here (ext4, discard), during which no container of the worker
-        # could commit
-        self.committer.delete_files(
-            self.directory, [ledger_path(self.directory, i.ledger_id) for i in doomed]
-        )
+        # the files are kept for reuse or removed on the committer's deleter thread:
+        # removing a preallocated ledger took 30-130 ms here (ext4, discard), during which
+        # no container of the worker could commit
+        paths = [ledger_path(self.directory, i.ledger_id) for i in doomed]
+        self.committer.in_background(lambda: self._retire(paths))
         ids = [i.ledger_id for i in doomed]
         log.info("log=%s truncated ledgers=%s", self.key, ids)
         return ids
+
+    def _retire(self, paths: list[str]) -> None:
+        """Keep the files of deleted ledgers (no longer in metadata) for reuse, up to
+        `free_ledgers_max` of the right size, as `free-<ledger>.log`; remove the others.
+        Then fsync the directory. Deleter thread, or recovery's."""
+        changed = False
+        for path in paths:
+            try:
+                size = os.stat(path).st_size
+            except FileNotFoundError:
+                continue
+            name = os.path.basename(path)
+            ledger_id = parse_ledger_file_name(name)
+            if ledger_id is None:
+                ledger_id = parse_free_file_name(name)
+            with self._free_lock:
+                keep = (
+                    size == self.config.ledger_bytes
+                    and len(self._free) < self.config.free_ledgers_max
+                    and ledger_id is not None
+                )
+            if keep:
+                assert ledger_id is not None
+                free = free_path(self.directory, ledger_id)
+                if free != path:
+                    os.rename(path, free)
+                with self._free_lock:
+                    self._free.append(free)
+            else:
+                os.unlink(path)
+            changed = True
+        if changed:
+            fsync_dir(self.directory)
 
     def forget_ledgers(self, ledger_ids: list[int]) -> None:
         """Close read descriptors of deleted ledgers (main thread)."""
@@ -297,13 +342,23 @@ class LocalDurableLog:
         self.meta_version = self.store.cas(self.key, meta, self.meta_version)
         if self.ledger is not None:
             self.ledger.close()
+        with self._free_lock:
+            recycled = self._free.pop(0) if self._free else None
         self.ledger = LedgerFile(
             self.directory,
             ledger_id,
             size_bytes=self.config.ledger_bytes,
             direct=self.mode == MODE_DIRECT,
+            recycled=recycled,
         )
-        log.info("log=%s epoch=%d opened ledger=%d", self.key, self.epoch, ledger_id)
+        self.counters["ledgers_recycled" if recycled else "ledgers_created"] += 1
+        log.info(
+            "log=%s epoch=%d opened ledger=%d recycled=%s",
+            self.key,
+            self.epoch,
+            ledger_id,
+            recycled is not None,
+        )
 
     # --- write path (main thread) ------------------------------------------------------
     def acquire_buffer(self, payload_bytes: int) -> WriteBuffer | None:
@@ -385,14 +440,14 @@ DELETES_QUEUED_MAX = 1024
 
 
 class _Deleter:
-    """Removes the files of truncated ledgers (then fsyncs their directory) on a thread of
-    its own, after the metadata that named them is gone. A crash before it gets to them
-    leaves unreferenced files, which recovery deletes. An I/O error is reported like the
-    committer's (the worker stops)."""
+    """Retires the files of truncated ledgers (kept for reuse or removed, then their
+    directory fsync'd: `LocalDurableLog._retire`) on a thread of its own, after the metadata
+    that named them is gone. A crash before it gets to them leaves unreferenced files, which
+    recovery retires. An I/O error is reported like the committer's (the worker stops)."""
 
     def __init__(self, fatal: Callable[[BaseException], None]) -> None:
         self._fatal = fatal
-        self._queue: collections.deque[tuple[str, list[str]]] = collections.deque()
+        self._queue: collections.deque[Callable[[], None]] = collections.deque()
         self._cond = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="ledger-deleter", daemon=True)
@@ -400,13 +455,13 @@ class _Deleter:
     def start(self) -> None:
         self._thread.start()
 
-    def delete(self, directory: str, paths: list[str]) -> None:
+    def submit(self, task: Callable[[], None]) -> None:
         with self._cond:
             if len(self._queue) < DELETES_QUEUED_MAX and self._thread.is_alive():
-                self._queue.append((directory, paths))
+                self._queue.append(task)
                 self._cond.notify()
                 return
-        _delete(directory, paths)
+        task()
 
     def stop(self) -> None:
         """Delete what is queued, then end the thread."""
@@ -424,20 +479,11 @@ class _Deleter:
                         self._cond.wait()
                     if not self._queue:
                         return
-                    directory, paths = self._queue.popleft()
-                _delete(directory, paths)
+                    task = self._queue.popleft()
+                task()
         except OSError as exc:
             log.critical("ledger deleter: I/O failure: %r", exc)
             self._fatal(exc)
-
-
-def _delete(directory: str, paths: list[str]) -> None:
-    for path in paths:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-    fsync_dir(directory)
 
 
 class Committer:
@@ -459,9 +505,9 @@ class Committer:
         self._thread.start()
         self._deleter.start()
 
-    def delete_files(self, directory: str, paths: list[str]) -> None:
-        """Remove `paths` (then fsync `directory`) on the deleter thread (`_Deleter`)."""
-        self._deleter.delete(directory, paths)
+    def in_background(self, task: Callable[[], None]) -> None:
+        """Run `task` (retiring truncated ledgers' files) on the deleter thread."""
+        self._deleter.submit(task)
 
     def submit(
         self, log_: LocalDurableLog, buffer: WriteBuffer, payload_bytes: int, token: Any

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -215,42 +216,62 @@ def test_ledgers_roll_over_and_all_records_survive(tmp_path):
     again.close()
 
 
-def test_truncated_ledgers_are_removed_without_holding_up_commits(tmp_path, monkeypatch):
-    """Truncation changes the metadata on the committer thread, and the files go on the
-    deleter's: with the removal held up, the log still commits; once it is let go the
-    files are gone, and the log recovers what it held after the cut."""
-    import streamvault.dataplane.log.local_log as local_log
-
-    config = LogConfig(ledger_bytes=20 * 1024 * 1024, frame_payload_bytes=1024 * 1024, buffers=4)
+def test_truncated_ledgers_are_retired_without_holding_up_commits_and_reused(tmp_path):
+    """Truncation changes the metadata on the committer thread; the files are retired on
+    the deleter's (kept for reuse, up to `free_ledgers_max`, else removed): with that held
+    up, the log still commits. The next ledgers reuse the kept files, whose old records
+    (another ledger's) are never taken for theirs, also across a reopen."""
+    config = LogConfig(
+        ledger_bytes=20 * 1024 * 1024,
+        frame_payload_bytes=1024 * 1024,
+        buffers=4,
+        free_ledgers_max=2,
+    )
+    log_dir = tmp_path / "log"
     harness = LogHarness(tmp_path, config)
     harness.recover()
     written = [bytes([i]) * (1024 * 1024 - 100) for i in range(80)]  # > 3 ledgers
     harness.append(written)
     ledgers = [i.ledger_id for i in harness.log.meta.ledgers]
     assert len(ledgers) >= 4
-    held, removing = threading.Event(), threading.Event()
-    real_unlink = os.unlink
+    held, retiring = threading.Event(), threading.Event()
+    retire = harness.log._retire
 
-    def slow_unlink(path):
-        removing.set()
+    def slow_retire(paths):
+        retiring.set()
         assert held.wait(30)
-        real_unlink(path)
+        retire(paths)
 
-    monkeypatch.setattr(local_log.os, "unlink", slow_unlink)
+    harness.log._retire = slow_retire
     harness.log.truncate_before(ledgers[2])
-    assert removing.wait(30), "the deleter never started on the truncated files"
+    assert retiring.wait(30), "the deleter never started on the truncated files"
     later = [b"after the cut"] * 3
-    harness.append(later)  # commits while the removal is held up (it waited here before)
+    harness.append(later)  # commits while retiring is held up (it waited here before)
     assert [d[2] for d in harness.done if d[1] is not None][-3:] == later
     assert [i.ledger_id for i in harness.log.meta.ledgers][0] == ledgers[2]
     held.set()
-    harness.close()  # waits for the deleter
-    monkeypatch.setattr(local_log.os, "unlink", real_unlink)
+    deadline = time.monotonic() + 30  # bounded: the deleter keeps both files
+    while len(list(log_dir.glob("free-*.log"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    more = [bytes([200 + i % 50]) * (1024 * 1024 - 100) for i in range(40)]  # 2 rollovers
+    harness.append(more)
+    assert harness.log.counters["ledgers_recycled"] == 2
+    open_ledger = harness.log.meta.ledgers[-1].ledger_id
+    harness.close()
     for ledger_id in ledgers[:2]:
-        assert not os.path.exists(ledger_path(str(tmp_path / "log"), ledger_id))
+        assert not os.path.exists(ledger_path(str(log_dir), ledger_id))
+    assert not list(log_dir.glob("free-*.log")), "both kept files were taken"
+    data = memoryview(Path(ledger_path(str(log_dir), open_ledger)).read_bytes())
+    owners = {
+        h.ledger_id for pos in range(0, len(data), BLOCK_BYTES) if (h := parse_header(data, pos))
+    }
+    assert owners - {open_ledger}, "the open ledger's file still holds a deleted one's records"
+    data.release()
+
     again = LogHarness(tmp_path, config)
-    recovered = again.recover()
-    assert recovered[-3:] == later and len(recovered) < len(written) + len(later)
+    recovered = again.recover()  # the recycled ledger's old records are not its own
+    assert recovered[-(len(later) + len(more)) :] == later + more
+    assert len(recovered) < len(written) + len(later) + len(more)
     again.close()
 
 
