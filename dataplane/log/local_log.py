@@ -436,7 +436,7 @@ Completion = tuple[LocalDurableLog, WriteBuffer, Any, LogLocation]
 
 
 DELETES_QUEUED_MAX = 1024
-"""Truncations whose files wait for the deleter; one more is deleted on the caller's thread."""
+"""Truncations whose files wait for the deleter; one more is retired on the caller's thread."""
 
 
 class _Deleter:
@@ -464,7 +464,7 @@ class _Deleter:
         task()
 
     def stop(self) -> None:
-        """Delete what is queued, then end the thread."""
+        """Run what is queued, then end the thread."""
         with self._cond:
             self._stopping = True
             self._cond.notify()
