@@ -47,18 +47,18 @@ def free_path(directory: str, ledger_id: int) -> str:
 
 
 def parse_free_file_name(name: str) -> int | None:
-    if name.startswith("free-") and name.endswith(".log") and len(name) == 25:
-        try:
-            return int(name[5:21], 16)
-        except ValueError:
-            return None
-    return None
+    return _parse_id(name, "free-")
 
 
 def parse_ledger_file_name(name: str) -> int | None:
-    if name.startswith("ledger-") and name.endswith(".log") and len(name) == 27:
+    return _parse_id(name, "ledger-")
+
+
+def _parse_id(name: str, prefix: str) -> int | None:
+    """The ledger id in `<prefix><id:016x>.log`, else None."""
+    if name.startswith(prefix) and name.endswith(".log") and len(name) == len(prefix) + 20:
         try:
-            return int(name[7:23], 16)
+            return int(name[len(prefix) : len(prefix) + 16], 16)
         except ValueError:
             return None
     return None

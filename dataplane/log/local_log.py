@@ -447,7 +447,7 @@ class _Deleter:
 
     def __init__(self, fatal: Callable[[BaseException], None]) -> None:
         self._fatal = fatal
-        self._queue: collections.deque[Callable[[], None]] = collections.deque()
+        self._queue: list[Callable[[], None]] = []
         self._cond = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="ledger-deleter", daemon=True)
@@ -473,17 +473,24 @@ class _Deleter:
 
     def _run(self) -> None:
         try:
-            while True:
-                with self._cond:
-                    while not self._queue and not self._stopping:
-                        self._cond.wait()
-                    if not self._queue:
-                        return
-                    task = self._queue.popleft()
-                task()
+            while (tasks := _take_queued(self)) is not None:
+                for task in tasks:
+                    task()
         except OSError as exc:
             log.critical("ledger deleter: I/O failure: %r", exc)
             self._fatal(exc)
+
+
+def _take_queued(owner: _Deleter | Committer) -> list | None:
+    """Everything queued for `owner`'s thread, waiting until there is some; None once it
+    is stopping and nothing is left."""
+    with owner._cond:
+        while not owner._queue and not owner._stopping:
+            owner._cond.wait()
+        if not owner._queue:
+            return None
+        batch, owner._queue = owner._queue, []
+        return batch
 
 
 class Committer:
@@ -534,13 +541,7 @@ class Committer:
 
     def _run(self) -> None:
         try:
-            while True:
-                with self._cond:
-                    while not self._queue and not self._stopping:
-                        self._cond.wait()
-                    if not self._queue:
-                        return
-                    batch, self._queue = self._queue, []
+            while (batch := _take_queued(self)) is not None:
                 self._cycle(batch)
         except BaseException as exc:  # fail-stop: report, acknowledge nothing more
             log.critical("committer: I/O failure, nothing of this cycle is acknowledged: %r", exc)
