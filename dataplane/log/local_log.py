@@ -211,20 +211,19 @@ class LocalDurableLog:
         self.meta_version = self.store.cas(self.key, meta, version)
         self.meta = meta
         known = {i.ledger_id for i in meta.ledgers}
-        unreferenced: list[str] = []
-        for name in sorted(os.listdir(self.directory)):
+        unreferenced: list[tuple[str, int]] = []
+        for name in sorted(os.listdir(self.directory)):  # kept free files first
             path = os.path.join(self.directory, name)
-            ledger_id = parse_ledger_file_name(name)
-            if ledger_id is not None and ledger_id not in known:
-                unreferenced.append(path)  # empty or orphaned ledger
+            if (ledger_id := parse_free_file_name(name)) is not None:
+                unreferenced.append((path, ledger_id))
+            elif (ledger_id := parse_ledger_file_name(name)) is not None and ledger_id not in known:
+                unreferenced.append((path, ledger_id))  # empty or orphaned ledger
                 log.info(
                     "log=%s unreferenced ledger=%d (empty=%s) retired",
                     self.key,
                     ledger_id,
                     ledger_id in empty,
                 )
-            elif parse_free_file_name(name) is not None:
-                unreferenced.append(path)
         self._retire(unreferenced)
 
     def scan_back(self) -> Iterator[Iterator[memoryview]]:
@@ -272,40 +271,30 @@ class LocalDurableLog:
             return []
         self.meta.ledgers = [i for i in self.meta.ledgers if i not in doomed]
         # metadata first: a crash before the files are gone leaves unreferenced files, which
-        # recovery deletes; never metadata naming a deleted ledger
+        # recovery retires; never metadata naming a deleted ledger. The files are retired
+        # once the main thread has closed its descriptors of them (`forget_ledgers`)
         self.meta_version = self.store.cas(self.key, self.meta, self.meta_version)
         crash_point("truncate_after_meta")
-        # the files are kept for reuse or removed on the committer's deleter thread:
-        # removing a preallocated ledger took 30-130 ms here (ext4, discard), during which
-        # no container of the worker could commit
-        paths = [ledger_path(self.directory, i.ledger_id) for i in doomed]
-        self.committer.in_background(lambda: self._retire(paths))
         ids = [i.ledger_id for i in doomed]
         log.info("log=%s truncated ledgers=%s", self.key, ids)
         return ids
 
-    def _retire(self, paths: list[str]) -> None:
-        """Keep the files of deleted ledgers (no longer in metadata) for reuse, up to
-        `free_ledgers_max` of the right size, as `free-<ledger>.log`; remove the others.
-        Then fsync the directory. Deleter thread, or recovery's."""
+    def _retire(self, files: list[tuple[str, int]]) -> None:
+        """Keep the files (path, ledger id) of deleted ledgers, no longer in metadata, for
+        reuse, up to `free_ledgers_max` of the right size, as `free-<ledger>.log`; remove
+        the others. Then fsync the directory. Deleter thread, or recovery's."""
         changed = False
-        for path in paths:
+        for path, ledger_id in files:
             try:
                 size = os.stat(path).st_size
             except FileNotFoundError:
                 continue
-            name = os.path.basename(path)
-            ledger_id = parse_ledger_file_name(name)
-            if ledger_id is None:
-                ledger_id = parse_free_file_name(name)
             with self._free_lock:
                 keep = (
                     size == self.config.ledger_bytes
                     and len(self._free) < self.config.free_ledgers_max
-                    and ledger_id is not None
                 )
             if keep:
-                assert ledger_id is not None
                 free = free_path(self.directory, ledger_id)
                 if free != path:
                     os.rename(path, free)
@@ -318,11 +307,18 @@ class LocalDurableLog:
             fsync_dir(self.directory)
 
     def forget_ledgers(self, ledger_ids: list[int]) -> None:
-        """Close read descriptors of deleted ledgers (main thread)."""
+        """After truncation (main thread): close the read descriptors of the deleted
+        ledgers, then have their files retired on the committer's deleter thread (kept for
+        reuse or removed: removing a preallocated ledger took 30-130 ms here, ext4 with
+        `discard`, during which no container of the worker could commit). Closing first
+        matters: a kept file is rewritten by a later ledger, which a stale descriptor
+        would then read."""
         for ledger_id in ledger_ids:
             fd = self._read_fds.pop(ledger_id, None)
             if fd is not None:
                 os.close(fd)
+        files = [(ledger_path(self.directory, i), i) for i in ledger_ids]
+        self.committer.in_background(lambda: self._retire(files))
 
     def start(self) -> None:
         """Open a fresh ledger for writing (after `recover`)."""

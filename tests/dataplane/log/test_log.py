@@ -110,8 +110,10 @@ class LogHarness:
             assert not self.fatal, self.fatal
             completed = self.done[self.released :]
             self.released = len(self.done)
-        for log_, buffer, _, _ in completed:
-            if buffer is not None:  # None: a task's completion (truncation)
+        for log_, buffer, token, _ in completed:
+            if buffer is None:  # a task's completion: truncation, as the worker takes it
+                log_.forget_ledgers(token[1])
+            else:
                 log_.release(buffer)
 
     def close(self) -> None:
@@ -217,9 +219,10 @@ def test_ledgers_roll_over_and_all_records_survive(tmp_path):
 
 
 def test_truncated_ledgers_are_retired_without_holding_up_commits_and_reused(tmp_path):
-    """Truncation changes the metadata on the committer thread; the files are retired on
-    the deleter's (kept for reuse, up to `free_ledgers_max`, else removed): with that held
-    up, the log still commits. The next ledgers reuse the kept files, whose old records
+    """Truncation changes the metadata on the committer thread; once the owner has taken
+    its completion (`forget_ledgers`, closing its descriptors) the files are retired on the
+    deleter's thread (kept for reuse, up to `free_ledgers_max`, else removed): with that
+    held up, the log still commits. The next ledgers reuse the kept files, whose old records
     (another ledger's) are never taken for theirs, also across a reopen."""
     config = LogConfig(
         ledger_bytes=20 * 1024 * 1024,
@@ -237,13 +240,14 @@ def test_truncated_ledgers_are_retired_without_holding_up_commits_and_reused(tmp
     held, retiring = threading.Event(), threading.Event()
     retire = harness.log._retire
 
-    def slow_retire(paths):
+    def slow_retire(files):
         retiring.set()
         assert held.wait(30)
-        retire(paths)
+        retire(files)
 
     harness.log._retire = slow_retire
     harness.log.truncate_before(ledgers[2])
+    harness.append([b"the cut taken"])  # its completion hands the files to the deleter
     assert retiring.wait(30), "the deleter never started on the truncated files"
     later = [b"after the cut"] * 3
     harness.append(later)  # commits while retiring is held up (it waited here before)
@@ -270,7 +274,7 @@ def test_truncated_ledgers_are_retired_without_holding_up_commits_and_reused(tmp
 
     again = LogHarness(tmp_path, config)
     recovered = again.recover()  # the recycled ledger's old records are not its own
-    assert recovered[-(len(later) + len(more)) :] == later + more
+    assert recovered[-(len(later) + len(more) + 1) :] == [b"the cut taken", *later, *more]
     assert len(recovered) < len(written) + len(later) + len(more)
     again.close()
 
