@@ -237,6 +237,8 @@ class Container:
             "appends": 0,
             "append_bytes": 0,
             "duplicates": 0,
+            "cache_reads": 0,  # read replies served from the shared cache
+            "log_reads": 0,  # ... from the durable log (not in the cache, not yet in LTS)
         }
 
     # --- requests --------------------------------------------------------------------
@@ -427,8 +429,10 @@ class Container:
             return plan
         hits = self.cache.read(self._cache_key(seg), offset, max_bytes) if self.cache else []
         if hits:
+            self.counters["cache_reads"] += 1
             return plan._replace(views=[v for v, _ in hits], blocks=[b for _, b in hits])
         if offset >= seg.storage_length:
+            self.counters["log_reads"] += 1
             return plan._replace(pieces=seg.plan(offset, max_bytes))
         chunk = seg.chunk_for(offset)
         assert chunk is not None, f"bytes below storage_length {seg.storage_length} not in LTS"

@@ -139,6 +139,7 @@ def test_reads_see_only_durable_data_and_tail_reads_wait():
     assert len(plans) == 1 and plans[0].offset == 0 and plans[0].segment_length == 9
     assert sum(p.length for p in plans[0].pieces) == 9
     assert plans[0].pieces[0].ledger_id == 3
+    assert h.container.counters["log_reads"] == 1, "no cache here: the bytes come from the log"
     parked = h.container.read(PEER, 8, m.ReadSegment(9, 1024, 1000, SEG), now=0.0)
     assert parked is None
     expired = h.container.expire_reads(now=2.0)
@@ -187,6 +188,8 @@ def test_containers_sharing_a_worker_cache_never_see_each_others_bytes(tmp_path)
         plan = h.container.read(PEER, 1, m.ReadSegment(0, 1 << 20, 0, SEG), now=0.0)
         data = b"".join(bytes(v) for v in plan.views)
         assert data == framed(fill * 1000) * 3
+        assert h.container.counters["cache_reads"] == 1
+        assert h.container.counters["log_reads"] == 0
     cache.close()
 
 
