@@ -12,12 +12,21 @@ the stream from the head (history from LTS, then the cached tail). Reported:
 The reader's process is started (interpreter, imports) while the backlog builds; the
 catch-up window begins when it is told to create its reader group and read.
 
-Back of the envelope: at 50 MB/s a 64 MiB cache holds ~1.3 s of data, so a 4x backlog is
-~5 s of writes, all but the last second in LTS only. Target: the reader reads >= 2x the
-write rate, and write p95 during catch-up stays within 1.5x of write p95 without it.
+Control window: the reader's process also counts its CPU time. Once it has reached the
+tail and stopped, a second process with the same scheduling class burns that same share
+of a core (a duty cycle of busy-wait and sleep), for as long as the catch-up took, while
+the writer goes on. Write p95 in that window shows what another process's CPU load alone
+does to the writer on this machine, with no reads served: `during / control` is then the
+part of the increase that serving the reads costs.
 
-    python perf/bench_catchup.py [--rate-mb 50] [--cache 64M] [--backlog 4] [--runs 3]
-        [--reader-sched normal|idle]
+Back of the envelope: at 50 MB/s a 64 MiB cache holds ~1.3 s of data, so a 4x backlog is
+~5 s of writes, all but the last second in LTS only. The default 12x backlog keeps the
+reader busy for several seconds, which gives steadier percentiles than a 1-2 s window.
+Target: the reader reads >= 2x the write rate, and write p95 during catch-up stays within
+1.5x of write p95 without it.
+
+    python perf/bench_catchup.py [--rate-mb 50] [--cache 64M] [--backlog 12] [--runs 3]
+        [--reader-sched normal|idle] [--no-control]
 """
 
 from __future__ import annotations
@@ -44,6 +53,7 @@ from streamvault.client.protocol.sizes import parse_size  # noqa: E402
 
 EVENT_BYTES = 1000
 BATCH = 100
+CONTROL_SETTLE_S = 1.0  # after the reader stops, before the control window opens
 STAMP = struct.Struct("<dQ")  # write time, sequence number
 
 
@@ -91,6 +101,7 @@ def reader_process(
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     out.put("spawned")
     go.wait()
+    cpu_start = time.process_time()
     with StreamManager(controller) as mgr:
         mgr.create_reader_group(scope, "catchup", [stream])
         reader = mgr.create_reader(scope, "catchup", "r")
@@ -117,8 +128,28 @@ def reader_process(
             "seconds": reached or (time.perf_counter() - start),
             "reached_tail": reached is not None,
             "in_order": ordered,
+            "cpu_s": time.process_time() - cpu_start,
         }
     )
+
+
+def control_process(sched: str, go, job, out) -> None:
+    """Burn `share` of one core for `seconds`: busy-wait in 0.5 ms slices whenever the CPU
+    used so far is below `share` of the time elapsed, sleep 0.5 ms otherwise."""
+    if sched == "idle":
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    out.put("spawned")
+    go.wait()
+    share, seconds = job.get(timeout=600)
+    base = time.process_time()
+    start = time.perf_counter()
+    while (now := time.perf_counter()) < start + seconds:
+        if time.process_time() - base < share * (now - start):
+            while time.perf_counter() < now + 0.0005:
+                pass
+        else:
+            time.sleep(0.0005)
+    out.put({"cpu_s": time.process_time() - base, "seconds": seconds})
 
 
 def one_run(args: argparse.Namespace) -> dict:
@@ -164,14 +195,38 @@ def one_run(args: argparse.Namespace) -> dict:
             reader.start()
             if out.get(timeout=60) != "spawned":
                 raise SystemExit("reader process did not start")
+            if args.control:
+                c_out, c_go, c_job = ctx.Queue(), ctx.Event(), ctx.Queue()
+                control = ctx.Process(
+                    target=control_process, args=(args.reader_sched, c_go, c_job, c_out)
+                )
+                control.start()
+                if c_out.get(timeout=60) != "spawned":
+                    raise SystemExit("control process did not start")
             time.sleep(max(0.0, backlog_s - (time.perf_counter() - writing_since)))
             reader_started = time.perf_counter()
             go.set()
             result = out.get(timeout=args.deadline + 60)
             reader_done = time.perf_counter()
             reader.join(timeout=30)
+            catchup_s = reader_done - reader_started
+            share = min(1.0, result["cpu_s"] / catchup_s)
+            if args.control:
+                time.sleep(CONTROL_SETTLE_S)
+                control_started = time.perf_counter()
+                c_job.put((share, catchup_s))
+                c_go.set()
+                burned = c_out.get(timeout=catchup_s + 60)
+                control_done = time.perf_counter()
+                control.join(timeout=30)
             stop.set()
             thread.join(timeout=60)
+            # where read replies came from (worker counters, as of their last heartbeat)
+            workers = [p for p in mgr.status().processes if p.role == "worker"]
+            sources = {
+                key: sum(w.info.get(f"{key}_reads", 0) for w in workers)
+                for key in ("lts", "cache", "log")
+            }
     finally:
         stop_standalone(proc)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -179,9 +234,19 @@ def one_run(args: argparse.Namespace) -> dict:
     before = [lat for t, lat in latencies if half <= t < reader_started]
     during = [lat for t, lat in latencies if reader_started <= t < reader_done]
     mb = result["events"] * EVENT_BYTES / 1e6
+    control_stats = None
+    if args.control:
+        window = [lat for t, lat in latencies if control_started <= t < control_done]
+        control_stats = {
+            **percentiles(window),
+            "share": burned["cpu_s"] / burned["seconds"],
+        }
     return {
         "before": percentiles(before),
         "during": percentiles(during),
+        "control": control_stats,
+        "reader_cpu_share": share,
+        "sources": sources,
         "reader_mb_per_s": mb / result["seconds"],
         "time_to_tail_s": result["seconds"],
         "reached_tail": result["reached_tail"],
@@ -195,7 +260,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rate-mb", type=float, default=50.0)
     ap.add_argument("--cache", default="64M")
-    ap.add_argument("--backlog", type=float, default=4.0, help="backlog, in cache sizes")
+    ap.add_argument("--backlog", type=float, default=12.0, help="backlog, in cache sizes")
     ap.add_argument("--tail-lag", type=float, default=1.0)
     ap.add_argument("--deadline", type=float, default=120.0)
     ap.add_argument("--workers", type=int, default=0)
@@ -208,6 +273,12 @@ def main() -> int:
         help="idle: the reader process runs SCHED_IDLE; on a machine the reader shares with "
         "the writer and the server, what is left of the write p95 increase is then the "
         "server's work serving the reads",
+    )
+    ap.add_argument(
+        "--no-control",
+        dest="control",
+        action="store_false",
+        help="skip the control window (the reader's CPU share burned, no reads)",
     )
     args = ap.parse_args()
     runs = [one_run(args) for _ in range(args.runs)]
@@ -230,6 +301,22 @@ def main() -> int:
         f"{p95_during:.2f} ms  ({p95_during / max(p95_before, 1e-9):.2f}x; paired: "
         f"{med(lambda r: r['during']['p95_ms'] / max(r['before']['p95_ms'], 1e-9)):.2f}x)"
     )
+    if args.control:
+        p95_control = med(lambda r: r["control"]["p95_ms"])
+        paired = lambda f: med(  # noqa: E731
+            lambda r: f(r) / max(r["before"]["p95_ms"], 1e-9)
+        )
+        print(
+            f"write p50/p95 in the control:    {med(lambda r: r['control']['p50_ms']):.2f} / "
+            f"{p95_control:.2f} ms  ({p95_control / max(p95_before, 1e-9):.2f}x; paired: "
+            f"{paired(lambda r: r['control']['p95_ms']):.2f}x), burning "
+            f"{med(lambda r: r['control']['share']):.2f} of a core (the reader used "
+            f"{med(lambda r: r['reader_cpu_share']):.2f}), no reads"
+        )
+        print(
+            f"during catch-up / control: {p95_during / max(p95_control, 1e-9):.2f}x (paired: "
+            f"{med(lambda r: r['during']['p95_ms'] / max(r['control']['p95_ms'], 1e-9)):.2f}x)"
+        )
     rate = med(lambda r: r["reader_mb_per_s"])
     print(
         f"reader: {rate:.1f} MB/s ({rate / args.rate_mb:.1f}x the write rate), tail reached "
@@ -241,6 +328,9 @@ def main() -> int:
             f"  run: read {r['read_mb']} MB at {r['reader_mb_per_s']:.1f} MB/s, tail in "
             f"{r['time_to_tail_s']:.1f} s, write p95 {r['before']['p95_ms']:.2f} -> "
             f"{r['during']['p95_ms']:.2f} ms"
+            + (f", control {r['control']['p95_ms']:.2f} ms" if r["control"] else "")
+            + "; replies from LTS/cache/log: "
+            + "/".join(str(r["sources"][k]) for k in ("lts", "cache", "log"))
         )
     return 0
 
