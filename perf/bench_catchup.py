@@ -152,6 +152,16 @@ def control_process(sched: str, go, job, out) -> None:
     out.put({"cpu_s": time.process_time() - base, "seconds": seconds})
 
 
+def _cpu_of(pids: list[int]) -> float:
+    """CPU seconds (user + system, all threads) the processes `pids` have used."""
+    ticks = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def one_run(args: argparse.Namespace) -> dict:
     tmp = tempfile.mkdtemp(prefix="sv-catchup-")
     cache = parse_size(args.cache)
@@ -203,11 +213,16 @@ def one_run(args: argparse.Namespace) -> dict:
                 control.start()
                 if c_out.get(timeout=60) != "spawned":
                     raise SystemExit("control process did not start")
+            pids = [p.pid for p in mgr.status().processes if p.role == "worker"]
+            time.sleep(max(0.0, backlog_s / 2 - (time.perf_counter() - writing_since)))
+            cpu_half, t_half = _cpu_of(pids), time.perf_counter()
             time.sleep(max(0.0, backlog_s - (time.perf_counter() - writing_since)))
+            cpu_start = _cpu_of(pids)
             reader_started = time.perf_counter()
             go.set()
             result = out.get(timeout=args.deadline + 60)
             reader_done = time.perf_counter()
+            cpu_done = _cpu_of(pids)
             reader.join(timeout=30)
             catchup_s = reader_done - reader_started
             share = min(1.0, result["cpu_s"] / catchup_s)
@@ -246,6 +261,8 @@ def one_run(args: argparse.Namespace) -> dict:
         "during": percentiles(during),
         "control": control_stats,
         "reader_cpu_share": share,
+        "workers_cpu_before": (cpu_start - cpu_half) / (reader_started - t_half),
+        "workers_cpu_during": (cpu_done - cpu_start) / (reader_done - reader_started),
         "sources": sources,
         "reader_mb_per_s": mb / result["seconds"],
         "time_to_tail_s": result["seconds"],
@@ -300,6 +317,15 @@ def main() -> int:
         f"write p50/p95 during catch-up:   {med(lambda r: r['during']['p50_ms']):.2f} / "
         f"{p95_during:.2f} ms  ({p95_during / max(p95_before, 1e-9):.2f}x; paired: "
         f"{med(lambda r: r['during']['p95_ms'] / max(r['before']['p95_ms'], 1e-9)):.2f}x)"
+    )
+    cpu_before = med(lambda r: r["workers_cpu_before"])
+    cpu_during = med(lambda r: r["workers_cpu_during"])
+    per_mb = med(
+        lambda r: (r["workers_cpu_during"] - r["workers_cpu_before"]) / r["reader_mb_per_s"]
+    )
+    print(
+        f"workers' CPU: {cpu_before:.2f} of a core before the reader, {cpu_during:.2f} during "
+        f"catch-up: {per_mb * 1e3:.2f} ms of CPU per MB read"
     )
     if args.control:
         p95_control = med(lambda r: r["control"]["p95_ms"])
