@@ -88,7 +88,9 @@ class ChunkReader:
         self.store = store
         self._lock = threading.Lock()
         self._indexes: collections.OrderedDict[str, ChunkIndex] = collections.OrderedDict()
-        self._ranges: collections.OrderedDict[tuple[str, int], bytes] = collections.OrderedDict()
+        self._ranges: collections.OrderedDict[tuple[str, int], bytes | memoryview] = (
+            collections.OrderedDict()
+        )
         self._range_bytes = 0
 
     def _index(self, name: str, stored_bytes: int) -> ChunkIndex:
@@ -108,23 +110,29 @@ class ChunkReader:
         """Raw bytes [offset, offset + length) of chunk `name` (clipped at its end): a view
         of the read-through range that holds them (no copy; it keeps that range alive)."""
         index = self._index(name, stored_bytes)
-        frame = index.frame_raw_bytes
-        start = offset - offset % frame
-        cached = self._cached(name, start)
-        if cached is None or offset + length > start + len(cached):
+        end = min(offset + length, index.raw_bytes)
+        hit = self._cached(name, offset, end)
+        if hit is None:
+            frame = index.frame_raw_bytes
+            start = offset - offset % frame
             span = max(length + (offset - start), READ_AHEAD_BYTES)
-            cached = read_range(lambda o, n: self.store.read(name, o, n), index, start, span)
-            self._remember(name, start, cached)
-        return memoryview(cached)[offset - start : offset - start + length]
+            data = read_range(lambda o, n: self.store.read(name, o, n), index, start, span)
+            self._remember(name, start, data)
+            hit = (start, data)
+        start, data = hit
+        return memoryview(data)[offset - start : max(offset, end) - start]
 
-    def _cached(self, name: str, start: int) -> bytes | None:
+    def _cached(self, name: str, offset: int, end: int) -> tuple[int, bytes | memoryview] | None:
+        """A read-through range of `name` holding [offset, end): a sequential reader's next
+        reads fall inside the range read ahead for its first, whatever their frame."""
         with self._lock:
-            data = self._ranges.get((name, start))
-            if data is not None:
-                self._ranges.move_to_end((name, start))
-            return data
+            for key in reversed(self._ranges):
+                if key[0] == name and key[1] <= offset and end <= key[1] + len(self._ranges[key]):
+                    self._ranges.move_to_end(key)
+                    return key[1], self._ranges[key]
+            return None
 
-    def _remember(self, name: str, start: int, data: bytes) -> None:
+    def _remember(self, name: str, start: int, data: bytes | memoryview) -> None:
         with self._lock:
             old = self._ranges.pop((name, start), None)
             self._range_bytes -= len(old) if old else 0

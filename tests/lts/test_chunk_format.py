@@ -102,3 +102,17 @@ def test_a_scratch_view_is_released_when_the_buffer_is_reused():
     scratch.view(1_000_000)  # grows: the old view must not pin the old buffer
     with pytest.raises(ValueError):
         first[0]
+
+
+@pytest.mark.parametrize("claimed", [8_192, 32_768])
+def test_a_frame_that_decodes_to_another_size_than_the_index_says_is_corruption(claimed):
+    """Frames decode straight into one buffer sized from the index: a frame holding fewer
+    raw bytes (claimed 32 KiB) or more (claimed 8 KiB) than the index says is detected, not
+    returned short or cut."""
+    raw = os.urandom(64 * 1024)
+    blob = Blob(encode_chunk(raw, frame_raw_bytes=16_384))
+    index = read_index(blob.read, len(blob.data))
+    assert read_range(blob.read, index, 0, len(raw)) == raw
+    lying = index._replace(frame_raw_bytes=claimed)
+    with pytest.raises(DataCorruption, match="does not hold"):
+        read_range(blob.read, lying, 0, claimed)

@@ -1,0 +1,59 @@
+"""The worker's LTS range reads (ChunkReader): exact bytes, and a sequential reader served
+from the range read ahead for it instead of fetching and decompressing per request."""
+
+from __future__ import annotations
+
+import os
+
+from streamvault.dataplane.storage import READ_AHEAD_BYTES, ChunkReader
+from streamvault.lts.chunk_format import encode_chunk
+from streamvault.lts.file_store import FileChunkStore
+
+MIB = 1 << 20
+
+
+class CountingStore(FileChunkStore):
+    def __init__(self, root: str) -> None:
+        super().__init__(root)
+        self.reads: list[tuple[int, int]] = []
+
+    def read(self, name: str, offset: int, length: int) -> bytes:
+        self.reads.append((offset, length))
+        return super().read(name, offset, length)
+
+
+def test_sequential_reads_are_served_from_the_read_ahead(tmp_path):
+    raw = os.urandom(MIB) * 16  # 16 MiB, compressible
+    store = CountingStore(str(tmp_path))
+    chunk = encode_chunk(raw)
+    store.create("c", chunk)
+    reader = ChunkReader(store)
+    reader.read("c", len(chunk), 0, 1)  # the index is read first
+    store.reads.clear()
+    got = bytearray()
+    offset = 1
+    while offset < len(raw):
+        view = reader.read("c", len(chunk), offset, MIB)
+        assert len(view) == min(MIB, len(raw) - offset)
+        got += view
+        offset += len(view)
+    assert bytes(got) == raw[1:]
+    assert len(store.reads) <= len(raw) // READ_AHEAD_BYTES + 1, store.reads
+    assert len(reader.read("c", len(chunk), len(raw), MIB)) == 0, "nothing past the end"
+    assert bytes(reader.read("c", len(chunk), len(raw) - 10, MIB)) == raw[-10:]
+
+
+def test_reads_of_two_chunks_interleaved_each_use_their_own_range(tmp_path):
+    store = CountingStore(str(tmp_path))
+    raws = {name: os.urandom(64 * 1024) * 128 for name in ("a", "b")}  # 8 MiB each
+    sizes = {}
+    for name, raw in raws.items():
+        chunk = encode_chunk(raw)
+        store.create(name, chunk)
+        sizes[name] = len(chunk)
+    reader = ChunkReader(store)
+    for offset in range(0, 8 * MIB, MIB):
+        for name, raw in raws.items():
+            assert bytes(reader.read(name, sizes[name], offset, MIB)) == raw[offset : offset + MIB]
+    ranges = [r for r in store.reads if r[1] > 8192]  # not the footer/index reads
+    assert len(ranges) == 2 * (8 * MIB // READ_AHEAD_BYTES), store.reads
