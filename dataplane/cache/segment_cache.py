@@ -15,6 +15,7 @@ block, so a reply never carries bytes overwritten under it.
 from __future__ import annotations
 
 from bisect import bisect_right
+from operator import attrgetter
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,9 @@ class Extent:
     @property
     def end(self) -> int:
         return self.offset + self.used
+
+
+_extent_offset = attrgetter("offset")
 
 
 class SegmentCache:
@@ -75,7 +79,7 @@ class SegmentCache:
         extents = self._extents.get(segment_id)
         if not extents:
             return []
-        index = bisect_right([e.offset for e in extents], offset) - 1
+        index = bisect_right(extents, offset, key=_extent_offset) - 1  # in offset order
         views: list[tuple[np.ndarray, int]] = []
         total = 0
         while 0 <= index < len(extents) and total < max_bytes:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_right
+from operator import attrgetter
 from typing import NamedTuple
 
 
@@ -115,7 +116,9 @@ class Segment:
         return pieces
 
     def chunk_for(self, offset: int) -> Chunk | None:
-        index = bisect_right([c.start for c in self.chunks], offset) - 1
+        """The LTS chunk holding byte `offset` (chunks are in offset order: O(log n) per
+        read, however long the stream's history)."""
+        index = bisect_right(self.chunks, offset, key=_chunk_start) - 1
         if index >= 0 and self.chunks[index].start <= offset < self.chunks[index].end:
             return self.chunks[index]
         return None
@@ -145,3 +148,6 @@ class Segment:
             total += size
             index += 1
         return pieces
+
+
+_chunk_start = attrgetter("start")

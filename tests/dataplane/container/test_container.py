@@ -230,3 +230,17 @@ def test_a_failed_upload_is_retried_as_the_same_range_and_chunk_name():
     h.commit()
     (rest,) = h.container.uploads_due(now=0.0)
     assert (rest.start, rest.end) == (104, 208)
+
+
+def test_chunk_for_finds_the_chunk_holding_an_offset_among_many():
+    from streamvault.dataplane.container.segment import Chunk, Segment
+
+    seg = Segment(1, SEG)
+    starts = [0, 10, 11, 500, 501, 10_000]
+    ends = [*starts[1:], 10_007]
+    seg.chunks = [Chunk(s, e, f"c{s}", 1) for s, e in zip(starts, ends, strict=True)]
+    for s, e in zip(starts, ends, strict=True):
+        assert seg.chunk_for(s).start == s and seg.chunk_for(e - 1).start == s
+    assert seg.chunk_for(10_007) is None
+    seg.chunks = seg.chunks[2:]  # truncated below 11
+    assert seg.chunk_for(5) is None and seg.chunk_for(11).start == 11
