@@ -201,6 +201,7 @@ def one_run(args: argparse.Namespace) -> dict:
                     go,
                     out,
                 ),
+                daemon=True,
             )
             reader.start()
             if out.get(timeout=60) != "spawned":
@@ -208,7 +209,9 @@ def one_run(args: argparse.Namespace) -> dict:
             if args.control:
                 c_out, c_go, c_job = ctx.Queue(), ctx.Event(), ctx.Queue()
                 control = ctx.Process(
-                    target=control_process, args=(args.reader_sched, c_go, c_job, c_out)
+                    target=control_process,
+                    args=(args.reader_sched, c_go, c_job, c_out),
+                    daemon=True,  # a failed run must not leave it waiting
                 )
                 control.start()
                 if c_out.get(timeout=60) != "spawned":
@@ -329,13 +332,11 @@ def main() -> int:
     )
     if args.control:
         p95_control = med(lambda r: r["control"]["p95_ms"])
-        paired = lambda f: med(  # noqa: E731
-            lambda r: f(r) / max(r["before"]["p95_ms"], 1e-9)
-        )
         print(
             f"write p50/p95 in the control:    {med(lambda r: r['control']['p50_ms']):.2f} / "
             f"{p95_control:.2f} ms  ({p95_control / max(p95_before, 1e-9):.2f}x; paired: "
-            f"{paired(lambda r: r['control']['p95_ms']):.2f}x), burning "
+            f"{med(lambda r: r['control']['p95_ms'] / max(r['before']['p95_ms'], 1e-9)):.2f}x), "
+            "burning "
             f"{med(lambda r: r['control']['share']):.2f} of a core (the reader used "
             f"{med(lambda r: r['reader_cpu_share']):.2f}), no reads"
         )
