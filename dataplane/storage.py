@@ -107,8 +107,11 @@ class ChunkReader:
         return index
 
     def read(self, name: str, stored_bytes: int, offset: int, length: int) -> memoryview:
-        """Raw bytes [offset, offset + length) of chunk `name` (clipped at its end): a view
-        of the read-through range that holds them (no copy; it keeps that range alive)."""
+        """Raw bytes from `offset` of chunk `name`, at most `length` and at least one (unless
+        `offset` is at or past its end): a view of the read-through range that holds them
+        (no copy; it keeps that range alive). A kept range holding `offset` but ending
+        before `offset + length` answers with what it holds: a reply may be short (as at a
+        chunk's end), and no byte is decompressed twice for a sequential reader."""
         index = self._index(name, stored_bytes)
         end = min(offset + length, index.raw_bytes)
         hit = self._cached(name, offset, end)
@@ -120,16 +123,22 @@ class ChunkReader:
             self._remember(name, start, data)
             hit = (start, data)
         start, data = hit
-        return memoryview(data)[offset - start : max(offset, end) - start]
+        return memoryview(data)[offset - start : max(offset, min(end, start + len(data))) - start]
 
     def _cached(self, name: str, offset: int, end: int) -> tuple[int, bytes | memoryview] | None:
-        """A read-through range of `name` holding [offset, end): a sequential reader's next
-        reads fall inside the range read ahead for its first, whatever their frame."""
+        """A read-through range of `name` holding byte `offset` (or, for `offset` at the end,
+        ending there): a sequential reader's next reads fall inside the range read ahead for
+        its first, whatever their frame."""
         with self._lock:
             for key in reversed(self._ranges):
-                if key[0] == name and key[1] <= offset and end <= key[1] + len(self._ranges[key]):
+                data = self._ranges[key]
+                if (
+                    key[0] == name
+                    and key[1] <= offset
+                    and (offset < key[1] + len(data) or end == offset == key[1] + len(data))
+                ):
                     self._ranges.move_to_end(key)
-                    return key[1], self._ranges[key]
+                    return key[1], data
             return None
 
     def _remember(self, name: str, start: int, data: bytes | memoryview) -> None:
