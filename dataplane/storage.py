@@ -107,36 +107,31 @@ class ChunkReader:
         return index
 
     def read(self, name: str, stored_bytes: int, offset: int, length: int) -> memoryview:
-        """Raw bytes from `offset` of chunk `name`, at most `length` and at least one (unless
-        `offset` is at or past its end): a view of the read-through range that holds them
-        (no copy; it keeps that range alive). A kept range holding `offset` but ending
-        before `offset + length` answers with what it holds: a reply may be short (as at a
-        chunk's end), and no byte is decompressed twice for a sequential reader."""
+        """Raw bytes from `offset` of chunk `name`, at most `length` and at least one (none
+        at or past its end): a view of the read-through range that holds them (no copy; it
+        keeps that range alive). A kept range holding `offset` but ending before
+        `offset + length` answers with what it holds: a reply may be short (as at a chunk's
+        end), and no byte is decompressed twice for a sequential reader."""
         index = self._index(name, stored_bytes)
-        end = min(offset + length, index.raw_bytes)
-        hit = self._cached(name, offset, end)
+        if offset >= index.raw_bytes:
+            return memoryview(b"")
+        hit = self._cached(name, offset)
         if hit is None:
-            frame = index.frame_raw_bytes
-            start = offset - offset % frame
+            start = offset - offset % index.frame_raw_bytes
             span = max(length + (offset - start), READ_AHEAD_BYTES)
             data = read_range(lambda o, n: self.store.read(name, o, n), index, start, span)
             self._remember(name, start, data)
             hit = (start, data)
         start, data = hit
-        return memoryview(data)[offset - start : max(offset, min(end, start + len(data))) - start]
+        return memoryview(data)[offset - start : offset - start + length]
 
-    def _cached(self, name: str, offset: int, end: int) -> tuple[int, bytes | memoryview] | None:
-        """A read-through range of `name` holding byte `offset` (or, for `offset` at the end,
-        ending there): a sequential reader's next reads fall inside the range read ahead for
-        its first, whatever their frame."""
+    def _cached(self, name: str, offset: int) -> tuple[int, bytes | memoryview] | None:
+        """A read-through range of `name` holding byte `offset`: a sequential reader's next
+        reads fall inside the range read ahead for its first, whatever their frame."""
         with self._lock:
             for key in reversed(self._ranges):
                 data = self._ranges[key]
-                if (
-                    key[0] == name
-                    and key[1] <= offset
-                    and (offset < key[1] + len(data) or end == offset == key[1] + len(data))
-                ):
+                if key[0] == name and key[1] <= offset < key[1] + len(data):
                     self._ranges.move_to_end(key)
                     return key[1], data
             return None

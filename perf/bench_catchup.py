@@ -43,6 +43,8 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
@@ -154,12 +156,7 @@ def control_process(sched: str, go, job, out) -> None:
 
 def _cpu_of(pids: list[int]) -> float:
     """CPU seconds (user + system, all threads) the processes `pids` have used."""
-    ticks = 0
-    for pid in pids:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
+    return sum(sum(psutil.Process(pid).cpu_times()[:2]) for pid in pids)
 
 
 def one_run(args: argparse.Namespace) -> dict:

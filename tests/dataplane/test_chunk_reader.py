@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 from streamvault.dataplane.storage import READ_AHEAD_BYTES, ChunkReader
-from streamvault.lts.chunk_format import FRAME_RAW_BYTES, encode_chunk
+from streamvault.lts.chunk_format import FRAME_RAW_BYTES, encode_chunk, read_index
 from streamvault.lts.file_store import FileChunkStore
 
 MIB = 1 << 20
@@ -41,8 +41,9 @@ def test_sequential_reads_decompress_each_byte_once(tmp_path):
         got += view
         offset += len(view)
     assert bytes(got) == raw[1:]
+    index = read_index(lambda o, n: chunk[o : o + n], len(chunk))
     assert [start for start, _ in store.reads] == [
-        reader._index("c", len(chunk)).frame_offsets[pos // FRAME_RAW_BYTES]
+        index.frame_offsets[pos // FRAME_RAW_BYTES]
         for pos in range(READ_AHEAD_BYTES, len(raw), READ_AHEAD_BYTES)  # after the first
     ], "one fetch per read-ahead range, none twice"
     assert len(reader.read("c", len(chunk), len(raw), MIB)) == 0, "nothing past the end"
