@@ -18,6 +18,10 @@ Beside them, in the same session: the bare append path's limit and Redis 7 with
 `appendfsync always` (perf/baselines.py), and the disk's fdatasync rate.
 
     python perf/bench_append.py [--controller URL] [--seconds 5] [--runs 3] [--json]
+        [--replicas 3 --ack-quorum 2] [--buffer-mib B] [--in-flight-mib F] [--batch-kib K]
+
+The writer's window (buffer, in flight, batch) is printed with the results. A window larger
+than throughput x the servers' round trip only queues: latency grows, throughput does not.
 """
 
 from __future__ import annotations
@@ -231,6 +235,18 @@ def main() -> int:
         help="writer buffer_bytes_max in MiB (default: the writer's default)",
     )
     ap.add_argument(
+        "--in-flight-mib",
+        type=float,
+        default=0,
+        help="writer in_flight_bytes_max in MiB (default: half of --buffer-mib, if given)",
+    )
+    ap.add_argument(
+        "--batch-kib",
+        type=float,
+        default=0,
+        help="writer batch_bytes_max in KiB (default: a quarter of --buffer-mib, if given)",
+    )
+    ap.add_argument(
         "--rate",
         type=float,
         default=1e6,
@@ -248,12 +264,17 @@ def main() -> int:
     args = ap.parse_args()
 
     global CONFIG
-    if args.buffer_mib:
-        buffer = int(args.buffer_mib * 1024 * 1024)
+    if args.buffer_mib or args.in_flight_mib or args.batch_kib:
+        default = WriterConfig()
+        buffer = int(args.buffer_mib * 1024 * 1024) or default.buffer_bytes_max
+        in_flight = int(args.in_flight_mib * 1024 * 1024) or (
+            max(buffer // 2, 512 * 1024) if args.buffer_mib else default.in_flight_bytes_max
+        )
+        batch = int(args.batch_kib * 1024) or (
+            min(512 * 1024, buffer // 4) if args.buffer_mib else default.batch_bytes_max
+        )
         CONFIG = WriterConfig(
-            buffer_bytes_max=buffer,
-            in_flight_bytes_max=max(buffer // 2, 512 * 1024),
-            batch_bytes_max=min(512 * 1024, buffer // 4),
+            buffer_bytes_max=buffer, in_flight_bytes_max=in_flight, batch_bytes_max=batch
         )
     tmp = tempfile.mkdtemp(prefix="sv-bench-")
     proc = None
@@ -318,6 +339,10 @@ def main() -> int:
         "batch": args.batch,
         "segments": args.segments,
         "workers": len(workers),
+        "writer": {
+            name: getattr(CONFIG or WriterConfig(), name)
+            for name in ("buffer_bytes_max", "in_flight_bytes_max", "batch_bytes_max")
+        },
         "streamvault": ours,
         "baselines": baselines,
     }
@@ -335,6 +360,11 @@ def print_report(report: dict) -> None:
         f"streamvault: {report['replication']}, durability={report['durability_mode']}, "
         f"workers={report['workers']}, segments={report['segments']}, "
         f"{report['event_bytes']} B events, write_events batch={report['batch']}"
+    )
+    w = report["writer"]
+    print(
+        f"writer: buffer {w['buffer_bytes_max'] / 2**20:g} MiB, in flight "
+        f"{w['in_flight_bytes_max'] / 2**20:g} MiB, batch {w['batch_bytes_max'] / 2**10:g} KiB"
     )
     print(
         f"{'api':<20}{'events/s':>12}{'MB/s':>8}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
