@@ -9,6 +9,13 @@ to it: read the entry from a bookie that has it, add it to the lagging one (adds
 idempotent), a bounded number at a time. Entries of ledgers the log has since deleted are
 skipped.
 
+An entry is copied only once it has been missed for `grace_s`: the slowest bookie of a
+healthy ensemble misses most entries by a fraction of a millisecond, and its own add is
+still on the way; copying then would read the entry from a replica and journal it a second
+time for nothing (counted apart: `catchup_late_acks` are the late acks that made a copy
+needless, `catchup_copied` the copies made). Entries are remembered in the order they were
+missed, so the ones due are the oldest.
+
 Runs on the replicator thread, which owns the sockets: `send(endpoint, frames) -> bool`
 sends without blocking. It never blocks the write path and never holds payloads beyond one
 request's round trip; entries beyond `lagging_max` per bookie are dropped from catch-up
@@ -42,6 +49,7 @@ class CatchUp:
         lagging_max: int = 100_000,
         in_flight_max: int = 16,
         timeout_s: float = 5.0,
+        grace_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._send = send
@@ -49,7 +57,9 @@ class CatchUp:
         self.lagging_max = lagging_max
         self.in_flight_max = in_flight_max
         self.timeout_s = timeout_s
-        self._lagging: dict[str, collections.OrderedDict[Key, tuple[Any, list[str]]]] = {}
+        self.grace_s = grace_s
+        self._lagging: dict[str, collections.OrderedDict[Key, tuple[Any, list[str], float]]] = {}
+        """Target -> missed entries, oldest first: (log, bookies that have it, missed at)."""
         self._alive: set[str] = set()
         self._requests: dict[int, tuple[str, str, Key, Any, float]] = {}
         """request id -> (stage "read"/"add", target endpoint, key, log, sent at)."""
@@ -57,22 +67,32 @@ class CatchUp:
         self._probe_at: dict[str, float] = {}
         """Target -> when to probe it next (while it has not answered since it missed)."""
         self.counters = dict.fromkeys(
-            ("catchup_copied", "catchup_dropped", "catchup_lagging", "catchup_probes"), 0
+            (
+                "catchup_copied",
+                "catchup_dropped",
+                "catchup_lagging",
+                "catchup_late_acks",
+                "catchup_probes",
+            ),
+            0,
         )
 
     def missed(self, target: str, log_: Any, key: Key, sources: list[str]) -> None:
         lagging = self._lagging.setdefault(target, collections.OrderedDict())
-        lagging[key] = (log_, sources)
+        known = lagging.get(key)
+        # missed again (recovery found it lacking): keep its place and time, oldest first
+        lagging[key] = (log_, sources, known[2] if known else self.clock())
         self._alive.discard(target)
         if len(lagging) > self.lagging_max:
             lagging.popitem(last=False)
             self.counters["catchup_dropped"] += 1
 
-    def acked(self, endpoint: str, key: Key) -> None:
-        """`endpoint` answered EntryAdded for `key` (a late ack, or a catch-up add)."""
+    def acked(self, endpoint: str, key: Key, *, copied: bool = False) -> None:
+        """`endpoint` answered EntryAdded for `key`: a late ack, or (`copied`) the add of a
+        catch-up copy."""
         lagging = self._lagging.get(endpoint)
         if lagging and lagging.pop(key, None) is not None:
-            self.counters["catchup_copied"] += 1
+            self.counters["catchup_copied" if copied else "catchup_late_acks"] += 1
         self._busy[endpoint].discard(key)
         if lagging is not None:
             self._alive.add(endpoint)
@@ -95,7 +115,7 @@ class CatchUp:
         ):  # nobody has it any more, or the log was truncated below it meanwhile
             self._lagging.get(target, {}).pop(key, None)
         elif stage == "add" and isinstance(body, m.EntryAdded):
-            self.acked(target, key)
+            self.acked(target, key, copied=True)
             return
         self._busy[target].discard(key)  # an error: try again later
 
@@ -110,7 +130,12 @@ class CatchUp:
         for target, lagging in list(self._lagging.items()):
             # a bookie that gets no new entries (an ensemble change left it out) never acks
             # anything by itself: probe it with one copy per timeout until it answers
-            if target not in self._alive and lagging and now >= self._probe_at.get(target, 0.0):
+            if (
+                target not in self._alive
+                and lagging
+                and now >= self._probe_at.get(target, 0.0)
+                and self._due(lagging, now)
+            ):
                 self._probe_at[target] = now + self.timeout_s
                 self.counters["catchup_probes"] += 1
                 self._start(target, lagging, limit=1)
@@ -122,22 +147,27 @@ class CatchUp:
                 continue
             self._start(target, lagging)
 
+    def _due(self, lagging: collections.OrderedDict, now: float) -> bool:
+        """True if the oldest missed entry has been missed for `grace_s`."""
+        return now - next(iter(lagging.values()))[2] >= self.grace_s
+
     def _start(self, target: str, lagging: collections.OrderedDict, limit: int = 0) -> None:
         busy = self._busy[target]
         limit = limit or self.in_flight_max
-        for key, (log_, sources) in list(lagging.items()):
-            if len(busy) >= limit:
-                return
+        now = self.clock()
+        gone: list[Key] = []
+        for key, (log_, sources, missed_at) in lagging.items():
+            if len(busy) >= limit or now - missed_at < self.grace_s:
+                break  # the rest were missed later still: their own adds may yet land
             if key in busy:
                 continue
-            if key[0] not in log_.positions:  # the ledger was truncated meanwhile
-                del lagging[key]
-                continue
             source = sources[hash(key) % len(sources)] if sources else None
-            if source is None:
-                del lagging[key]
+            if key[0] not in log_.positions or source is None:
+                gone.append(key)  # the ledger was truncated meanwhile, or nobody has it
                 continue
             rid = codec.next_request_id()
             if self._send(source, codec.encode(m.ReadEntry(key[0], key[1], 0, False), rid)):
-                self._requests[rid] = ("read", target, key, log_, self.clock())
+                self._requests[rid] = ("read", target, key, log_, now)
                 busy.add(key)
+        for key in gone:
+            del lagging[key]

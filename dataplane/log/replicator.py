@@ -21,8 +21,9 @@ of new ensembles for `exclusion_s`, and the log rolls over (as above) onto a led
 ensemble does not include it. Entries of the old ledger keep their `ack_quorum` copies.
 
 Catch-up (catchup.py): entries a bookie missed are copied to it from another replica once it
-answers again, so a restarted bookie holds the write quorum's copies again; `catch_up` adds
-the entries a recovery found bookies lack (ReplicatedLog._find_lacking).
+answers again, so a restarted bookie holds the write quorum's copies again (an entry only
+once it has been missed for `add_timeout_s`: a slow bookie's late ack usually comes first);
+`catch_up` adds the entries a recovery found bookies lack (ReplicatedLog._find_lacking).
 
 `ReplicatorCore` is all of this without sockets, threads or a clock of its own (the
 protocol simulation drives it); `Replicator` is the thread with one DEALER per bookie.
@@ -112,7 +113,12 @@ class ReplicatorCore:
         self._missing: dict[str, float] = {}
         """Endpoint -> when the oldest entry it missed (completed without it) was sent."""
         self._logs: dict[int, ReplicatedLog] = {}
-        self.catchup = CatchUp(send, timeout_s=replication.catchup_timeout_s, clock=clock)
+        self.catchup = CatchUp(
+            send,
+            timeout_s=replication.catchup_timeout_s,
+            grace_s=replication.add_timeout_s,  # an add unanswered this long is overdue
+            clock=clock,
+        )
 
     def _wake(self) -> None:
         """Called after a submission (the thread wakes its poll)."""

@@ -24,10 +24,10 @@ class _World:
         return True
 
 
-def _catchup(world: _World):
+def _catchup(world: _World, grace_s: float = 0.0):
     from streamvault.dataplane.log.catchup import CatchUp
 
-    return CatchUp(world.send, timeout_s=1.0, clock=lambda: world.now)
+    return CatchUp(world.send, timeout_s=1.0, grace_s=grace_s, clock=lambda: world.now)
 
 
 def test_a_bookie_that_gets_no_new_entries_is_probed_then_caught_up() -> None:
@@ -78,3 +78,44 @@ def test_no_such_ledger_drops_the_entry() -> None:
     world.now = 5.0
     catchup.tick()
     assert not world.sent and catchup.counters["catchup_lagging"] == 0
+
+
+def test_a_late_ack_within_the_grace_makes_no_copy() -> None:
+    """The slowest bookie of a healthy ensemble misses entries by a moment: its own add
+    lands soon after the quorum's, and nothing is read or written again for it."""
+    world = _World()
+    catchup = _catchup(world, grace_s=0.5)
+    for entry in range(3):
+        catchup.missed("slow", _Log(), (7, entry), ["a", "b"])
+    catchup.tick()
+    world.now = 0.2
+    for entry in range(2):
+        catchup.acked("slow", (7, entry))
+    catchup.tick()  # it answers again, but the entry it still lacks was missed 0.2 s ago
+    assert not world.sent
+    world.now = 0.6  # now that one is overdue: copied
+    catchup.tick()
+    assert [(type(b).__name__, b.entry_id) for _, b, _ in world.sent] == [("ReadEntry", 2)]
+    _, _, rid = world.sent.pop()
+    catchup.on_reply(rid, m.EntryRead(7, 2, 2, 1, False, True, b"x"))
+    _, add, rid = world.sent.pop()
+    catchup.on_reply(rid, m.EntryAdded(7, add.entry_id))
+    assert catchup.counters["catchup_late_acks"] == 2
+    assert catchup.counters["catchup_copied"] == 1
+    catchup.tick()
+    assert not world.sent and catchup.counters["catchup_lagging"] == 0
+
+
+def test_only_the_entries_past_the_grace_are_copied() -> None:
+    world = _World()
+    catchup = _catchup(world, grace_s=0.5)
+    catchup.missed("t", _Log(), (7, 0), ["a"])
+    world.now = 0.4
+    catchup.missed("t", _Log(), (7, 1), ["a"])
+    catchup.acked("t", (7, 99))  # it answers (an entry it had in time)
+    world.now = 0.6
+    catchup.tick()
+    assert [b.entry_id for _, b, _ in world.sent] == [0]
+    world.now = 0.95
+    catchup.tick()
+    assert [b.entry_id for _, b, _ in world.sent] == [0, 1]

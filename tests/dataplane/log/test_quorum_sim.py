@@ -595,7 +595,7 @@ BROKEN = {
 }
 """Safety rules the simulation must notice the absence of (a fence quorum of one is noticed
 too, but only in one seed of several hundred: too slow to run here)."""
-CAUGHT_AT = {"bookies forget a deleted ledger's fence": (1182,)}
+CAUGHT_AT = {"bookies forget a deleted ledger's fence": (570,)}
 """Seeds beyond the first 300 known to catch a rule's absence (a rare schedule: a zombie
 resuming after the ledger's deletion and the recycling of its journal file); tried first.
 A change to the simulation moves them: find the new one with the rule removed and

@@ -377,7 +377,9 @@ def _holds(endpoint: str, ledger: int, entry: int) -> bool:
 def test_a_restarted_bookie_catches_up_on_the_entries_it_missed(bookies, store):
     """TESTING.md row 6: entries written while a bookie was down complete at Qa; once it is
     back and acknowledging again, the replicator copies it the entries it missed from
-    another replica, so it holds every entry of the ledger again."""
+    another replica, so it holds every entry of the ledger again. (Adds sent before the
+    replicator's socket saw the disconnect are delivered after the restart: those come back
+    as late acks, not copies; either way each missed entry is accounted for once.)"""
     import zmq
 
     from streamvault.client.protocol import messages as m
@@ -395,12 +397,14 @@ def test_a_restarted_bookie_catches_up_on_the_entries_it_missed(bookies, store):
         owner.write(b"after-%d" % i)
     ledger = owner.log.ledger.info.ledger_id
     deadline = threading.Event()
+    counters = owner.replicator.counters
     for _ in range(200):  # bounded: 20 s
-        counters = owner.replicator.counters
-        if counters["catchup_copied"] >= 20 and counters["catchup_lagging"] == 0:
+        caught_up = counters["catchup_copied"] + counters["catchup_late_acks"]
+        if caught_up >= 20 and counters["catchup_lagging"] == 0:
             break
         deadline.wait(0.1)
-    assert owner.replicator.counters["catchup_copied"] >= 20, owner.replicator.counters
+    assert counters["catchup_copied"] + counters["catchup_late_acks"] >= 20, str(counters)
+    assert counters["catchup_lagging"] == 0, str(counters)
     ctx = zmq.Context()
     client = BookieClient(ctx)
     try:
