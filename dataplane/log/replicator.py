@@ -1,10 +1,12 @@
 """The replicator: one thread per worker that writes its containers' replicated logs.
 
 Each submitted record becomes the next entry of its log's open ledger (ReplicatedLog.seal)
-and is sent to every bookie of the ledger's ensemble (write quorum = ensemble). ZeroMQ copies
-the entry into each send (one memcpy per replica): a zero-copy send would pin the record
-buffer until ZeroMQ lets go of it, and a message queued to a bookie that died is not let go
-of, so its buffer, and every later completion of the log, would wait for that bookie.
+and is sent to every bookie of the ledger's ensemble (write quorum = ensemble). The entry is
+copied once into a ZeroMQ frame that every replica's message shares (ZeroMQ counts its
+references): a zero-copy send of the record buffer itself would pin it until ZeroMQ lets go,
+and a message queued to a bookie that died is not let go of, so the buffer, and every later
+completion of the log, would wait for that bookie. (A copy per replica, as before, cost two
+more memcpys of each entry.)
 Completions go back to the worker in submission order per log, each once `ack_quorum`
 bookies answered `EntryAdded`. An entry short of its quorum after `add_timeout_s` is
 sent again to the bookies that have not answered (adds are idempotent); a bookie that is not
@@ -57,6 +59,9 @@ from streamvault.dataplane.log.replicated_log import ReplicatedLog, ReplicationC
 log = logging.getLogger(__name__)
 
 SEND_HWM = 10_000
+SHARED_FRAME_BYTES_MIN = 4096
+"""An entry's frames larger than this are copied once and shared by the bookies' messages;
+smaller ones are copied into each message (cheaper than a shared frame's bookkeeping)."""
 
 
 class _Pending:
@@ -197,7 +202,7 @@ class ReplicatorCore:
         assert log_.ledger is not None
         lac = log_.ledger.acked_entry_id
         add = m.AddEntry(location.ledger_id, location.entry_id, log_.epoch, lac, crc, record)
-        item.frames = codec.encode(add, 0)
+        item.frames = self._own(codec.encode(add, 0))
         item.endpoints = log_.endpoints(log_.ledger.info)
         pending.append(item)
         self._by_entry[(location.ledger_id, location.entry_id)] = item
@@ -205,6 +210,11 @@ class ReplicatorCore:
         crash_point("before_write")
         self._send(item)
         crash_point("after_write_before_sync")
+
+    def _own(self, frames: list[Any]) -> list[Any]:
+        """The frames every bookie of an entry is sent, independent of the record buffer
+        (the simulation's network copies what it is sent: as they are)."""
+        return frames
 
     def _rollover(self, log_: ReplicatedLog) -> None:
         self.counters["rollovers"] += 1
@@ -345,6 +355,12 @@ class Replicator(ReplicatorCore):
             self._waker.wake()
             self._thread.join(timeout=10)
         self._waker.close()
+
+    def _own(self, frames: list[Any]) -> list[Any]:
+        return [
+            zmq.Frame(f, copy=True) if memoryview(f).nbytes > SHARED_FRAME_BYTES_MIN else f
+            for f in frames
+        ]
 
     def _send_socket(self, endpoint: str, frames: list[Any]) -> bool:
         sock = self._socks.get(endpoint)
