@@ -316,8 +316,8 @@ class EventStreamReader:
         parts = [codec._view(p) for p in body.payload]
         size = sum(len(p) for p in parts)
         seg.fetch_offset += size
-        # one copy at most: the frame itself when it holds whole events from the first
-        # byte on (each event is copied out of it once, by split_events)
+        # no join when the frame holds whole events from its first byte on: split_events
+        # copies it to bytes once and slices each event out of that
         if len(parts) == 1 and not seg.pending:
             buffer: memoryview | bytes = parts[0]
         else:

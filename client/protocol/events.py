@@ -64,13 +64,16 @@ def split_events(
     trailing partial event is left unconsumed. Raises InvalidMessage on a length that can
     never be valid (corrupt or foreign data).
     """
-    view = memoryview(buffer)
-    size = len(view)
+    # one copy of the buffer, then each event sliced from it: a bytes slice is one C call,
+    # where a memoryview slice and its bytes() are two (0.33 vs 0.54 us per 1000-byte event)
+    data = bytes(buffer)  # the same object if `buffer` is bytes already
+    size = len(data)
     unpack = EVENT_HEADER.unpack_from
     out: list[tuple[int, bytes]] = []
+    append = out.append
     pos = 0
     while size - pos >= EVENT_HEADER_BYTES:
-        (length,) = unpack(view, pos)
+        (length,) = unpack(data, pos)
         if length > EVENT_BYTES_MAX:
             raise InvalidMessage(
                 f"read: event length {length} at offset {base_offset + pos} > {EVENT_BYTES_MAX}"
@@ -78,6 +81,6 @@ def split_events(
         end = pos + EVENT_HEADER_BYTES + length
         if end > size:
             break
-        out.append((base_offset + pos, bytes(view[pos + EVENT_HEADER_BYTES : end])))
+        append((base_offset + pos, data[pos + EVENT_HEADER_BYTES : end]))
         pos = end
     return out, pos
