@@ -26,7 +26,12 @@ Target: the reader reads >= 2x the write rate, and write p95 during catch-up sta
 1.5x of write p95 without it.
 
     python perf/bench_catchup.py [--rate-mb 50] [--cache 64M] [--backlog 12] [--runs 3]
-        [--reader-sched normal|idle] [--no-control]
+        [--reader-sched normal|idle] [--reader-rate X] [--no-control]
+
+`--reader-rate X` holds the reader to X times the write rate (0: as fast as it can). A reader
+that shares the machine and reads as fast as it can takes every CPU cycle it gets (about
+0.7 of a core here whatever its cost per event), so its own load sets much of the write p95
+increase; held to the target's 2x-3x it shows what a catch-up reader at that rate costs.
 """
 
 from __future__ import annotations
@@ -96,6 +101,7 @@ def reader_process(
     tail_lag: float,
     deadline_s: float,
     sched: str,
+    rate_bytes: float,
     go,
     out,
 ) -> None:
@@ -120,6 +126,10 @@ def reader_process(
             ordered &= seq == expected
             expected = seq + 1
             count += 1
+            if rate_bytes and not count % 256:  # held to its rate: sleep off any lead
+                lead = count * EVENT_BYTES / rate_bytes - (time.perf_counter() - start)
+                if lead > 0:
+                    time.sleep(lead)
             if time.time() - written_at < tail_lag:
                 reached = time.perf_counter() - start
                 break
@@ -195,6 +205,7 @@ def one_run(args: argparse.Namespace) -> dict:
                     args.tail_lag,
                     args.deadline,
                     args.reader_sched,
+                    args.reader_rate * args.rate_mb * 1e6,
                     go,
                     out,
                 ),
@@ -292,6 +303,12 @@ def main() -> int:
         "server's work serving the reads",
     )
     ap.add_argument(
+        "--reader-rate",
+        type=float,
+        default=0.0,
+        help="hold the reader to this many times the write rate (0: as fast as it can)",
+    )
+    ap.add_argument(
         "--no-control",
         dest="control",
         action="store_false",
@@ -303,7 +320,8 @@ def main() -> int:
     print(f"machine: {m['cpu']} x{m['cores']}, python {m['python']}, commit {m['commit']}")
     print(
         f"writer {args.rate_mb} MB/s of {EVENT_BYTES} B events, cache {args.cache}, backlog "
-        f"{args.backlog}x cache, RF=1, fdatasync before ack, reader {args.reader_sched}; "
+        f"{args.backlog}x cache, RF=1, fdatasync before ack, reader {args.reader_sched}"
+        f"{f' held to {args.reader_rate:g}x the write rate' if args.reader_rate else ''}; "
         f"medians of {args.runs} runs"
     )
     med = lambda f: statistics.median(f(r) for r in runs)  # noqa: E731
