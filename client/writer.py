@@ -76,9 +76,9 @@ class WriterConfig:
     """...or when its first event has waited this long."""
     in_flight_bytes_max: int = 1024 * 1024
     """Bytes sent but not acknowledged, per segment. Throughput is at most this over the
-    servers' round trip: 512 KiB held RF=3 (a ~7 ms round trip) to 0.73-0.84 M 100-byte
-    events/s, so 0.9 M offered overloaded it (p95 170-460 ms); with 1 MiB the same run
-    kept up (p95 18 ms) and RF=1 did not change (perf/bench_append.py, interleaved)."""
+    servers' round trip: at RF=3 (a ~7 ms round trip) 512 KiB held one writer to
+    0.73-0.84 M 100-byte events/s, 1 MiB to 0.87-0.98 M (interleaved A/B, medians 0.83 vs
+    0.93 M); RF=1 did not change (perf/bench_append.py)."""
     buffer_bytes_max: int = 1024 * 1024
     """Unacknowledged bytes per writer; `write_*` blocks beyond this. A writer producing as
     fast as it can waits about buffer / throughput for its acks, so this bounds latency:

@@ -134,11 +134,10 @@ class CatchUp:
                 target not in self._alive
                 and lagging
                 and now >= self._probe_at.get(target, 0.0)
-                and self._due(lagging, now)
+                and self._start(target, lagging, limit=1)  # 0 while nothing is due yet
             ):
                 self._probe_at[target] = now + self.timeout_s
                 self.counters["catchup_probes"] += 1
-                self._start(target, lagging, limit=1)
         for target in list(self._alive):
             lagging = self._lagging.get(target)
             if not lagging:
@@ -147,12 +146,11 @@ class CatchUp:
                 continue
             self._start(target, lagging)
 
-    def _due(self, lagging: collections.OrderedDict, now: float) -> bool:
-        """True if the oldest missed entry has been missed for `grace_s`."""
-        return now - next(iter(lagging.values()))[2] >= self.grace_s
-
-    def _start(self, target: str, lagging: collections.OrderedDict, limit: int = 0) -> None:
+    def _start(self, target: str, lagging: collections.OrderedDict, limit: int = 0) -> int:
+        """Start copies of the oldest due entries, up to `limit` in flight; returns how many
+        were started."""
         busy = self._busy[target]
+        started = 0
         limit = limit or self.in_flight_max
         now = self.clock()
         gone: list[Key] = []
@@ -169,5 +167,7 @@ class CatchUp:
             if self._send(source, codec.encode(m.ReadEntry(key[0], key[1], 0, False), rid)):
                 self._requests[rid] = ("read", target, key, log_, now)
                 busy.add(key)
+                started += 1
         for key in gone:
             del lagging[key]
+        return started

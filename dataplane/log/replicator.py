@@ -202,7 +202,7 @@ class ReplicatorCore:
         assert log_.ledger is not None
         lac = log_.ledger.acked_entry_id
         add = m.AddEntry(location.ledger_id, location.entry_id, log_.epoch, lac, crc, record)
-        item.frames = self._own(codec.encode(add, 0))
+        item.frames = self._shared_frames(codec.encode(add, 0))
         item.endpoints = log_.endpoints(log_.ledger.info)
         pending.append(item)
         self._by_entry[(location.ledger_id, location.entry_id)] = item
@@ -211,7 +211,7 @@ class ReplicatorCore:
         self._send(item)
         crash_point("after_write_before_sync")
 
-    def _own(self, frames: list[Any]) -> list[Any]:
+    def _shared_frames(self, frames: list[Any]) -> list[Any]:
         """The frames every bookie of an entry is sent, independent of the record buffer
         (the simulation's network copies what it is sent: as they are)."""
         return frames
@@ -356,7 +356,7 @@ class Replicator(ReplicatorCore):
             self._thread.join(timeout=10)
         self._waker.close()
 
-    def _own(self, frames: list[Any]) -> list[Any]:
+    def _shared_frames(self, frames: list[Any]) -> list[Any]:
         return [
             zmq.Frame(f, copy=True) if memoryview(f).nbytes > SHARED_FRAME_BYTES_MIN else f
             for f in frames
