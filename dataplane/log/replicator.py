@@ -58,7 +58,13 @@ from streamvault.dataplane.log.replicated_log import ReplicatedLog, ReplicationC
 
 log = logging.getLogger(__name__)
 
-SEND_HWM = 10_000
+SEND_HWM = 256
+"""Messages ZeroMQ queues for one bookie. A bookie that is connected but does not read (a
+stalled process) holds at most this many entries queued (plus the kernel's socket
+buffers), not the whole write stream; past it a send is refused like one to a bookie that
+is not connected (counted in `sends_refused`), the entry completes at the quorum without
+it, and catch-up copies it later. Far above what a healthy bookie has queued: each log
+has at most `buffers` entries in flight, catch-up at most 16 copies per bookie."""
 SHARED_FRAME_BYTES_MIN = 4096
 """An entry's frames larger than this are copied once and shared by the bookies' messages;
 smaller ones are copied into each message (cheaper than a shared frame's bookkeeping)."""
@@ -112,7 +118,8 @@ class ReplicatorCore:
         self._lacking: list[tuple[str, ReplicatedLog, tuple[int, int], list[str]]] = []
         """Entries recovery found a bookie lacks, for catch-up (taken at the next turn)."""
         self.counters = dict.fromkeys(
-            ("entries", "resends", "rollovers", "completions", "ensemble_changes"), 0
+            ("entries", "resends", "rollovers", "completions", "ensemble_changes", "sends_refused"),
+            0,
         )
         self._id_of = {endpoint: bookie for bookie, endpoint in replication.bookies.items()}
         self._missing: dict[str, float] = {}
@@ -225,9 +232,10 @@ class ReplicatorCore:
         item.sent_at = self.clock()
         item.first_sent_at = item.first_sent_at or item.sent_at
         for endpoint in item.endpoints:
-            if endpoint not in item.acked:
-                # not sent (not connected): the resend after add_timeout_s tries again
-                self._send_frames(endpoint, item.frames)
+            if endpoint not in item.acked and not self._send_frames(endpoint, item.frames):
+                # not connected, or its queue is full: the resend after add_timeout_s tries
+                # again while the entry lacks its quorum; catch-up copies it after that
+                self.counters["sends_refused"] += 1
 
     def _reply(self, endpoint: str, header: Any, body: Any) -> None:
         if self.catchup.owns(header.request_id):

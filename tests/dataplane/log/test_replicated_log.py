@@ -176,6 +176,37 @@ def test_with_two_of_three_bookies_stopped_nothing_is_acknowledged_until_they_re
         successor.close()
 
 
+def test_a_stalled_bookie_holds_a_bounded_queue_and_the_quorum_goes_on(bookies, store):
+    """A bookie that stays connected but reads nothing (SIGSTOP) is not queued the whole
+    write stream: once its send queue is full (SEND_HWM) sends to it are refused, and every
+    entry still completes on the other two."""
+    from streamvault.dataplane.log.replicator import SEND_HWM
+
+    rep = replication([b.endpoint for b in bookies])
+    owner = Owner.running(store, rep)
+    owner.write(b"first")
+    os.killpg(bookies[2].proc.pid, signal.SIGSTOP)
+    try:
+        record = os.urandom(64 * 1024)
+        count = 1024  # 64 MiB: more than its queue and the kernel's socket buffers take
+        assert SEND_HWM * 64 * 1024 < count * len(record) // 2
+        pending = 0
+        for _ in range(count):
+            while pending >= owner.log.config.buffers:
+                assert owner.completed() is not None
+                pending -= 1
+            owner.submit(record)
+            pending += 1
+        while pending:
+            assert owner.completed() is not None
+            pending -= 1
+        assert not owner.fatal
+        assert owner.replicator.counters["sends_refused"] > 0, str(owner.replicator.counters)
+    finally:
+        os.killpg(bookies[2].proc.pid, signal.SIGCONT)
+    owner.close()
+
+
 def test_rollover_closes_ledgers_at_acknowledged_entries(bookies, store):
     rep = replication([b.endpoint for b in bookies])
     owner = Owner.running(store, rep, ledger_bytes=64 * 1024, frame_payload_bytes=16 * 1024)
