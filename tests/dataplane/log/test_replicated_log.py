@@ -176,6 +176,20 @@ def test_with_two_of_three_bookies_stopped_nothing_is_acknowledged_until_they_re
         successor.close()
 
 
+def _write_pipelined(owner: Owner, records: list[bytes]) -> None:
+    """Submit `records` with up to the log's `buffers` in flight; wait for every one."""
+    pending = 0
+    for record in records:
+        while pending >= owner.log.config.buffers:
+            assert owner.completed() is not None
+            pending -= 1
+        owner.submit(record)
+        pending += 1
+    while pending:
+        assert owner.completed() is not None
+        pending -= 1
+
+
 def test_a_stalled_bookie_holds_a_bounded_queue_and_the_quorum_goes_on(bookies, store):
     """A bookie that stays connected but reads nothing (SIGSTOP) is not queued the whole
     write stream: once its send queue is full (SEND_HWM) sends to it are refused, and every
@@ -189,17 +203,8 @@ def test_a_stalled_bookie_holds_a_bounded_queue_and_the_quorum_goes_on(bookies, 
     try:
         record = os.urandom(64 * 1024)
         count = 1024  # 64 MiB: more than its queue and the kernel's socket buffers take
-        assert SEND_HWM * 64 * 1024 < count * len(record) // 2
-        pending = 0
-        for _ in range(count):
-            while pending >= owner.log.config.buffers:
-                assert owner.completed() is not None
-                pending -= 1
-            owner.submit(record)
-            pending += 1
-        while pending:
-            assert owner.completed() is not None
-            pending -= 1
+        assert count >= 4 * SEND_HWM
+        _write_pipelined(owner, [record] * count)
         assert not owner.fatal
         assert owner.replicator.counters["sends_refused"] > 0, str(owner.replicator.counters)
     finally:
@@ -211,16 +216,7 @@ def test_rollover_closes_ledgers_at_acknowledged_entries(bookies, store):
     rep = replication([b.endpoint for b in bookies])
     owner = Owner.running(store, rep, ledger_bytes=64 * 1024, frame_payload_bytes=16 * 1024)
     records = [os.urandom(9000) for _ in range(40)]
-    pending = 0
-    for record in records:  # pipelined: up to `buffers` in flight across rollovers
-        while pending >= owner.log.config.buffers:
-            assert owner.completed() is not None
-            pending -= 1
-        owner.submit(record)
-        pending += 1
-    while pending:
-        assert owner.completed() is not None
-        pending -= 1
+    _write_pipelined(owner, records)  # up to `buffers` in flight across rollovers
     ledgers = [i for i in owner.log.meta.ledgers]
     assert len(ledgers) > 3 and all(i.state == "closed" for i in ledgers[:-1])
     assert owner.replicator.counters["rollovers"] == len(ledgers) - 1
