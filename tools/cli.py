@@ -38,7 +38,12 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("standalone", help="run a whole cluster on this machine")
     p.add_argument("--data-dir", default="./streamvault-data")
-    p.add_argument("--port", type=int, default=9090, help="controller port (default 9090)")
+    p.add_argument(
+        "--port",
+        type=int,
+        default=9090,
+        help="controller port (default 9090; 0: a free port, named in the ready line)",
+    )
     p.add_argument("--workers", type=int, default=0, help="workers (default: usable cores)")
     p.add_argument(
         "--containers",

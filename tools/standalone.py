@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import zmq
 
@@ -39,6 +39,7 @@ RESTART_BACKOFF_MAX_S = 5.0
 class StandaloneConfig:
     data_dir: str = "./streamvault-data"
     port: int = 9090
+    """Controller port; 0: a free port chosen at start for the run (the ready line names it)."""
     workers: int = 0  # 0 = one per usable core
     containers: int = 0  # 0 = 4 x workers at creation, then as recorded
     worker_port_base: int = 12345  # 0 = ephemeral worker ports
@@ -60,6 +61,14 @@ class StandaloneConfig:
     """Size of each bookie journal file (preallocated and zero-filled)."""
 
     def __post_init__(self) -> None:
+        for name, port in (
+            ("port", self.port),
+            ("worker_port_base", self.worker_port_base),
+            ("bookie_port_base", self.bookie_port_base),
+        ):
+            if not 0 <= port <= 65535:
+                flag = "--" + name.replace("_", "-")
+                raise InvalidArgument(f"{flag} {port}: not a TCP port (0-65535)", field=name)
         if self.replicas < 0 or self.ack_quorum < 0:
             raise InvalidArgument("--replicas and --ack-quorum must be >= 0", field="replicas")
         if self.ack_quorum and not self.replicas:
@@ -121,6 +130,8 @@ class _Child:
 
 class Standalone:
     def __init__(self, config: StandaloneConfig) -> None:
+        if config.port == 0:  # fixed for the run: a restarted controller binds it again
+            config = replace(config, port=free_port())
         self.config = config
         self.workers = config.workers or len(os.sched_getaffinity(0))
         self.data_dir = os.path.abspath(config.data_dir)

@@ -152,3 +152,33 @@ def test_restart_with_another_container_count_is_refused(tmp_path):
     )
     assert out.returncode == 2
     assert "created with 8 containers" in out.stderr
+
+
+def test_port_zero_binds_a_free_controller_port_named_in_the_ready_line(tmp_path):
+    cluster = Standalone(tmp_path / "data", workers=1, containers=2, port=0).start()
+    try:
+        assert cluster.port != 0
+        roles = {p["role"] for p in _status_json(cluster.controller)}
+        assert {"controller", "host", "worker"} <= roles
+    finally:
+        cluster.stop()
+
+
+def test_a_port_out_of_range_is_refused_with_its_flag_named(tmp_path):
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "streamvault.tools.cli",
+            "standalone",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--port",
+            "70000",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert "--port 70000: not a TCP port" in out.stderr

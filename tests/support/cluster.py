@@ -46,7 +46,7 @@ class Standalone:
         self.data_dir = data_dir
         self.workers = workers
         self.containers = containers
-        self.port = port or free_port()
+        self.port = free_port() if port is None else port  # 0: the standalone chooses
         self.extra = extra or []
         self.proc: subprocess.Popen | None = None
         self.runs = 0
@@ -96,7 +96,10 @@ class Standalone:
                 buffer += os.read(fd, 4096)
             except BlockingIOError:
                 pass
-            if READY_PREFIX.encode() in buffer:
+            ready = buffer.find(READY_PREFIX.encode())
+            if ready >= 0 and b"\n" in buffer[ready:]:
+                line = buffer[ready:].split(b"\n", 1)[0].decode()
+                self.port = int(line.rsplit(":", 1)[1])  # the port it bound (asked for 0)
                 return self
             if self.proc.poll() is not None:
                 break
