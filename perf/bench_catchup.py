@@ -72,15 +72,28 @@ def writer_loop(
     stop: threading.Event,
     latencies: list[tuple[float, float]],
     written: list[int],
+    payload: str = "repeated",
 ) -> None:
-    pad = os.urandom(EVENT_BYTES - STAMP.size)
+    pad_bytes = EVENT_BYTES - STAMP.size
+    # repeated: one random pad in every event (zstd shrinks the chunks ~60x); random: each
+    # event's pad is the next slice of a 16 MiB random pool (chunks do not compress, like
+    # video or encrypted payloads)
+    pool = os.urandom(16 << 20) if payload == "random" else os.urandom(pad_bytes)
+    slots = len(pool) // pad_bytes
     interval = BATCH * EVENT_BYTES / (rate_mb * 1e6)
     seq = 0
     with mgr.create_writer(scope, stream) as writer:
         next_at = time.perf_counter()
         while not stop.is_set():
             now = time.time()
-            batch = [STAMP.pack(now, seq + i) + pad for i in range(BATCH)]
+            if slots == 1:
+                batch = [STAMP.pack(now, seq + i) + pool for i in range(BATCH)]
+            else:
+                pads = [(seq + i) % slots * pad_bytes for i in range(BATCH)]
+                batch = [
+                    STAMP.pack(now, seq + i) + pool[at : at + pad_bytes]
+                    for i, at in enumerate(pads)
+                ]
             t0 = time.perf_counter()
             future = writer.write_events(batch, routing_key="k")
             future.add_done_callback(
@@ -187,7 +200,7 @@ def one_run(args: argparse.Namespace) -> dict:
             written = [0]
             thread = threading.Thread(
                 target=writer_loop,
-                args=(mgr, scope, stream, args.rate_mb, stop, latencies, written),
+                args=(mgr, scope, stream, args.rate_mb, stop, latencies, written, args.payload),
             )
             writing_since = time.perf_counter()
             thread.start()
@@ -309,6 +322,13 @@ def main() -> int:
         help="hold the reader to this many times the write rate (0: as fast as it can)",
     )
     ap.add_argument(
+        "--payload",
+        choices=("repeated", "random"),
+        default="repeated",
+        help="repeated: one pad in every event (compresses well); random: no two events "
+        "alike (does not compress: video, encrypted data)",
+    )
+    ap.add_argument(
         "--no-control",
         dest="control",
         action="store_false",
@@ -320,7 +340,8 @@ def main() -> int:
     print(f"machine: {m['cpu']} x{m['cores']}, python {m['python']}, commit {m['commit']}")
     print(
         f"writer {args.rate_mb} MB/s of {EVENT_BYTES} B events, cache {args.cache}, backlog "
-        f"{args.backlog}x cache, RF=1, fdatasync before ack, reader {args.reader_sched}"
+        f"{args.backlog}x cache, {args.payload} payloads, RF=1, fdatasync before ack, "
+        f"reader {args.reader_sched}"
         f"{f' held to {args.reader_rate:g}x the write rate' if args.reader_rate else ''}; "
         f"medians of {args.runs} runs"
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+import crc32c
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -25,10 +26,16 @@ class Blob:
     def __init__(self, data: bytes) -> None:
         self.data = data
         self.reads: list[tuple[int, int]] = []
+        self.returned: list[bytes] = []
 
     def read(self, offset: int, length: int) -> bytes:
         self.reads.append((offset, length))
-        return self.data[offset : offset + length]
+        self.returned.append(self.data[offset : offset + length])
+        return self.returned[-1]
+
+
+def compressible(size: int) -> bytes:
+    return (b"sensor-17 temp=21.5C " * (size // 21 + 1))[:size]
 
 
 @settings(max_examples=150, deadline=None)
@@ -57,9 +64,9 @@ def test_index_needs_at_most_two_reads_even_with_many_frames():
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.integers(0, 200_000), st.data())
-def test_damage_anywhere_is_detected(size, data):
-    raw = os.urandom(size)
+@given(st.integers(0, 200_000), st.booleans(), st.data())
+def test_damage_anywhere_is_detected(size, noise, data):
+    raw = os.urandom(size) if noise else compressible(size)  # raw frames, zstd frames
     chunk = bytearray(encode_chunk(raw, frame_raw_bytes=16_384))
     pos = data.draw(st.integers(0, len(chunk) - 1))
     chunk[pos] ^= 1 << data.draw(st.integers(0, 7))
@@ -109,10 +116,40 @@ def test_a_frame_that_decodes_to_another_size_than_the_index_says_is_corruption(
     """Frames decode straight into one buffer sized from the index: a frame holding fewer
     raw bytes (claimed 32 KiB) or more (claimed 8 KiB) than the index says is detected, not
     returned short or cut."""
-    raw = os.urandom(64 * 1024)
+    raw = compressible(64 * 1024)  # zstd frames (raw frames are sized by the index)
     blob = Blob(encode_chunk(raw, frame_raw_bytes=16_384))
     index = read_index(blob.read, len(blob.data))
+    assert not any(index.frame_is_raw(i) for i in range(index.frame_count))
     assert read_range(blob.read, index, 0, len(raw)) == raw
     lying = index._replace(frame_raw_bytes=claimed)
     with pytest.raises(DataCorruption, match="does not hold"):
         read_range(blob.read, lying, 0, claimed)
+
+
+def test_frames_zstd_does_not_shrink_are_stored_raw_and_read_without_a_copy():
+    """Incompressible payloads (video, encrypted data) cost no decompression on read: the
+    chunk holds them as they are, and a range read returns a view of the bytes it fetched."""
+    raw = os.urandom(100_000) + compressible(50_000)
+    chunk = encode_chunk(raw, frame_raw_bytes=25_000)
+    blob = Blob(bytes(chunk))
+    index = read_index(blob.read, len(blob.data))
+    assert [index.frame_is_raw(i) for i in range(index.frame_count)] == [True] * 4 + [False] * 2
+    assert index.frame_offsets[4] == 100_000  # stored as is
+    got = read_range(blob.read, index, 30_000, 40_000)
+    assert isinstance(got, memoryview) and got.obj is blob.returned[-1]
+    assert got == raw[30_000:70_000]
+    mixed = read_range(blob.read, index, 90_000, 30_000)  # a raw frame and a zstd frame
+    assert bytes(mixed) == raw[90_000:120_000]
+
+
+def test_a_version_1_chunk_still_reads():
+    """Version 1 chunks (zstd frames only) read as before: no frame is taken for raw."""
+    raw = compressible(70_000)
+    chunk = bytearray(encode_chunk(raw, frame_raw_bytes=16_384))
+    footer = FOOTER_BYTES
+    chunk[-footer + 4 : -footer + 6] = (1).to_bytes(2, "little")
+    chunk[-4:] = crc32c.crc32c(bytes(chunk[-footer:-4])).to_bytes(4, "little")
+    blob = Blob(bytes(chunk))
+    index = read_index(blob.read, len(blob.data))
+    assert index.version == 1
+    assert read_range(blob.read, index, 1_000, 50_000) == raw[1_000:51_000]
