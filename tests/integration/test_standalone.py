@@ -129,26 +129,18 @@ def test_sigint_stops_every_process_cleanly(tmp_path):
     cluster.proc = None
 
 
+def _refused_standalone(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """`streamvault standalone` on tmp_path/data with `args`, expected to exit at once."""
+    cmd = [sys.executable, "-m", "streamvault.tools.cli", "standalone"]
+    cmd += ["--data-dir", str(tmp_path / "data"), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+
+
 def test_restart_with_another_container_count_is_refused(tmp_path):
     cluster = Standalone(tmp_path / "data").start()
     cluster.stop()
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "streamvault.tools.cli",
-            "standalone",
-            "--data-dir",
-            str(tmp_path / "data"),
-            "--port",
-            str(cluster.port),
-            "--containers",
-            "6",
-            "--ephemeral-ports",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
+    out = _refused_standalone(
+        tmp_path, "--port", str(cluster.port), "--containers", "6", "--ephemeral-ports"
     )
     assert out.returncode == 2
     assert "created with 8 containers" in out.stderr
@@ -165,20 +157,6 @@ def test_port_zero_binds_a_free_controller_port_named_in_the_ready_line(tmp_path
 
 
 def test_a_port_out_of_range_is_refused_with_its_flag_named(tmp_path):
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "streamvault.tools.cli",
-            "standalone",
-            "--data-dir",
-            str(tmp_path / "data"),
-            "--port",
-            "70000",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = _refused_standalone(tmp_path, "--port", "70000")
     assert out.returncode == 2
     assert "--port 70000: not a TCP port" in out.stderr
