@@ -86,7 +86,7 @@ def writer_loop(
         next_at = time.perf_counter()
         while not stop.is_set():
             now = time.time()
-            if slots == 1:
+            if slots == 1:  # as before --payload existed: one concatenation per event
                 batch = [STAMP.pack(now, seq + i) + pool for i in range(BATCH)]
             else:
                 pads = [(seq + i) % slots * pad_bytes for i in range(BATCH)]
