@@ -1,17 +1,19 @@
 """A worker: one per core, the ZeroMQ loop in front of its segment containers.
 
 The worker owns a ROUTER socket, the containers it was given, one durable log per container
-and one thread shared by those logs that makes records durable: the `Committer` (local
-ledger files, replication factor 1) or, when the config names bookies, the `Replicator`
-(each record a ledger entry on an ensemble of bookies, complete at the ack quorum). Its
-single loop:
+and what those logs share to make records durable: the `Committer` thread (local ledger
+files, replication factor 1, whose fdatasync blocks) or, when the config names bookies, the
+`Replicator` (each record a ledger entry on an ensemble of bookies, complete at the ack
+quorum), whose bookie sockets the loop polls itself: nothing blocks, so no thread is needed.
+Its single loop:
 
 1. receives a bounded batch of messages (stops reading while queued append bytes exceed
    `queued_bytes_max`: throttling, not unbounded buffering), decodes each and dispatches it
    to the owning container (or answers `WrongHost`, or a typed error for bad input);
 2. lets every container with queued operations build its next log record and submits it
    (pipelined: up to `LogConfig.buffers` records per container in flight);
-3. applies the committer's completions in order: acks, replies, tail reads;
+3. applies the completions in order (the replicator's taken from the bookie sockets in the
+   same turn): acks, replies, tail reads;
 4. expires long-polling reads and heartbeats the controller.
 
 An I/O error from the committer is fail-stop: the process exits at once without sending a
@@ -144,7 +146,13 @@ class Worker:
         self.fatal: BaseException | None = None
         self.stopping = False
         self.committer: Committer | Replicator = (
-            Replicator(self.ctx, config.replication, self._deliver, self._on_fatal)
+            Replicator(
+                self.ctx,
+                config.replication,
+                self.completions.extend,  # inline: delivered on the loop thread itself
+                self._on_fatal,
+                threaded=False,
+            )
             if config.replication is not None
             else Committer(self._deliver, self._on_fatal)
         )
@@ -294,6 +302,8 @@ class Worker:
         poller_throttled = zmq.Poller()
         for poller in (poller_in, poller_throttled):
             poller.register(self.waker.fd, zmq.POLLIN)
+            for sock in self._bookie_sockets():  # acks are taken even while throttled
+                poller.register(sock, zmq.POLLIN)
             if self._controller is not None:
                 poller.register(self._controller.sock, zmq.POLLIN)
             if self.storage is not None and self.storage.sock is not None:
@@ -324,8 +334,10 @@ class Worker:
                 self._receive(max(1, int(RECEIVE_BATCH_MAX * credit)))
                 if credit < 1.0:  # throttling: acks slow down, nothing is refused
                     next_receive = self.now + (1.0 - credit) * THROTTLE_DELAY_S_MAX
+            self._replicate(events)
             self._complete()
             self._flush()
+            self._replicate(())  # the records just built go out in this turn
             self._run_posted()
             now = time.monotonic()
             if self.storage is not None:
@@ -353,6 +365,21 @@ class Worker:
                     self._heartbeat()
                     next_heartbeat = now + HEARTBEAT_INTERVAL_S
         self._shutdown()
+
+    def _bookie_sockets(self) -> list[zmq.Socket]:
+        return self.committer.sockets if isinstance(self.committer, Replicator) else []
+
+    def _replicate(self, ready: Any) -> None:
+        """One turn of the inline replicator (sends what was submitted, takes the acks
+        waiting on the bookie sockets in `ready`); a refusal is fail-stop."""
+        if not isinstance(self.committer, Replicator):
+            return
+        try:
+            self.committer.pump(ready)
+        except BaseException as exc:  # Fenced or another refusal: acknowledge nothing more
+            log.critical("replicator: failure, nothing more is acknowledged: %r", exc)
+            self.fatal = exc
+            self._fail_stop()
 
     def _credit(self) -> float:
         """1.0 while the cache has room; falls to 0.0 as its pinned share (plus what is
@@ -688,6 +715,7 @@ class Worker:
             if self.fatal is not None:
                 self._fail_stop()
             self.waker.drain()
+            self._replicate(self._bookie_sockets())
             self._complete()
             time.sleep(0.005)
         self._complete()

@@ -16,7 +16,7 @@ time for nothing (counted apart: `catchup_late_acks` are the late acks that made
 needless, `catchup_copied` the copies made). Entries are remembered in the order they were
 missed, so the ones due are the oldest.
 
-Runs on the replicator thread, which owns the sockets: `send(endpoint, frames) -> bool`
+Runs where the replicator runs (the thread that owns the sockets): `send(endpoint, frames) -> bool`
 sends without blocking. It never blocks the write path and never holds payloads beyond one
 request's round trip; entries beyond `lagging_max` per bookie are dropped from catch-up
 (counted: they keep their quorum's copies).

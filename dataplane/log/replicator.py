@@ -1,4 +1,4 @@
-"""The replicator: one thread per worker that writes its containers' replicated logs.
+"""The replicator: one per worker, it writes its containers' replicated logs.
 
 Each submitted record becomes the next entry of its log's open ledger (ReplicatedLog.seal)
 and is sent to every bookie of the ledger's ensemble (write quorum = ensemble). The entry is
@@ -28,10 +28,12 @@ once it has been missed for `add_timeout_s`: a slow bookie's late ack usually co
 `catch_up` adds the entries a recovery found bookies lack (ReplicatedLog._find_lacking).
 
 `ReplicatorCore` is all of this without sockets, threads or a clock of its own (the
-protocol simulation drives it); `Replicator` is the thread with one DEALER per bookie.
+protocol simulation drives it); `Replicator` adds one DEALER per bookie, polled by the
+worker's loop (inline) or by a thread of its own.
 
 Fail-stop: a `Fenced` reply (another owner recovered the log) or any other refusal of an
-add stops the thread and reports to the worker, which exits without another ack.
+add raises out of `pump` (inline: the worker exits without another ack) or stops the
+thread and reports through `fatal` (threaded).
 It must never: acknowledge an entry with fewer than `ack_quorum` durable copies, or before
 an earlier entry of its log.
 """
@@ -334,7 +336,14 @@ class ReplicatorCore:
 
 
 class Replicator(ReplicatorCore):
-    """The replicator thread of one worker: a DEALER per bookie around a `ReplicatorCore`."""
+    """The replicator of one worker: a DEALER per bookie around a `ReplicatorCore`.
+
+    Inline (`threaded=False`, the worker's way): the caller's loop polls `sockets` with its
+    own and calls `pump` with the ready ones after submitting; nothing crosses threads, so
+    an entry goes out in the loop turn that built it and its acks are applied in the turn
+    that reads them (a thread of its own cost the worker a GIL hand-off and an eventfd wake
+    each way per entry). Threaded (`threaded=True`): a thread of its own polls the sockets
+    and a wake eventfd, for callers without a loop (test harnesses)."""
 
     def __init__(
         self,
@@ -342,27 +351,64 @@ class Replicator(ReplicatorCore):
         replication: ReplicationConfig,
         deliver: Callable[[list[Completion]], None],
         fatal: Callable[[BaseException], None],
+        *,
+        threaded: bool = True,
     ) -> None:
         super().__init__(replication, deliver, self._send_socket)
         self.ctx = ctx
         self._fatal = fatal
+        self._threaded = threaded
         self._waker = transport.Waker()
         self._stopping = False
         self._socks: dict[str, zmq.Socket] = {}
         self._thread = threading.Thread(target=self._run, name="replicator", daemon=True)
 
     def _wake(self) -> None:
-        self._waker.wake()
+        if self._threaded:
+            self._waker.wake()
+
+    @property
+    def sockets(self) -> list[zmq.Socket]:
+        """The bookie sockets (inline: the caller polls them for POLLIN)."""
+        return list(self._socks.values())
 
     def start(self) -> None:
-        self._thread.start()
+        if self._threaded:
+            self._thread.start()
+        else:
+            self._open_sockets()
 
     def stop(self) -> None:
         self._stopping = True
         if self._thread.ident is not None:
             self._waker.wake()
             self._thread.join(timeout=10)
+        elif not self._threaded:
+            self._close_sockets()
         self._waker.close()
+
+    def pump(self, ready: Iterable[Any] = ()) -> None:
+        """One turn with the replies waiting on the sockets in `ready` (inline: the caller's
+        loop thread). Raises like `turn`: the caller stops and acknowledges nothing more."""
+        replies = [
+            (endpoint, header, body)
+            for endpoint, sock in self._socks.items()
+            if sock in ready
+            for header, body in transport.replies(sock)
+        ]
+        self.turn(replies)
+
+    def _open_sockets(self) -> None:
+        for endpoint in self.replication.bookies.values():
+            sock = transport.client_socket(self.ctx, endpoint)
+            sock.setsockopt(zmq.IMMEDIATE, 1)  # never queue for a bookie that is not there
+            sock.setsockopt(zmq.SNDHWM, SEND_HWM)
+            self._socks[endpoint] = sock
+
+    def _close_sockets(self) -> None:
+        for sock in self._socks.values():
+            sock.close(0)
+        self._socks.clear()
 
     def _shared_frames(self, frames: list[Any]) -> list[Any]:
         return [
@@ -383,27 +429,17 @@ class Replicator(ReplicatorCore):
     def _run(self) -> None:
         poller = zmq.Poller()
         poller.register(self._waker.fd, zmq.POLLIN)
-        for endpoint in self.replication.bookies.values():
-            sock = transport.client_socket(self.ctx, endpoint)
-            sock.setsockopt(zmq.IMMEDIATE, 1)  # never queue for a bookie that is not there
-            sock.setsockopt(zmq.SNDHWM, SEND_HWM)
-            self._socks[endpoint] = sock
+        self._open_sockets()
+        for sock in self._socks.values():
             poller.register(sock, zmq.POLLIN)
         try:
             while not self._stopping:
                 events = dict(poller.poll(50))
                 if self._waker.fd in events:
                     self._waker.drain()
-                replies = [
-                    (endpoint, header, body)
-                    for endpoint, sock in self._socks.items()
-                    if sock in events
-                    for header, body in transport.replies(sock)
-                ]
-                self.turn(replies)
+                self.pump(events)
         except BaseException as exc:  # fail-stop: report, acknowledge nothing more
             log.critical("replicator: failure, nothing more is acknowledged: %r", exc)
             self._fatal(exc)
         finally:
-            for sock in self._socks.values():
-                sock.close(0)
+            self._close_sockets()
