@@ -7,7 +7,8 @@ chunk name to use); a bounded pool of threads copies the bytes out of the shared
 into independently decodable zstd frames and creates the chunk (storage.store_chunk:
 bounded retries, idempotent by name), then answers `ChunkUploaded`. The worker records the
 chunk in its durable log before it unpins the cache blocks; if this process dies at any
-point the worker asks again (same name, same bytes) once it is back.
+point the worker asks again (same name, same bytes) once it is back. It runs at a lower CPU
+priority than the write path (`UPLOADER_NICE`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,12 @@ from streamvault.dataplane.storage import store_chunk, thread_scratch
 from streamvault.lts.uri import open_chunk_store
 
 log = logging.getLogger(__name__)
+
+# The uploader's CPU priority (os.nice increment). Uploads are background work with the
+# shared cache as their buffer: under contention for the CPUs the worker's loop and the
+# bookies, whose latency a writer waits on, go first; a starved uploader fills the cache,
+# which throttles writers (slower acks), never loses data.
+UPLOADER_NICE = 10
 
 
 class StaleCache(ServiceUnavailable):
@@ -193,7 +200,19 @@ class Uploader:
         self.waker.wake()
 
 
+def _lower_priority(increment: int) -> None:
+    """Nice every thread of this process by `increment` (Linux nice is per thread, and
+    imports may have started some already, e.g. numpy's BLAS pool)."""
+    target = os.getpriority(os.PRIO_PROCESS, 0) + increment
+    for task in os.listdir("/proc/self/task"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, int(task), target)
+        except ProcessLookupError:  # a thread that ended meanwhile
+            continue
+
+
 def run(config: UploaderConfig) -> int:
+    _lower_priority(UPLOADER_NICE)  # before our threads start: they inherit it
     uploader = Uploader(config)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: uploader.request_stop())

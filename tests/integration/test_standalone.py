@@ -70,6 +70,21 @@ def test_each_process_has_a_title_naming_its_role(standalone):
     assert expected <= titles, titles
 
 
+def test_the_uploader_runs_below_the_write_path_in_cpu_priority(standalone):
+    """Uploads are background work: the uploader (all its threads) is niced by
+    UPLOADER_NICE relative to the workers, whose loops a writer's acks wait on."""
+    from streamvault.dataplane.uploader import UPLOADER_NICE
+
+    processes = {p["role"]: p for p in _status_json(standalone.controller)}
+    uploader = psutil.Process(processes["uploader"]["pid"])
+    worker = psutil.Process(processes["worker"]["pid"])
+    assert uploader.nice() - worker.nice() == UPLOADER_NICE > 0
+    for thread in uploader.threads():
+        stat = Path(f"/proc/{uploader.pid}/task/{thread.id}/stat").read_text()
+        nice = int(stat.rpartition(")")[2].split()[16])  # field 19 of proc(5), after comm
+        assert nice == uploader.nice(), (thread.id, nice)
+
+
 def _holders(path: str) -> dict[int, str]:
     """pid -> title of every process on the machine that maps `path` or holds it open."""
     out: dict[int, str] = {}
