@@ -238,10 +238,12 @@ def one_run(args: argparse.Namespace) -> dict:
                 if c_out.get(timeout=60) != "spawned":
                     raise SystemExit("control process did not start")
             pids = [p.pid for p in mgr.status().processes if p.role == "worker"]
+            uploader = [p.pid for p in mgr.status().processes if p.role == "uploader"]
             time.sleep(max(0.0, backlog_s / 2 - (time.perf_counter() - writing_since)))
             cpu_half, t_half = _cpu_of(pids), time.perf_counter()
+            up_half = _cpu_of(uploader)
             time.sleep(max(0.0, backlog_s - (time.perf_counter() - writing_since)))
-            cpu_start = _cpu_of(pids)
+            cpu_start, up_start = _cpu_of(pids), _cpu_of(uploader)
             reader_started = time.perf_counter()
             go.set()
             result = out.get(timeout=args.deadline + 60)
@@ -287,6 +289,7 @@ def one_run(args: argparse.Namespace) -> dict:
         "reader_cpu_share": share,
         "workers_cpu_before": (cpu_start - cpu_half) / (reader_started - t_half),
         "workers_cpu_during": (cpu_done - cpu_start) / (reader_done - reader_started),
+        "uploader_cpu_before": (up_start - up_half) / (reader_started - t_half),
         "sources": sources,
         "reader_mb_per_s": mb / result["seconds"],
         "time_to_tail_s": result["seconds"],
@@ -364,7 +367,8 @@ def main() -> int:
     )
     print(
         f"workers' CPU: {cpu_before:.2f} of a core before the reader, {cpu_during:.2f} during "
-        f"catch-up: {per_mb * 1e3:.2f} ms of CPU per MB read"
+        f"catch-up: {per_mb * 1e3:.2f} ms of CPU per MB read; the uploader's before the "
+        f"reader: {med(lambda r: r['uploader_cpu_before']):.2f}"
     )
     if args.control:
         p95_control = med(lambda r: r["control"]["p95_ms"])

@@ -142,6 +142,46 @@ def test_frames_zstd_does_not_shrink_are_stored_raw_and_read_without_a_copy():
     assert bytes(mixed) == raw[90_000:120_000]
 
 
+def test_a_frame_judged_incompressible_by_its_samples_is_stored_raw_uncompressed(monkeypatch):
+    """Two samples (start, middle) decide without compressing the whole frame; a frame that
+    compressed is not probed again, and one after a raw frame is."""
+    from streamvault.lts import chunk_format
+
+    frame = 64 * 1024
+    noise = os.urandom(frame)
+    fooled = bytearray(compressible(frame))  # only its sampled windows are noise
+    fooled[: chunk_format.PROBE_BYTES] = noise[: chunk_format.PROBE_BYTES]
+    half = frame // 2
+    fooled[half : half + chunk_format.PROBE_BYTES] = noise[: chunk_format.PROBE_BYTES]
+    raw = noise + bytes(fooled) + compressible(2 * frame) + noise + compressible(frame)
+    sizes: list[int] = []
+    real = chunk_format.zstandard.ZstdCompressor
+
+    class Counting:
+        def __init__(self, **kw):
+            self.inner = real(**kw)
+
+        def compress(self, data):
+            sizes.append(len(data))
+            return self.inner.compress(data)
+
+    monkeypatch.setattr(chunk_format.zstandard, "ZstdCompressor", Counting)
+    chunk = encode_chunk(raw, frame_raw_bytes=frame)
+    blob = Blob(bytes(chunk))
+    index = read_index(blob.read, len(blob.data))
+    assert [index.frame_is_raw(i) for i in range(index.frame_count)] == [
+        True,  # noise: both samples say so
+        True,  # its samples are noise: stored raw, though the rest would compress
+        False,  # probed (after a raw frame): one sample, then compressed whole
+        False,  # not probed, compressed whole
+        True,  # noise, not probed: compressed whole, kept raw (zstd did not shrink it)
+        False,  # probed again after that raw frame
+    ]
+    p = chunk_format.PROBE_BYTES
+    assert sizes == [p, p, p, p, p, frame, frame, frame, p, frame]
+    assert read_range(blob.read, index, 0, len(raw)) == raw
+
+
 def test_a_version_1_chunk_still_reads():
     """Version 1 chunks (zstd frames only) read as before: no frame is taken for raw."""
     raw = compressible(70_000)
