@@ -40,11 +40,11 @@ from streamvault.lts.uri import open_chunk_store
 
 log = logging.getLogger(__name__)
 
-# The uploader's CPU priority (os.nice increment). Uploads are background work with the
-# shared cache as their buffer: under contention for the CPUs the worker's loop and the
-# bookies, whose latency a writer waits on, go first; a starved uploader fills the cache,
-# which throttles writers (slower acks), never loses data.
 UPLOADER_NICE = 10
+"""The uploader's CPU priority (nice increment). Uploads are background work with the
+shared cache as their buffer: under contention for the CPUs the worker's loop and the
+bookies, whose latency a writer waits on, go first; a starved uploader fills the cache,
+which throttles writers (slower acks), never loses data."""
 
 
 class StaleCache(ServiceUnavailable):

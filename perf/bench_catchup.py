@@ -237,8 +237,9 @@ def one_run(args: argparse.Namespace) -> dict:
                 control.start()
                 if c_out.get(timeout=60) != "spawned":
                     raise SystemExit("control process did not start")
-            pids = [p.pid for p in mgr.status().processes if p.role == "worker"]
-            uploader = [p.pid for p in mgr.status().processes if p.role == "uploader"]
+            processes = mgr.status().processes
+            pids = [p.pid for p in processes if p.role == "worker"]
+            uploader = [p.pid for p in processes if p.role == "uploader"]
             time.sleep(max(0.0, backlog_s / 2 - (time.perf_counter() - writing_since)))
             cpu_half, t_half = _cpu_of(pids), time.perf_counter()
             up_half = _cpu_of(uploader)

@@ -7,8 +7,8 @@ that does not answer in time is reported as `RequestTimeout`). Nothing here retr
 caller decides, with its own attempt limit (`await_hellos` is the one loop: it asks again
 until enough bookies answer).
 
-The write path does not use this module: the replicator thread (replicated_log.py) has its
-own sockets and pipelines adds.
+The write path does not use this module: the replicator (replicator.py) has its own
+sockets and pipelines adds.
 """
 
 from __future__ import annotations

@@ -138,7 +138,7 @@ class ReplicationConfig:
 
 
 class _Ledger:
-    """Write state of the open ledger (replicator thread)."""
+    """Write state of the open ledger (the replicator's side)."""
 
     __slots__ = ("info", "next_entry_id", "next_pos", "acked_entry_id")
 
@@ -190,7 +190,7 @@ class ReplicatedLog:
         self._entries_lock = threading.Lock()
         self._clients = threading.local()
         self.excluded: dict[str, float] = {}
-        """Bookie id -> until when it stays out of new ensembles (replicator thread)."""
+        """Bookie id -> until when it stays out of new ensembles (the replicator's side)."""
         self.instances: dict[str, str] = {}
         """Bookie id -> its instance when this owner recovered (recorded in new ledgers)."""
         self.lacking: list[tuple[str, tuple[int, int], list[str]]] = []
@@ -203,7 +203,7 @@ class ReplicatedLog:
         (any thread; see `_mark_down`)."""
         self.change_ensemble = False
         """Set when a bookie of the open ledger failed and a spare exists: the next record
-        rolls the log over onto a new ensemble (replicator thread)."""
+        rolls the log over onto a new ensemble (the replicator's side)."""
 
     # --- recovery (main thread, before the replicator starts) -------------------------
     def recover(self) -> Iterator[tuple[LogLocation, memoryview]]:
@@ -638,7 +638,7 @@ class ReplicatedLog:
                 entry=entry,
             )
 
-    # --- ledgers (main thread at start, replicator thread at rollover) --------------------
+    # --- ledgers (at start, then by the replicator at rollover) ---------------------------
     def start(self) -> None:
         self._open_next_ledger()
         if self.lacking:
@@ -711,7 +711,7 @@ class ReplicatedLog:
     def release(self, buffer: WriteBuffer) -> None:
         self.pool.release(buffer)
 
-    # --- replicator thread -------------------------------------------------------------
+    # --- the replicator's side (the worker's loop, or the replicator's own thread) ----
     def choose_ensemble(self, ledger_id: int) -> list[str]:
         """E bookies for a new ledger, spread by container and ledger, leaving out bookies
         excluded as failed while enough others exist."""

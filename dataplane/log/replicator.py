@@ -159,7 +159,7 @@ class ReplicatorCore:
         self._wake()
 
     def delete_ledger(self, ledger_id: int, endpoints: list[str]) -> None:
-        """Ask the bookies to delete a ledger (replicator thread; best effort)."""
+        """Ask the bookies to delete a ledger (where the replicator runs; best effort)."""
         self._deletes.append((ledger_id, endpoints))
 
     def turn(self, replies: Iterable[tuple[str, Any, Any]]) -> None:
