@@ -4,7 +4,14 @@ Chunk `a/b/c` is the file `root/a/b/c`. This module owns the on-disk publish pro
 
 1. write the content to a temporary file in the chunk's directory, named
    `~tmp-<random hex>` (`~` is outside the chunk-name alphabet, so a temporary file can
-   never be taken for a chunk, and `list` skips it), then fsync it;
+   never be taken for a chunk, and `list` skips it), then fsync it. The content is
+   written with O_DIRECT through a page-aligned staging buffer of `DIRECT_WRITE_BYTES`
+   (the last block zero-padded, then the file truncated to its size) where the file
+   system takes it: a buffered write of a fresh multi-MiB file costs the kernel ~10x the
+   CPU (page-cache pages allocated, copied into and written back: 24-29 ms vs 2.3-3.2 ms
+   per 9.5 MB chunk on the development VM), CPU the write path on the same cores needs.
+   A file system that refuses O_DIRECT (EINVAL, e.g. tmpfs) gets buffered writes from
+   then on;
 2. `os.link(temp, final)`: the kernel creates the final name atomically *only if it does
    not exist* (EEXIST otherwise), so the chunk is either absent or whole and an existing
    chunk is never replaced. `os.rename` would be atomic too but silently replaces an
@@ -27,7 +34,9 @@ and the path (fail-stop: a failed fsync is never retried).
 
 from __future__ import annotations
 
+import errno
 import logging
+import mmap
 import os
 import stat
 import threading
@@ -55,6 +64,12 @@ TEMP_FILE_PREFIX: Final = "~tmp-"
 """Temporary files start with this; `~` never appears in a chunk name."""
 PREAD_BYTES_MAX: Final = 1 << 30
 """Largest single `pread` request (Linux returns at most ~2 GiB per call anyway)."""
+DIRECT_WRITE_BYTES: Final = 4 << 20
+"""Size of the page-aligned staging buffer of an O_DIRECT write (one per creating thread);
+larger chunks are written in pieces of this size."""
+DIRECT_IO_ALIGN: Final = 4096
+"""O_DIRECT offsets and lengths are multiples of this (covers 512 B and 4 KiB devices)."""
+_O_DIRECT: Final = getattr(os, "O_DIRECT", 0)
 
 
 def _fsync_dir(path: str) -> None:
@@ -78,6 +93,9 @@ class FileChunkStore:
         # Directories known to exist durably (their entry fsynced in their parent): each is
         # fsynced once per process, not once per create.
         self._durable_dirs: set[str] = set()
+        # O_DIRECT until the file system refuses it once; a staging buffer per thread.
+        self._direct = bool(_O_DIRECT)
+        self._staging = threading.local()
         try:
             # Create missing ancestors top-down, each made durable in its parent.
             missing = []
@@ -266,8 +284,44 @@ class FileChunkStore:
             with self._lock:
                 self._durable_dirs.add(current)
 
+    def _write_temp(self, temp: str, view: memoryview) -> None:
+        if self._direct:
+            try:
+                self._write_temp_direct(temp, view)
+                return
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                self._direct = False  # the file system does not take O_DIRECT
+                logger.info("chunk store %s: O_DIRECT refused (%s), buffered writes", self, exc)
+                self._remove_temp(temp)
+        self._write_temp_buffered(temp, view)
+
+    def _write_temp_direct(self, temp: str, view: memoryview) -> None:
+        staging = getattr(self._staging, "view", None)
+        if staging is None:  # anonymous mmap: page-aligned, as O_DIRECT needs
+            staging = self._staging.view = memoryview(mmap.mmap(-1, DIRECT_WRITE_BYTES))
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_DIRECT, 0o644)
+        try:
+            size = len(view)
+            pos = 0
+            while pos < size:
+                piece = min(size - pos, DIRECT_WRITE_BYTES)
+                padded = -(-piece // DIRECT_IO_ALIGN) * DIRECT_IO_ALIGN
+                staging[:piece] = view[pos : pos + piece]
+                staging[piece:padded] = bytes(padded - piece)
+                written = os.pwrite(fd, staging[:padded], pos)
+                if written != padded:  # only a failing device does this: fail-stop
+                    raise OSError(errno.EIO, f"short O_DIRECT write: {written} of {padded}")
+                pos += piece
+            if size % DIRECT_IO_ALIGN:
+                os.ftruncate(fd, size)  # drop the last block's padding
+            os.fsync(fd)  # the data is on the device; this makes size and extents durable
+        finally:
+            os.close(fd)
+
     @staticmethod
-    def _write_temp(temp: str, view: memoryview) -> None:
+    def _write_temp_buffered(temp: str, view: memoryview) -> None:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             written = 0

@@ -9,6 +9,7 @@ real sockets.
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import time
@@ -36,7 +37,7 @@ from streamvault.client.protocol.errors import (
     StorageError,
 )
 from streamvault.lts import ChunkInfo, ChunkStore, FileChunkStore, open_chunk_store
-from streamvault.lts.file_store import TEMP_FILE_PREFIX
+from streamvault.lts.file_store import DIRECT_WRITE_BYTES, TEMP_FILE_PREFIX
 from streamvault.lts.s3_store import S3ChunkStore, _md5_etag
 
 BAD_NAMES = [
@@ -339,6 +340,78 @@ def test_file_failed_fsync_is_storage_error_and_leaves_no_chunk(
     monkeypatch.undo()
     assert not store.exists("dir/chunk")
     assert _files_under(tmp_path / "lts") == ["dir/existing"]
+
+
+def _takes_o_direct(directory: Path) -> bool:
+    try:
+        fd = os.open(directory / "probe", os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o644)
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(directory / "probe")
+    return True
+
+
+@pytest.mark.parametrize(
+    "size",
+    [1, 4095, 4096, 4097, DIRECT_WRITE_BYTES - 1, DIRECT_WRITE_BYTES, 2 * DIRECT_WRITE_BYTES + 5],
+)
+def test_file_chunks_written_with_o_direct_keep_their_exact_size_and_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int
+) -> None:
+    """Where the file system takes O_DIRECT the temporary file is opened with it, every
+    write is block-aligned, and the last block's padding is cut off again."""
+    root = tmp_path / "lts"
+    store = FileChunkStore(str(root))
+    if not _takes_o_direct(root):
+        pytest.skip("the temp dir's file system does not take O_DIRECT")
+    opens: list[int] = []
+    writes: list[tuple[int, int]] = []
+    real_open, real_pwrite = os.open, os.pwrite
+
+    def spy_open(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if TEMP_FILE_PREFIX in os.fspath(path):
+            opens.append(flags)
+        return real_open(path, flags, *args, **kwargs)
+
+    def spy_pwrite(fd: int, data: Any, offset: int) -> int:
+        writes.append((offset, len(data)))
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(os, "open", spy_open)
+    monkeypatch.setattr(os, "pwrite", spy_pwrite)
+    data = _payload(size, seed=size)
+    store.create("seg/chunk", data)
+    monkeypatch.undo()
+    assert len(opens) == 1 and opens[0] & os.O_DIRECT
+    assert writes and all(offset % 4096 == 0 and length % 4096 == 0 for offset, length in writes)
+    assert os.path.getsize(root / "seg" / "chunk") == size
+    assert store.read("seg/chunk", 0, size + 10) == data
+    assert _files_under(root) == ["seg/chunk"]
+
+
+def test_file_a_file_system_refusing_o_direct_gets_buffered_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "lts"
+    store = FileChunkStore(str(root))
+    refused: list[str] = []
+    real_open = os.open
+
+    def tmpfs_like_open(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if flags & getattr(os, "O_DIRECT", 0):
+            refused.append(os.fspath(path))
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", tmpfs_like_open)
+    data = _payload(5000)
+    store.create("a", data)
+    store.create("b", b"second")
+    monkeypatch.undo()
+    assert len(refused) <= 1  # asked once, then buffered for good
+    assert store.read("a", 0, 5000) == data and store.read("b", 0, 6) == b"second"
+    assert _files_under(root) == ["a", "b"]
 
 
 def test_file_a_chunk_name_cannot_be_a_directory_of_other_chunks(tmp_path: Path) -> None:
