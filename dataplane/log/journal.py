@@ -634,7 +634,7 @@ class Journal:
         self._commit_used = 0
         self._commit_limit = min(self.config.commit_bytes_max, self._capacity - self._write_pos)
         self._commit_records = []
-        self._writer.begin(self._write_fd, self._write_pos)
+        self._writer.begin(self._write_fd, self._write_pos, first)
         self._commit_open = True
 
     def _pack(self, item: _Queued, flags: int) -> None:

@@ -91,11 +91,19 @@ class CommitWriter:
         return self._synced
 
     # --- packing (the journal's thread) ------------------------------------------------
-    def begin(self, fd: int, file_pos: int) -> None:
-        """Start a commit at `file_pos` (4096-aligned) of the file open for write as `fd`."""
+    def begin(self, fd: int, file_pos: int, first_bytes: int = 0) -> None:
+        """Start a commit at `file_pos` (4096-aligned) of the file open for write as `fd`;
+        `first_bytes`: the packed size of its first record, if known. A first record that
+        fits one slot but not what is left of the current one starts the commit at the
+        next slot, so a commit of one such record is one piece, written by the caller."""
         assert not self._open and file_pos % BLOCK_BYTES == 0, (self._open, file_pos)
         assert self._pos == self._piece_start and self._pos % BLOCK_BYTES == 0, self._pos
         self._check()
+        first = -(-first_bytes // BLOCK_BYTES) * BLOCK_BYTES
+        slot_start = self._slot_end - self._piece_bytes
+        if self._pos != slot_start and self._pos + first > self._slot_end >= slot_start + first:
+            self._next_slot()
+            self._piece_start = self._pos
         self._fd, self._file_pos, self._open = fd, file_pos, True
         self._pieces = self._commit_bytes = 0
 
@@ -142,12 +150,16 @@ class CommitWriter:
         self._submit(op, inline=first and not self._open)
         self._slot_ops[start // self._piece_bytes] = self._handed
         self._file_pos += stop - start
-        if stop == self._slot_end:  # on to the next slot, once its last piece is written
-            nxt = stop % len(self._ring)
-            self._slot_end = nxt + self._piece_bytes
-            self._pos = nxt
-            self._wait_done(self._slot_ops[nxt // self._piece_bytes])
+        if stop == self._slot_end:
+            self._next_slot()
         self._piece_start = self._pos
+
+    def _next_slot(self) -> None:
+        """On to the next slot, once its last piece is written."""
+        nxt = self._slot_end % len(self._ring)
+        self._slot_end = nxt + self._piece_bytes
+        self._pos = nxt
+        self._wait_done(self._slot_ops[nxt // self._piece_bytes])
 
     # --- hand-over -------------------------------------------------------------------
     def _submit(self, op: _Op, *, inline: bool) -> None:

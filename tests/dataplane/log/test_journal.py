@@ -537,6 +537,27 @@ def test_commits_are_written_in_pieces_and_large_entries_stream_through_the_ring
     journal.close()
 
 
+@pytest.mark.parametrize("io_thread", [True, False])
+def test_a_commit_of_one_record_that_fits_a_piece_is_written_as_one_piece(tmp_path, io_thread):
+    """Commits of one ~40 KB entry each (64 KiB pieces): every second one would cross a
+    slot's end and take two pwrites (the I/O thread's hand-offs); each starts at the next
+    slot instead and is one pwrite. Read back byte-identical after a reopen."""
+    config = dataclasses.replace(PIECES, io_thread=io_thread)
+    journal = Journal(str(tmp_path), config)
+    for entry in range(12):
+        _fill(journal, [1], range(entry, entry + 1), size=40_000)
+        assert journal.commit() == [(1, entry)]
+    assert journal.counters["commits"] == journal.counters["pieces"] == 12, journal.counters
+    _fill(journal, [2], range(3), size=30_000)  # one commit of three: more than a piece
+    journal.commit()
+    assert journal.counters["pieces"] == 12 + 2, journal.counters
+    journal.close()
+    journal = Journal(str(tmp_path), config)
+    _assert_entries(journal, [1], range(12), size=40_000)
+    _assert_entries(journal, [2], range(3), size=30_000)
+    journal.close()
+
+
 @pytest.mark.parametrize("failing", ["pwrite", "fdatasync"])
 def test_io_error_on_the_io_thread_is_fail_stop(tmp_path, monkeypatch, failing):
     """A piece's pwrite (or the sync) failing on the I/O thread: the next add or commit
