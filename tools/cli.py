@@ -76,7 +76,16 @@ def _parser() -> argparse.ArgumentParser:
         default=0,
         help="durable copies before an ack (default: a majority of --replicas)",
     )
-    p.add_argument("--bookie-port-base", type=int, default=3181, help="bookie i listens on base+i")
+    p.add_argument(
+        "--bookie-port-base", type=int, default=3181, help="bookie i listens on base+i (tcp)"
+    )
+    p.add_argument(
+        "--bookie-transport",
+        choices=["ipc", "tcp"],
+        default="ipc",
+        help="how the workers reach the bookies: ipc (a Unix socket, cheaper per byte; "
+        "default) or tcp on 127.0.0.1 (--bookie-port-base)",
+    )
     p.add_argument(
         "--journal-file-size",
         type=parse_size,
@@ -274,6 +283,7 @@ def _run(args: argparse.Namespace) -> int:
                 replicas=args.replicas,
                 ack_quorum=args.ack_quorum,
                 bookie_port_base=0 if args.ephemeral_ports else args.bookie_port_base,
+                bookie_transport=args.bookie_transport,
                 journal_file_bytes=args.journal_file_size,
             )
         )

@@ -1,7 +1,8 @@
 """`streamvault standalone`: the whole cluster on one machine, as separate processes.
 
 Starts the controller, the log replicas the configuration asks for (`--replicas N`: N bookie
-processes, each with its own data dir `<data>/bookie-<i>`, on ports fixed for the run) and
+processes, each with its own data dir `<data>/bookie-<i>`, on an abstract Unix socket named
+after the data dir, or with `--bookie-transport tcp` on ports fixed for the run) and
 one segment-store host (which starts the workers), restarts any of them that dies,
 heartbeats the controller as `standalone`, and prints exactly one line
 `streamvault ready: controller=<endpoint>` once every bookie answers, every container is
@@ -13,6 +14,7 @@ restart on the same data dir and port resumes where the previous run stopped.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -56,7 +58,12 @@ class StandaloneConfig:
     ack_quorum: int = 0
     """Durable copies before an ack; 0: a majority of `replicas`."""
     bookie_port_base: int = 3181
-    """Bookie i listens on base + i; 0: ephemeral ports, chosen at start for the run."""
+    """With tcp: bookie i listens on base + i; 0: ephemeral ports, chosen at start."""
+    bookie_transport: str = "ipc"
+    """ipc: bookie i listens on an abstract Unix socket named after the data dir (no file,
+    no port; reachable from this machine's network namespace only, like 127.0.0.1); tcp:
+    on 127.0.0.1 (`bookie_port_base`). The workers send every entry to each bookie, and a
+    Unix socket costs less CPU per byte than loopback TCP (docs/ARCHITECTURE.md, Processes)."""
     journal_file_bytes: int = 256 << 20
     """Size of each bookie journal file (preallocated and zero-filled)."""
 
@@ -71,6 +78,11 @@ class StandaloneConfig:
                 raise InvalidArgument(f"{flag} {port}: not a TCP port (0-65535)", field=name)
         if self.replicas < 0 or self.ack_quorum < 0:
             raise InvalidArgument("--replicas and --ack-quorum must be >= 0", field="replicas")
+        if self.bookie_transport not in ("ipc", "tcp"):
+            raise InvalidArgument(
+                f"--bookie-transport {self.bookie_transport!r}: ipc or tcp",
+                field="bookie_transport",
+            )
         if self.ack_quorum and not self.replicas:
             raise InvalidArgument("--ack-quorum needs --replicas", field="ack_quorum")
         if self.ack_quorum > self.replicas:
@@ -105,6 +117,14 @@ def cluster_container_count(data_dir: str, requested: int, workers: int) -> int:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     return count
+
+
+def bookie_ipc_endpoint(data_dir: str, index: int) -> str:
+    """Bookie `index`'s abstract Unix socket: named after the data dir's real path, so it is
+    the same across restarts and distinct for every standalone on the machine (short enough
+    for sun_path's 107 bytes whatever the path's length)."""
+    digest = hashlib.sha1(os.path.realpath(data_dir).encode()).hexdigest()[:16]
+    return f"ipc://@streamvault-{digest}-bookie-{index}"
 
 
 def free_port() -> int:
@@ -200,10 +220,13 @@ class Standalone:
         config = self.config
         out = []
         for i in range(config.replicas):
-            port = config.bookie_port_base + i if config.bookie_port_base else free_port()
-            endpoint = f"tcp://127.0.0.1:{port}"
             data = os.path.join(self.data_dir, f"bookie-{i}")
-            command = base + ["bookie", "--id", str(i), "--port", str(port)]
+            if config.bookie_transport == "ipc":
+                endpoint = bookie_ipc_endpoint(self.data_dir, i)
+            else:
+                port = config.bookie_port_base + i if config.bookie_port_base else free_port()
+                endpoint = f"tcp://127.0.0.1:{port}"
+            command = base + ["bookie", "--id", str(i), "--bind", endpoint]
             command += ["--journal-file-size", str(config.journal_file_bytes)]
             command += ["--controller", config.controller, *common]
             command[command.index("--data-dir") + 1] = data

@@ -55,6 +55,10 @@ def _bookies(mgr) -> dict[str, tuple[int, str]]:
     return {p.id: (p.pid, p.state) for p in mgr.status().processes if p.role == "bookie"}
 
 
+def _endpoints(mgr) -> dict[str, str]:
+    return {p.id: p.endpoint for p in mgr.status().processes if p.role == "bookie"}
+
+
 def _wait_bookies_up(mgr, count: int, timeout_s: float = 30.0) -> dict[str, tuple[int, str]]:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -72,6 +76,9 @@ def test_sigkill_every_process_mid_write_then_restart_exactly_once(replicated):
         mgr.create_stream(scope, stream, initial_segments=4)
         bookies = _wait_bookies_up(mgr, 3)
         assert all(pid > 0 for pid, _ in bookies.values())
+        endpoints = _endpoints(mgr)  # the default: abstract Unix sockets, one per bookie
+        assert all(e.startswith("ipc://@streamvault-") for e in endpoints.values()), endpoints
+        assert len(set(endpoints.values())) == 3
         workers = [p for p in mgr.status().processes if p.role == "worker"]
         assert all("replicated E=3 Qw=3 Qa=2" in w.info["durability_mode"] for w in workers)
         writer = mgr.create_writer(scope, stream)
@@ -89,15 +96,29 @@ def test_sigkill_every_process_mid_write_then_restart_exactly_once(replicated):
         assert all(f.done() and f.exception() is None for f in futures)
         writer.close()
         got = read_all(mgr, scope, stream, total=total)
+        assert _endpoints(mgr) == endpoints  # named after the data dir: the same after restart
     check_exactly_once(got, expected_counts(total, KEYS))
 
 
-def test_one_bookie_killed_mid_write_loses_nothing_and_is_restarted(replicated):
+@pytest.fixture
+def replicated_tcp(tmp_path: Path):
+    cluster = Standalone(tmp_path / "data", extra=[*REPLICATED, "--bookie-transport", "tcp"])
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.kill()
+
+
+def test_one_bookie_killed_mid_write_loses_nothing_and_is_restarted(replicated_tcp):
+    """Over loopback TCP (`--bookie-transport tcp`)."""
+    replicated = replicated_tcp
     scope, stream, total = unique("s"), unique("t"), 40_000
     with StreamManager(replicated.controller) as mgr:
         mgr.create_scope(scope)
         mgr.create_stream(scope, stream, initial_segments=4)
         before = _wait_bookies_up(mgr, 3)
+        assert all(e.startswith("tcp://127.0.0.1:") for e in _endpoints(mgr).values())
         with mgr.create_writer(scope, stream) as writer:
             futures: list = []
             done = threading.Event()
