@@ -27,6 +27,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -84,6 +85,8 @@ about disconnects, is a draft API in libzmq 4.3)."""
 PEERS_MAX = 10_000
 SWEEP_INTERVAL_S = 10.0
 GIL_SWITCH_INTERVAL_S = 0.0005
+CACHE_POPULATE_NICE = 10
+"""Nice increment of the thread that faults in the worker's cache region at start."""
 THROTTLE_DELAY_S_MAX = 0.02
 """While throttling, the socket is read at most every (1 - credit) x this."""
 BOOKIES_WAIT_S = 30.0
@@ -172,6 +175,7 @@ class Worker:
         self.now = time.monotonic()
         self._controller: transport.HeartbeatSender | None = None
         self.cache: SharedCache | None = None
+        self._populate_stop = threading.Event()
         self.ring: BlockRing | None = None
         self.segment_cache: SegmentCache | None = None
         self.storage: StorageWriter | None = None
@@ -192,6 +196,24 @@ class Worker:
         self.waker.wake()
 
     # --- start ---------------------------------------------------------------------------
+    def _populate_cache(self) -> None:
+        """Fault in this worker's cache region (SharedCache.populate) on a thread of its own
+        at nice +CACHE_POPULATE_NICE, beside recovery and the first appends; a worker that
+        stops first leaves the rest to fault in as written."""
+        assert self.cache is not None and self.ring is not None
+        tid = threading.get_native_id()
+        try:
+            os.setpriority(
+                os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + CACHE_POPULATE_NICE
+            )
+        except OSError:
+            pass
+        started = time.monotonic()
+        if self.cache.populate(self.ring.region, stop=self._populate_stop):
+            log.info("worker: cache region populated in %.2fs", time.monotonic() - started)
+        else:
+            log.info("worker: cache region not populated (madvise refused); pages fault in")
+
     def open(self) -> None:
         cfg = self.config
         log_root = os.path.join(cfg.data_dir, "log")
@@ -203,6 +225,9 @@ class Worker:
             self.cache = SharedCache.open(cfg.cache_path)
             self.ring = BlockRing(self.cache, cfg.worker_id % self.cache.regions)
             self.segment_cache = SegmentCache(self.ring)
+            threading.Thread(
+                target=self._populate_cache, name="cache-populate", daemon=True
+            ).start()
         started = time.monotonic()
         if cfg.replication is not None:
             self._await_bookies(cfg.replication)
@@ -706,6 +731,7 @@ class Worker:
     # --- stop ----------------------------------------------------------------------------
     def request_stop(self) -> None:
         self.stopping = True
+        self._populate_stop.set()
         self.waker.wake()
 
     def _shutdown(self) -> None:
