@@ -62,6 +62,8 @@ def main() -> int:
     ap.add_argument("--share", type=float, default=0.5, help="RF=3 paced at this x RF=1")
     ap.add_argument("--standalone-args", default="", help="extra options for both clusters")
     args = ap.parse_args()
+    if args.rounds < 1:
+        ap.error("--rounds must be at least 1")
     common = args.standalone_args.split()
     replicated = [*common, "--replicas", "3", "--ack-quorum", "2"]
     m = bench.machine()
@@ -74,15 +76,13 @@ def main() -> int:
     for i in range(args.rounds):
         rf3_first = i % 2 == 1
         if rf3_first:  # RF=3's paced rate needs T1: this round reuses the last round's
-            t1_prev = rows[-1]["t1"]
-            rf3 = measure(replicated, args.seconds, [0, args.share * t1_prev])
+            rate = args.share * rows[-1]["t1"]
+            sat, paced = measure(replicated, args.seconds, [0, rate])
             (rf1,) = measure(common, args.seconds, [0])
-            rate = args.share * t1_prev
         else:
             (rf1,) = measure(common, args.seconds, [0])
             rate = args.share * rf1["events_per_s"]
-            rf3 = measure(replicated, args.seconds, [0, rate])
-        sat, paced = rf3
+            sat, paced = measure(replicated, args.seconds, [0, rate])
         row = {
             "t1": rf1["events_per_s"],
             "p95_1": rf1["p95_ms"],

@@ -100,8 +100,8 @@ class CommitWriter:
         assert self._pos == self._piece_start and self._pos % BLOCK_BYTES == 0, self._pos
         self._check()
         first = -(-first_bytes // BLOCK_BYTES) * BLOCK_BYTES
-        slot_start = self._slot_end - self._piece_bytes
-        if self._pos != slot_start and self._pos + first > self._slot_end >= slot_start + first:
+        at_slot_start = self._pos == self._slot_end - self._piece_bytes
+        if not at_slot_start and first <= self._piece_bytes and self._pos + first > self._slot_end:
             self._next_slot()
             self._piece_start = self._pos
         self._fd, self._file_pos, self._open = fd, file_pos, True

@@ -42,13 +42,22 @@ keeps them to `JournalConfig.compact_files_min` (4), plus the one just rolled in
 whose copies are still being made; without compaction the idle container pins all ~11."""
 
 
-@pytest.fixture
-def replicated(tmp_path: Path):
-    cluster = Standalone(tmp_path / "data", extra=REPLICATED).start()
+def _running(tmp_path: Path, extra: list[str]):
+    cluster = Standalone(tmp_path / "data", extra=extra).start()
     try:
         yield cluster
     finally:
         cluster.kill()
+
+
+@pytest.fixture
+def replicated(tmp_path: Path):
+    yield from _running(tmp_path, REPLICATED)
+
+
+@pytest.fixture
+def replicated_tcp(tmp_path: Path):
+    yield from _running(tmp_path, [*REPLICATED, "--bookie-transport", "tcp"])
 
 
 def _bookies(mgr) -> dict[str, tuple[int, str]]:
@@ -100,21 +109,10 @@ def test_sigkill_every_process_mid_write_then_restart_exactly_once(replicated):
     check_exactly_once(got, expected_counts(total, KEYS))
 
 
-@pytest.fixture
-def replicated_tcp(tmp_path: Path):
-    cluster = Standalone(tmp_path / "data", extra=[*REPLICATED, "--bookie-transport", "tcp"])
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.kill()
-
-
 def test_one_bookie_killed_mid_write_loses_nothing_and_is_restarted(replicated_tcp):
     """Over loopback TCP (`--bookie-transport tcp`)."""
-    replicated = replicated_tcp
     scope, stream, total = unique("s"), unique("t"), 40_000
-    with StreamManager(replicated.controller) as mgr:
+    with StreamManager(replicated_tcp.controller) as mgr:
         mgr.create_scope(scope)
         mgr.create_stream(scope, stream, initial_segments=4)
         before = _wait_bookies_up(mgr, 3)

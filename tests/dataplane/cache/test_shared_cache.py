@@ -156,8 +156,8 @@ def _minor_faults() -> int:
 
 def test_populate_faults_a_region_in_without_changing_its_bytes(tmp_path):
     """After `populate(1)` the owner of region 1 writes all of it with (almost) no page
-    faults, and what it had written before is intact; region 0, not populated, faults on
-    nearly every page (the measurement can tell the two apart)."""
+    faults, and what it had written before is intact; region 0, whose populate was stopped
+    before it began, faults on nearly every page (the measurement can tell the two apart)."""
     cache = SharedCache.create(
         str(tmp_path / "cache"), 16 * 1024 * 1024, regions=2, block_bytes=64 * 1024
     )
@@ -176,11 +176,11 @@ def test_populate_faults_a_region_in_without_changing_its_bytes(tmp_path):
                 cache.write(cache.claim(region, block), 0, payload)
             return _minor_faults() - faults
 
-        populated, unpopulated = write_region(1), write_region(0)
-        assert populated < pages // 10, (populated, pages)
-        assert unpopulated > pages // 2, (unpopulated, pages)
         stop = threading.Event()
         stop.set()
         assert cache.populate(0, stop=stop)  # stopped before its first call: nothing done
+        populated, unpopulated = write_region(1), write_region(0)
+        assert populated < pages // 10, (populated, pages)
+        assert unpopulated > pages // 2, (unpopulated, pages)
     finally:
         cache.close()
