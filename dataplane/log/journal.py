@@ -40,11 +40,13 @@ Invariants:
   every entry it deletes, and file seqs on disk are contiguous (a gap is DataCorruption).
 - Compaction (`compact_step`): once more than `compact_files_min` files are in use and the
   oldest one's live records (of ledgers not deleted) are at most `compact_live_percent` of
-  a file, they are copied forward into the current file: the same ledger, entry, epoch and
-  payload (CRC verified on the way), the ledger's lac, and one fence marker at the
-  ledger's fence epoch. A copy changes nothing a reader sees; once the copies are durable
-  the old file goes. Without it one idle ledger (a container that wrote a record and then
-  nothing) would pin the oldest file, and by the rule above every later one, for ever.
+  a file, or the live entries of all files but the current one are at most that share of
+  their size (an idle ledger with much data pinning dead files), they are copied forward
+  into the current file: the same ledger, entry, epoch and payload (CRC verified on the
+  way), the ledger's lac, and one fence marker at the ledger's fence epoch. A copy changes
+  nothing a reader sees; once the copies are durable the old file goes. Without it one
+  idle ledger (a container that wrote a record, or 100 MiB, and then nothing) would pin
+  the oldest file, and by the rule above every later one, for ever.
 - The index holds one small tuple per entry and no payloads; reads re-verify the CRC.
 
 It must never: retry a failed fsync (any OSError, on the I/O thread too, is fail-stop: the
@@ -137,7 +139,8 @@ class JournalConfig:
     """Files in use (the current one included) beyond which the oldest is compacted."""
     compact_live_percent: int = 25
     """The oldest file is compacted only if its live records take at most this share of a
-    file (more live data is data the containers still need: copying it would only churn);
+    file, or the live entries of all files but the current one take at most this share of
+    them (more live data is data the containers still need: copying it would only churn);
     0: never compact."""
     compact_step_bytes: int = 4 * 1024 * 1024
     """Payload bytes one `compact_step` copies at most (one commit, one fdatasync)."""
@@ -500,7 +503,8 @@ class Journal:
             if self._compact_skip == (oldest.seq, self._deletes_applied):
                 return 0
             items, live = self._live_records(oldest.seq)
-            if live * 100 > config.file_bytes * config.compact_live_percent:
+            too_live = live * 100 > config.file_bytes * config.compact_live_percent
+            if too_live and not self._mostly_dead():
                 self._compact_skip = (oldest.seq, self._deletes_applied)
                 return 0
             plan = self._compact_plan = (oldest.seq, deque(items))
@@ -550,6 +554,22 @@ class Journal:
             except OSError as exc:
                 raise self._fail(exc, "compact") from exc
         return moved
+
+    def _mostly_dead(self) -> bool:
+        """True if the files before the current one hold at most `compact_live_percent` of
+        their size in live entries: then an oldest file livelier than that (a container that
+        wrote a lot into its open ledger and went idle) pins mostly dead files behind it, and
+        copying it forward frees them. During an LTS outage everything is live: no copying."""
+        cur = self._cur.seq if self._cur is not None else None
+        live = 0
+        for ledger_id, ledger in self._ledgers.items():
+            if ledger_id in self._doomed:
+                continue
+            for file_seq, _, size in ledger.entries.values():
+                if file_seq != cur:
+                    live += packed_bytes(size)
+        older = len(self._files) - (1 if cur in self._files else 0)
+        return live * 100 <= older * self.config.file_bytes * self.config.compact_live_percent
 
     def _live_records(self, seq: int) -> tuple[list[tuple[int, int, int, int]], int]:
         """The live records in file `seq` as (position, kind, ledger, entry), in file order,

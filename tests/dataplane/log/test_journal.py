@@ -374,6 +374,28 @@ def test_compaction_leaves_a_file_whose_live_records_are_more_than_the_limit(tmp
     journal.close()
 
 
+def test_compaction_moves_a_lively_oldest_file_that_pins_mostly_dead_ones(tmp_path):
+    """A container that wrote most of a file into its open ledger and went idle: that file
+    is too live to compact by itself, but the files behind it die as the other ledgers are
+    truncated; once the journal as a whole is mostly dead the idle ledger is copied forward
+    and the files go, instead of the journal growing while it stays idle."""
+    config = dataclasses.replace(SMALL, compact_files_min=3, compact_live_percent=25)
+    journal = Journal(str(tmp_path), config)
+    _fill(journal, [1], range(50), size=900)  # ~48 KB of the first 64 KiB file: 75 % live
+    journal.commit()
+    in_use = _truncating_writer(journal, range(2, 30), compact=True)
+    assert max(in_use) <= config.compact_files_min + 2, in_use
+    assert journal.counters["compactions"] >= 1
+    _assert_entries(journal, [1], range(50), size=900)
+    files = journal.files()
+    journal.close()
+    journal = Journal(str(tmp_path), config)
+    assert journal.files() == files
+    _assert_entries(journal, [1], range(50), size=900)
+    assert journal.last_entry_id(1) == 49
+    journal.close()
+
+
 def test_a_compaction_step_waits_for_staged_records_and_skips_what_changed(tmp_path):
     config = dataclasses.replace(SMALL, compact_files_min=1, compact_step_bytes=1000)
     journal = Journal(str(tmp_path), config)
