@@ -560,7 +560,8 @@ class Journal:
         their size in live entries: then an oldest file livelier than that (a container that
         wrote a lot into its open ledger and went idle) pins mostly dead files behind it, and
         copying it forward frees them. During an LTS outage everything is live: no copying."""
-        cur = self._cur.seq if self._cur is not None else None
+        assert self._cur is not None  # compact_step runs on an open journal only
+        cur = self._cur.seq
         live = 0
         for ledger_id, ledger in self._ledgers.items():
             if ledger_id in self._doomed:
@@ -568,7 +569,7 @@ class Journal:
             for file_seq, _, size in ledger.entries.values():
                 if file_seq != cur:
                     live += packed_bytes(size)
-        older = len(self._files) - (1 if cur in self._files else 0)
+        older = len(self._files) - 1  # the current file is one of them
         return live * 100 <= older * self.config.file_bytes * self.config.compact_live_percent
 
     def _live_records(self, seq: int) -> tuple[list[tuple[int, int, int, int]], int]:
