@@ -12,7 +12,11 @@ machine hits both alike (with RF=3 first, the paced run is a third cluster after
 medians over the rounds are printed with every round.
 
     python perf/bench_replication.py [--rounds 3] [--seconds 6] [--share 0.5]
-        [--standalone-args "..."]  (given to both clusters)
+        [--in-flight-mib X] [--standalone-args "..."]  (both given to both clusters)
+
+`--in-flight-mib X` sets the writer's window (in_flight_bytes_max, and buffer_bytes_max to at
+least that): one writer's throughput is at most its window over the round trip, at RF=1
+and RF=3 alike, so the window moves both.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ sys.path.insert(0, str(HERE))
 
 import bench_append as bench  # noqa: E402
 
-from streamvault.client import StreamManager  # noqa: E402
+from streamvault.client import StreamManager, WriterConfig  # noqa: E402
 
 P95_TARGET_MS = 15.0
 TARGET_SHARE = 0.5
@@ -64,16 +68,33 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=6.0)
     ap.add_argument("--share", type=float, default=0.5, help="RF=3 paced at this x RF=1")
+    ap.add_argument(
+        "--in-flight-mib",
+        type=float,
+        default=0,
+        help="writer window in MiB, both clusters (default: the writer's default)",
+    )
     ap.add_argument("--standalone-args", default="", help="extra options for both clusters")
     args = ap.parse_args()
     if args.rounds < 1:
         ap.error("--rounds must be at least 1")
+    if args.in_flight_mib < 0:
+        ap.error("--in-flight-mib must not be negative")
+    if args.in_flight_mib:
+        window = int(args.in_flight_mib * 1024 * 1024)
+        default = WriterConfig()
+        bench.CONFIG = WriterConfig(
+            in_flight_bytes_max=window,
+            buffer_bytes_max=max(window, default.buffer_bytes_max),
+            batch_bytes_max=min(window, default.batch_bytes_max),
+        )
     common = args.standalone_args.split()
     replicated = [*common, "--replicas", "3", "--ack-quorum", "2"]
     m = bench.machine()
     print(f"machine: {m['cpu']} x{m['cores']}, python {m['python']}, commit {m['commit']}")
+    window = (bench.CONFIG or WriterConfig()).in_flight_bytes_max
     print(
-        "100 B events, write_events batch=1000, one writer (default window), "
+        f"100 B events, write_events batch=1000, one writer ({window / 2**20:g} MiB window), "
         f"o_direct+fdatasync, {args.seconds:g} s per run; RF=3 paced at {args.share:g} x RF=1"
     )
     rows = []
