@@ -413,7 +413,11 @@ class Bookie:
 
 
 def run(config: BookieConfig) -> int:
-    bookie = Bookie(config)
+    try:
+        bookie = Bookie(config)
+    except (OSError, StorageError) as exc:  # e.g. no room for the journal's prepared files
+        log.critical("bookie: journal I/O failure at start, not serving: %s", exc)
+        return EXIT_IO_ERROR
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: bookie.request_stop())
     return bookie.serve_forever()

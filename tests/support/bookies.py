@@ -22,8 +22,12 @@ from .cluster import free_port
 
 
 class BookieProcess:
-    def __init__(self, data_dir: Path, *, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, *, env: dict[str, str] | None = None, args: tuple[str, ...] = ()
+    ) -> None:
+        """`args`: more options for `streamvault bookie`."""
         self.data_dir = data_dir
+        self.args = args
         self.port = free_port()
         self.env = env
         self.proc: subprocess.Popen | None = None
@@ -49,6 +53,7 @@ class BookieProcess:
                 str(self.port),
                 "--journal-file-size",
                 "16M",
+                *self.args,
             ],
             stderr=log,
             stdout=subprocess.DEVNULL,

@@ -60,3 +60,20 @@ def test_a_full_disk_stops_one_bookie_and_the_log_goes_on(tmp_path: Path):
         for bookie in bookies:
             bookie.kill()
         fs.close()
+
+
+def test_a_disk_without_room_for_the_first_journal_file_stops_the_bookie_at_start(
+    tmp_path: Path,
+):
+    """A 128 MiB journal file does not fit in 64 MiB: the bookie exits with the I/O error
+    code before it serves, naming the cause (it used to die of the traceback, exit 1)."""
+    fs = loopfs.LoopFS(tmp_path / "fs0", 64)
+    bookie = BookieProcess(fs.path, args=("--journal-file-size", "128M"))
+    try:
+        with pytest.raises(AssertionError, match="bookie exited"):
+            bookie.start()
+        assert bookie.proc is not None and bookie.proc.returncode == EXIT_IO_ERROR
+        assert "No space left on device" in bookie.logs(), bookie.logs()
+    finally:
+        bookie.kill()
+        fs.close()
