@@ -33,7 +33,8 @@ Invariants:
 - The write fd is closed, and files renamed or removed, only while nothing is in flight.
 - Recovery cuts a torn tail of the last file (and zeroes its remains before writing again)
   but stops with DataCorruption if later durable data proves the damaged data was durable.
-- File removal rule: a file is removed (unlinked, or renamed into the free pool) only if it
+- File removal rule: a file is removed (renamed into the free pool, or out of the journal
+  as `trash-<seq>.jnl`, which the remover then shrinks away in steps) only if it
   is not the current file, every ledger it holds is deleted by a durable delete marker or
   has durable copies of its entries and fence marker in it in later files, and every older
   file has been removed: files go strictly from the oldest end, so a delete marker outlives
@@ -68,6 +69,7 @@ from typing import NamedTuple
 
 from streamvault.client.protocol.errors import DataCorruption, StorageError
 from streamvault.dataplane.log.disk import Disk, OsDisk
+from streamvault.dataplane.log.file_removal import FileRemover
 from streamvault.dataplane.log.framing import BLOCK_BYTES, RECORD_PAYLOAD_BYTES_MAX, align_up
 from streamvault.dataplane.log.journal_format import (
     FLAG_COMMIT_END,
@@ -103,6 +105,8 @@ _COUNTERS = (
     *("trigger_queue_empty", "trigger_bytes_max", "trigger_file_end"),
     *("trigger_compaction", "compactions", "records_relocated", "bytes_relocated"),
 )
+TRASH_PREFIX = "trash-"
+"""A removed file being shrunk away (`trash-<seq>.jnl`, file_removal.py); removed at open."""
 _RELOCATED = object()
 """The token of a record that compaction copied forward (never returned by `commit`)."""
 
@@ -130,9 +134,10 @@ class JournalConfig:
     """Use O_DIRECT where the file system allows (see `Journal.durability_mode`)."""
     spare_thread: bool = True
     """Make the next journal file (zero-filled) on a background thread before it is needed,
-    whenever no recycled file is free (journal_spare.py); False: make it on the journal's
-    thread right after the rollover that used the last one (the simulations: their disk
-    calls stay on one thread, in a replayable order)."""
+    whenever no recycled file is free (journal_spare.py), and, on the real file system,
+    remove files on another in steps (file_removal.py); False: make it on the journal's
+    thread right after the rollover that used the last one, and unlink files there (the
+    simulations: their disk calls stay on one thread, in a replayable order)."""
     spare_fill_bytes_per_s: int = 256 * 1024 * 1024
     """How fast the spare is zero-filled (0: unpaced); unpaced once a rollover waits for it."""
     compact_files_min: int = 4
@@ -275,6 +280,13 @@ class Journal:
             pace=config.spare_fill_bytes_per_s,
             threaded=config.spare_thread,
         )
+        self._remover = (
+            FileRemover("journal-remover")
+            if config.spare_thread and isinstance(disk, OsDisk)
+            else None
+        )
+        """Removes files in steps on its own thread (an unlink of a whole file stalled every
+        fdatasync of the file system, file_removal.py); None: unlinked at once, inline."""
         self._handed = 0  # commits handed to the writer
         # commits handed to the writer, not yet applied: number, bytes, pieces, trigger, records
         self._unsynced: deque[tuple[int, int, int, str, list[JournalRecord]]] = deque()
@@ -295,6 +307,8 @@ class Journal:
                 seqs.append(seq)
             elif (seq := parse_file_name(name, "free-")) is not None:
                 free.append((seq, os.path.join(self.directory, name)))
+            elif parse_file_name(name, TRASH_PREFIX) is not None:  # removal cut short
+                self._remove(os.path.join(self.directory, name))
         seqs.sort()
         if seqs and seqs[-1] - seqs[0] + 1 != len(seqs):
             raise DataCorruption(f"journal {self.directory}: file seqs not contiguous: {seqs}")
@@ -627,6 +641,8 @@ class Journal:
         size = packed_bytes(len(item.payload))
         try:
             self._spare.check()  # the spare thread's I/O error is this journal's
+            if self._remover is not None:
+                self._remover.check()  # and so is the remover's
             if self._held is not None:
                 if self._commit_used + size > self._commit_limit:
                     self._end_commit(
@@ -813,15 +829,34 @@ class Journal:
             for ledger_id in file.deletes:  # no older file holds its entries any more
                 del self._deleted[ledger_id]
                 self._doomed.discard(ledger_id)
+            trash = None
             if len(self._free) < self.config.files_recycled_max:
                 free = os.path.join(self.directory, f"free-{seq:016x}.jnl")
                 self._disk.rename(file.path, free)
                 self._free.append(free)
                 self.counters["files_freed"] += 1
+            elif self._remover is not None:  # no longer a journal file, then removed in steps
+                trash = os.path.join(self.directory, f"{TRASH_PREFIX}{seq:016x}.jnl")
+                self._disk.rename(file.path, trash)
+                self.counters["files_deleted"] += 1
             else:
                 self._disk.unlink(file.path)
                 self.counters["files_deleted"] += 1
             self._disk.fsync_dir(self.directory)  # before the next one: removal stays oldest-first
+            if trash is not None:  # only once the rename is durable: never a shrunk journal file
+                self._remove(trash)
+
+    def _remove(self, path: str) -> None:
+        """Remove a file that is no journal file any more: in steps on the remover's thread,
+        or at once."""
+        if self._remover is not None:
+            self._remover.submit(path)
+        else:
+            self._disk.unlink(path)
+
+    def removals_done(self) -> bool:
+        """No file waits to be removed (tests)."""
+        return self._remover is None or self._remover.idle()
 
     def files(self) -> list[int]:
         """The file seqs of the journal files in use, oldest first."""
@@ -918,4 +953,6 @@ class Journal:
             self._write_fd = -1
         self._writer.close()
         self._spare.close()
+        if self._remover is not None:
+            self._remover.close()
         self._disk.close(self._lock_fd)

@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 
 from streamvault.client.protocol.crashpoints import crash_point
 from streamvault.client.protocol.errors import DataCorruption, StorageError
+from streamvault.dataplane.log.file_removal import remove_in_steps
 from streamvault.dataplane.log.framing import (
     RECORD_HEADER_BYTES,
     RECORD_PAYLOAD_BYTES_MAX,
@@ -224,7 +225,7 @@ class LocalDurableLog:
                     ledger_id,
                     ledger_id in empty,
                 )
-        self._retire(unreferenced)
+        self._retire(unreferenced, in_steps=False)  # recovery: nothing commits yet
 
     def scan_back(self) -> Iterator[Iterator[memoryview]]:
         """The durable payloads like `recover`'s, changing nothing (no fencing, no metadata
@@ -279,10 +280,12 @@ class LocalDurableLog:
         log.info("log=%s truncated ledgers=%s", self.key, ids)
         return ids
 
-    def _retire(self, files: list[tuple[str, int]]) -> None:
+    def _retire(self, files: list[tuple[str, int]], *, in_steps: bool = True) -> None:
         """Keep the files (path, ledger id) of deleted ledgers, no longer in metadata, for
         reuse, up to `free_ledgers_max` of the right size, as `free-<ledger>.log`; remove
-        the others. Then fsync the directory. Deleter thread, or recovery's."""
+        the others (`in_steps`: shrunk away first, file_removal.py: an unlink of a whole
+        ledger stalled every fdatasync of the file system, the committer's too). Then fsync
+        the directory. Deleter thread, or recovery's."""
         changed = False
         for path, ledger_id in files:
             try:
@@ -300,6 +303,8 @@ class LocalDurableLog:
                     os.rename(path, free)
                 with self._free_lock:
                     self._free.append(free)
+            elif in_steps:
+                remove_in_steps(path)
             else:
                 os.unlink(path)
             changed = True

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -416,6 +417,41 @@ def test_a_compaction_step_waits_for_staged_records_and_skips_what_changed(tmp_p
     assert journal.read_entry(1, 3) == rewritten
     _assert_entries(journal, [1], range(3), size=900)
     journal.close()
+
+
+def test_a_removed_file_leaves_the_journal_at_once_and_is_shrunk_away_after(tmp_path):
+    """Beyond the free pool a removed file is renamed out of the journal (trash-<seq>.jnl)
+    and removed in steps on the remover's thread; one left by a crash goes at the next open."""
+    journal = Journal(str(tmp_path), SMALL)
+    try:
+        _fill(journal, [1], range(300), size=900)  # ~270 KiB: several 64 KiB files
+        journal.commit()
+        held = journal.files()
+        assert len(held) >= 4
+        journal.delete_ledger(1, token="d1")
+        journal.commit()
+        assert journal.files() == held[-1:], "all but the current one removed"
+        assert journal.counters["files_deleted"] == len(held) - 2  # one went to the free pool
+        deadline = time.monotonic() + 20.0
+        while not journal.removals_done():
+            assert time.monotonic() < deadline, "removals not done"
+            time.sleep(0.01)
+        assert not list(tmp_path.glob("trash-*.jnl"))
+        assert sorted(p.name for p in tmp_path.glob("journal-*.jnl")) == [
+            f"journal-{held[-1]:016x}.jnl"
+        ]
+    finally:
+        journal.close()
+    (tmp_path / f"trash-{held[0]:016x}.jnl").write_bytes(b"\1" * 8192)  # cut short by a crash
+    journal = Journal(str(tmp_path), SMALL)
+    try:
+        deadline = time.monotonic() + 20.0
+        while list(tmp_path.glob("trash-*.jnl")):
+            assert time.monotonic() < deadline, "trash not removed at open"
+            time.sleep(0.01)
+        assert journal.files() == held[-1:]
+    finally:
+        journal.close()
 
 
 def test_rollover_recycle_and_removal_from_the_oldest_end(tmp_path):
