@@ -3,7 +3,7 @@
 A thread writes 256 KiB with O_DIRECT and fdatasyncs, in a loop (a journal's commit, in
 small); meanwhile `--files` zero-filled files of `--file-mib` are removed one after another,
 either with one `unlink` each or with `remove_in_steps` (dataplane/log/file_removal.py:
-shrunk 16 MiB at a time, fsync and a pause after each step, then unlinked). Reported per
+shrunk 4 MiB at a time, fsync and a pause after each step, then unlinked). Reported per
 method: the loop's worst and p99 fdatasync latency while the files go, against its worst
 before; medians over `--runs`, the two methods alternating.
 

@@ -2,15 +2,15 @@
 
 Unlinking a preallocated file frees all its extents in one file-system transaction; on
 ext4 mounted with `discard` (as here) that transaction also discards them, and every other
-fdatasync of the file system waits for it: measured here (perf/bench_file_removal.py), an
-fdatasync loop's worst latency went from ~1 ms to 50-70 ms while one 256 MiB file was
-unlinked, and traced RF=3 runs showed every bookie's commit stalled 165-170 ms at the
-moment one bookie unlinked a journal file. It does not matter which thread unlinks: the
-stall is the file system's. `remove_in_steps` shrinks the file `STEP_BYTES` at a time
-(ftruncate + fsync: each step's extents freed, and discarded, in a transaction of their
-own), pausing `PAUSE_S` after each, then unlinks what is left; the same fdatasync loop then
-saw at most ~5 ms. `FileRemover` does that on a thread of its own, so the caller waits for
-none of it.
+fdatasync of the file system waits for it. Traced RF=3 runs showed every bookie's commit
+stalled 165-170 ms at the moment one bookie unlinked a journal file; it does not matter
+which thread unlinks: the stall is the file system's. `remove_in_steps` shrinks the file
+`STEP_BYTES` at a time (ftruncate + fsync: each step's extents freed, and discarded, in a
+transaction of their own), pausing `PAUSE_S` after each, then unlinks what is left.
+`perf/bench_file_removal.py --runs 5`: the worst fdatasync of a 256 KiB write + fdatasync
+loop was 52.8 ms while 2 x 256 MiB files were unlinked, 3.9 ms while they were removed in
+steps (medians; p99 0.3 ms both ways). `FileRemover` does that on a thread
+of its own, so the caller waits for none of it.
 
 A file handed to a remover must no longer be anything its owner relies on (the journal
 renames it to `trash-<seq>.jnl` and fsyncs the directory first; a crash part way leaves a
@@ -29,10 +29,13 @@ import time
 
 log = logging.getLogger(__name__)
 
-STEP_BYTES = 16 * 1024 * 1024
+STEP_BYTES = 4 * 1024 * 1024
 """Bytes one step frees."""
-PAUSE_S = 0.02
-"""Pause after each step (a 256 MiB file goes in about 0.35 s)."""
+PAUSE_S = 0.05
+"""Pause after each step (a 256 MiB file goes in about 3.3 s). 16 MiB steps with 20 ms
+pauses made the stalls short but frequent enough to raise an RF=1 writer's p95 at 50 MB/s
+from ~1.9 to ~3.1 ms (perf/bench_catchup.py before its reader starts, 3 runs each);
+4 MiB with 50 ms left it at 1.6-1.7 ms."""
 QUEUED_MAX = 1024
 """Files waiting for the thread; beyond it a file is removed on the caller's thread."""
 
