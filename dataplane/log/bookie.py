@@ -415,7 +415,7 @@ class Bookie:
 def run(config: BookieConfig) -> int:
     try:
         bookie = Bookie(config)
-    except (OSError, StorageError) as exc:  # e.g. no room for the journal's prepared files
+    except (OSError, StorageError) as exc:  # e.g. no room for the first journal file
         log.critical("bookie: journal I/O failure at start, not serving: %s", exc)
         return EXIT_IO_ERROR
     for sig in (signal.SIGTERM, signal.SIGINT):

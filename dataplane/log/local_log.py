@@ -303,8 +303,8 @@ class LocalDurableLog:
                     os.rename(path, free)
                 with self._free_lock:
                     self._free.append(free)
-            elif in_steps:
-                remove_in_steps(path)
+            elif in_steps:  # the rest at once when the worker stops
+                remove_in_steps(path, stopping=self.committer.deleter_stopping)
             else:
                 os.unlink(path)
             changed = True
@@ -451,6 +451,8 @@ class _Deleter:
         self._queue: list[Callable[[], None]] = []
         self._cond = threading.Condition()
         self._stopping = False
+        self.stopping = threading.Event()
+        """Set by `stop`: files still to be removed go without the pauses."""
         self._thread = threading.Thread(target=self._run, name="ledger-deleter", daemon=True)
 
     def start(self) -> None:
@@ -466,6 +468,7 @@ class _Deleter:
 
     def stop(self) -> None:
         """Run what is queued, then end the thread."""
+        self.stopping.set()
         with self._cond:
             self._stopping = True
             self._cond.notify()
@@ -516,6 +519,11 @@ class Committer:
     def in_background(self, task: Callable[[], None]) -> None:
         """Run `task` (retiring truncated ledgers' files) on the deleter thread."""
         self._deleter.submit(task)
+
+    @property
+    def deleter_stopping(self) -> threading.Event:
+        """Set once the deleter stops (its removals then skip the pauses)."""
+        return self._deleter.stopping
 
     def submit(
         self, log_: LocalDurableLog, buffer: WriteBuffer, payload_bytes: int, token: Any
