@@ -26,6 +26,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ pauses made the stalls short but frequent enough to raise an RF=1 writer's p95 a
 from ~1.9 to ~3.1 ms (perf/bench_catchup.py before its reader starts, 3 runs each);
 4 MiB with 50 ms left it at 1.6-1.7 ms."""
 QUEUED_MAX = 1024
-"""Files waiting for the thread; beyond it a file is removed on the caller's thread."""
+"""Tasks waiting for the thread; beyond it a task runs on the caller's thread."""
 
 
 def remove_in_steps(
@@ -73,31 +74,40 @@ def remove_in_steps(
 
 
 class FileRemover:
-    """A thread that removes the files handed to it, in steps, in order (module doc)."""
+    """A thread of its own that runs removal tasks in order: `remove` (a file, in steps,
+    module doc), or any `submit`ted task (the local log's retiring of truncated ledgers'
+    files). The first `OSError` of a task ends the thread; it is kept for `check` and handed
+    to `fatal`, if given (the owner then fails stop)."""
 
-    def __init__(self, name: str, *, step_bytes: int = STEP_BYTES, pause_s: float = PAUSE_S):
-        self._step_bytes = step_bytes
-        self._pause_s = pause_s
-        self._queue: collections.deque[str] = collections.deque()
+    def __init__(self, name: str, *, fatal: Callable[[BaseException], None] | None = None):
+        self._fatal = fatal
+        self._queue: collections.deque[Callable[[], None]] = collections.deque()
         self._cond = threading.Condition()
-        self._stopping = threading.Event()
+        self.stopping = threading.Event()
+        """Set by `close`: what is still to be removed goes without the pauses."""
         self._failed: OSError | None = None
         self._busy = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
         self._thread.start()
 
-    def submit(self, path: str) -> None:
-        """Remove `path` in the background (on the caller's thread, at once, if the queue
-        is full or the thread has stopped)."""
+    def remove(self, path: str) -> None:
+        """Remove `path` in steps, in the background."""
+        self.submit(lambda: remove_in_steps(path, stopping=self.stopping))
+
+    def submit(self, task: Callable[[], None]) -> None:
+        """Run `task` on the thread; on the caller's, at once, if `QUEUED_MAX` tasks wait
+        already or the thread is not running."""
         with self._cond:
             if len(self._queue) < QUEUED_MAX and self._thread.is_alive():
-                self._queue.append(path)
+                self._queue.append(task)
                 self._cond.notify()
                 return
-        remove_in_steps(path, pause_s=0.0)
+        task()
 
     def idle(self) -> bool:
-        """Nothing queued and nothing being removed (tests)."""
+        """Nothing queued and nothing running (tests)."""
         with self._cond:
             return not self._queue and not self._busy
 
@@ -107,31 +117,29 @@ class FileRemover:
             raise self._failed
 
     def close(self) -> None:
-        """Remove what is queued without pauses, then end the thread."""
-        self._stopping.set()
+        """Run what is queued (removals without pauses), then end the thread."""
+        self.stopping.set()
         with self._cond:
             self._cond.notify()
-        self._thread.join(timeout=60)
+        if self._thread.is_alive():
+            self._thread.join(timeout=60)
 
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._queue and not self._stopping.is_set():
+                while not self._queue and not self.stopping.is_set():
                     self._cond.wait()
                 if not self._queue:
                     return
-                path = self._queue.popleft()
+                task = self._queue.popleft()
                 self._busy = True
             try:
-                remove_in_steps(
-                    path,
-                    step_bytes=self._step_bytes,
-                    pause_s=self._pause_s,
-                    stopping=self._stopping,
-                )
+                task()
             except OSError as exc:
-                log.critical("file remover: I/O failure removing %s: %r", path, exc)
+                log.critical("%s: I/O failure: %r", self._thread.name, exc)
                 self._failed = exc
+                if self._fatal is not None:
+                    self._fatal(exc)
                 return
             finally:
                 with self._cond:

@@ -285,6 +285,8 @@ class Journal:
             if config.spare_thread and isinstance(disk, OsDisk)
             else None
         )
+        if self._remover is not None:
+            self._remover.start()
         """Removes files in steps on its own thread (an unlink of a whole file stalled every
         fdatasync of the file system, file_removal.py); None: unlinked at once, inline."""
         self._handed = 0  # commits handed to the writer
@@ -850,7 +852,7 @@ class Journal:
         """Remove a file that is no journal file any more: in steps on the remover's thread,
         or at once."""
         if self._remover is not None:
-            self._remover.submit(path)
+            self._remover.remove(path)
         else:
             self._disk.unlink(path)
 

@@ -14,7 +14,7 @@ one sync covers everything written in the cycle; a frame queued while a sync run
 the next cycle, so building the next frame never waits for the current one). An I/O error is
 fail-stop: nothing of the failed cycle is acknowledged, the error is reported, and the
 process must exit; a failed fsync is never retried. The files of truncated ledgers are
-kept for reuse by later ledgers or removed, by a thread of its own (`_Deleter`), after the
+kept for reuse by later ledgers or removed, by a thread of its own (`FileRemover`), after the
 metadata no longer names them.
 """
 
@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 
 from streamvault.client.protocol.crashpoints import crash_point
 from streamvault.client.protocol.errors import DataCorruption, StorageError
-from streamvault.dataplane.log.file_removal import remove_in_steps
+from streamvault.dataplane.log.file_removal import FileRemover, remove_in_steps
 from streamvault.dataplane.log.framing import (
     RECORD_HEADER_BYTES,
     RECORD_PAYLOAD_BYTES_MAX,
@@ -436,56 +436,7 @@ class LocalDurableLog:
 Completion = tuple[LocalDurableLog, WriteBuffer, Any, LogLocation]
 
 
-DELETES_QUEUED_MAX = 1024
-"""Truncations whose files wait for the deleter; one more is retired on the caller's thread."""
-
-
-class _Deleter:
-    """Retires the files of truncated ledgers (kept for reuse or removed, then their
-    directory fsync'd: `LocalDurableLog._retire`) on a thread of its own, after the metadata
-    that named them is gone. A crash before it gets to them leaves unreferenced files, which
-    recovery retires. An I/O error is reported like the committer's (the worker stops)."""
-
-    def __init__(self, fatal: Callable[[BaseException], None]) -> None:
-        self._fatal = fatal
-        self._queue: list[Callable[[], None]] = []
-        self._cond = threading.Condition()
-        self._stopping = False
-        self.stopping = threading.Event()
-        """Set by `stop`: files still to be removed go without the pauses."""
-        self._thread = threading.Thread(target=self._run, name="ledger-deleter", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def submit(self, task: Callable[[], None]) -> None:
-        with self._cond:
-            if len(self._queue) < DELETES_QUEUED_MAX and self._thread.is_alive():
-                self._queue.append(task)
-                self._cond.notify()
-                return
-        task()
-
-    def stop(self) -> None:
-        """Run what is queued, then end the thread."""
-        self.stopping.set()
-        with self._cond:
-            self._stopping = True
-            self._cond.notify()
-        if self._thread.is_alive():
-            self._thread.join(timeout=30)
-
-    def _run(self) -> None:
-        try:
-            while (tasks := _take_queued(self)) is not None:
-                for task in tasks:
-                    task()
-        except OSError as exc:
-            log.critical("ledger deleter: I/O failure: %r", exc)
-            self._fatal(exc)
-
-
-def _take_queued(owner: _Deleter | Committer) -> list | None:
+def _take_queued(owner: Committer) -> list | None:
     """Everything queued for `owner`'s thread, waiting until there is some; None once it
     is stopping and nothing is left."""
     with owner._cond:
@@ -510,7 +461,11 @@ class Committer:
         self._stopping = False
         self.counters = {"commit_cycles": 0, "commit_records": 0, "commit_syncs": 0}
         self._thread = threading.Thread(target=self._run, name="committer", daemon=True)
-        self._deleter = _Deleter(fatal)
+        self._deleter = FileRemover("ledger-deleter", fatal=fatal)
+        """Retires the files of truncated ledgers (`LocalDurableLog._retire`: kept for
+        reuse, or removed in steps, then their directory fsync'd) after the metadata that
+        named them is gone. A crash before it gets to them leaves unreferenced files, which
+        recovery retires; an I/O error is reported like the committer's (the worker stops)."""
 
     def start(self) -> None:
         self._thread.start()
@@ -546,7 +501,7 @@ class Committer:
             self._stopping = True
             self._cond.notify()
         self._thread.join(timeout=10)
-        self._deleter.stop()
+        self._deleter.close()
 
     def _run(self) -> None:
         try:

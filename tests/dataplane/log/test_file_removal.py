@@ -44,34 +44,46 @@ def test_a_file_is_shrunk_a_step_at_a_time_then_unlinked(tmp_path: Path, monkeyp
 
 
 def test_the_remover_removes_in_the_background_and_close_ends_the_pauses(tmp_path: Path):
-    remover = FileRemover("test-remover", step_bytes=STEP, pause_s=0.001)
+    remover = FileRemover("test-remover")
+    remover.start()
     try:
         paths = [_file(tmp_path / f"f{i}", 4 * STEP) for i in range(3)]
         for path in paths:
-            remover.submit(str(path))
+            remover.submit(
+                lambda p=path: remove_in_steps(
+                    str(p), step_bytes=STEP, pause_s=0.001, stopping=remover.stopping
+                )
+            )
+        remover.remove(str(_file(tmp_path / "default", 4 * STEP)))  # one 4 MiB step: no pause
         _wait_for(remover.idle, "the removals")
-        assert not any(p.exists() for p in paths)
+        assert not any(p.exists() for p in paths) and not (tmp_path / "default").exists()
         remover.check()
     finally:
         remover.close()
-    slow = FileRemover("test-remover", step_bytes=STEP, pause_s=3600.0)  # an hour per step
+    slow = FileRemover("test-remover")
+    slow.start()
     path = _file(tmp_path / "slow", 4 * STEP)
-    slow.submit(str(path))
+    slow.submit(
+        lambda: remove_in_steps(str(path), step_bytes=STEP, pause_s=3600.0, stopping=slow.stopping)
+    )  # an hour per step
     started = time.monotonic()
     slow.close()  # the rest goes at once
     assert not path.exists() and time.monotonic() - started < DEADLINE_S
 
 
-def test_an_io_error_of_the_remover_is_raised_by_check(tmp_path: Path, monkeypatch):
+def test_an_io_error_of_the_remover_is_raised_by_check_and_reported(tmp_path: Path, monkeypatch):
     def failing(fd, size):
         raise OSError(errno.EIO, "injected")
 
     monkeypatch.setattr(file_removal.os, "ftruncate", failing)
-    remover = FileRemover("test-remover", step_bytes=STEP, pause_s=0.0)
+    reported: list[BaseException] = []
+    remover = FileRemover("test-remover", fatal=reported.append)
+    remover.start()
     try:
-        remover.submit(str(_file(tmp_path / "f", 4 * STEP)))
-        _wait_for(lambda: remover._failed is not None, "the failure")
+        remover.remove(str(_file(tmp_path / "f", 2 * file_removal.STEP_BYTES)))
+        _wait_for(lambda: reported, "the failure")
         with pytest.raises(OSError, match="injected"):
             remover.check()
+        assert isinstance(reported[0], OSError)
     finally:
         remover.close()
