@@ -12,11 +12,13 @@ machine hits both alike (with RF=3 first, the paced run is a third cluster after
 medians over the rounds are printed with every round.
 
     python perf/bench_replication.py [--rounds 3] [--seconds 6] [--share 0.5]
-        [--in-flight-mib X] [--standalone-args "..."]  (both given to both clusters)
+        [--in-flight-mib X] [--batch-kib Y] [--standalone-args "..."]  (all given to both
+        clusters)
 
 `--in-flight-mib X` sets the writer's window (in_flight_bytes_max, and buffer_bytes_max to at
 least that): one writer's throughput is at most its window over the round trip, at RF=1
-and RF=3 alike, so the window moves both.
+and RF=3 alike, so the window moves both. `--batch-kib Y` sets its block size
+(batch_bytes_max, at most the window).
 """
 
 from __future__ import annotations
@@ -74,27 +76,38 @@ def main() -> int:
         default=0,
         help="writer window in MiB, both clusters (default: the writer's default)",
     )
+    ap.add_argument(
+        "--batch-kib",
+        type=float,
+        default=0,
+        help="writer block size in KiB, both clusters (default: the writer's default)",
+    )
     ap.add_argument("--standalone-args", default="", help="extra options for both clusters")
     args = ap.parse_args()
     if args.rounds < 1:
         ap.error("--rounds must be at least 1")
-    if args.in_flight_mib < 0:
-        ap.error("--in-flight-mib must not be negative")
-    if args.in_flight_mib:
-        window = int(args.in_flight_mib * 1024 * 1024)
+    if args.in_flight_mib < 0 or args.batch_kib < 0:
+        ap.error("--in-flight-mib and --batch-kib must not be negative")
+    if args.in_flight_mib or args.batch_kib:
         default = WriterConfig()
+        window = int(args.in_flight_mib * 1024 * 1024) or default.in_flight_bytes_max
+        batch = int(args.batch_kib * 1024) or default.batch_bytes_max
+        if batch > window:
+            ap.error(f"--batch-kib {args.batch_kib:g} is larger than the window ({window} B)")
         bench.CONFIG = WriterConfig(
             in_flight_bytes_max=window,
             buffer_bytes_max=max(window, default.buffer_bytes_max),
-            batch_bytes_max=min(window, default.batch_bytes_max),
+            batch_bytes_max=batch,
         )
     common = args.standalone_args.split()
     replicated = [*common, "--replicas", "3", "--ack-quorum", "2"]
     m = bench.machine()
     print(f"machine: {m['cpu']} x{m['cores']}, python {m['python']}, commit {m['commit']}")
-    window = (bench.CONFIG or WriterConfig()).in_flight_bytes_max
+    writer = bench.CONFIG or WriterConfig()
     print(
-        f"100 B events, write_events batch=1000, one writer ({window / 2**20:g} MiB window), "
+        "100 B events, write_events batch=1000, one writer "
+        f"({writer.in_flight_bytes_max / 2**20:g} MiB window, "
+        f"{writer.batch_bytes_max / 1024:g} KiB blocks), "
         f"o_direct+fdatasync, {args.seconds:g} s per run; RF=3 paced at {args.share:g} x RF=1"
     )
     rows = []
