@@ -70,22 +70,30 @@ registered, not up to `reroute_after_s` later."""
 
 @dataclass(frozen=True)
 class WriterConfig:
-    batch_bytes_max: int = 256 * 1024
-    """A batch is cut into a block at this size even while earlier blocks are in flight."""
+    batch_bytes_max: int = 512 * 1024
+    """A batch is cut into a block at this size even while earlier blocks are in flight.
+    Larger blocks mean fewer messages, records and bookie entries per byte: with 512 KiB
+    (and a 2 MiB window and buffer, below) against 256 KiB (1 MiB), interleaved on two
+    cores with 100-byte events, one writer reached 2.57-3.23 M events/s at RF=1 (2.02-2.66)
+    and 1.39-1.67 M at RF=3 (1.10-1.21), paced writers at 0.3 and 1 M/s at RF=1 kept their
+    p95 (2.4-3.5 and 4.7-6.3 ms, against 2.7-3.1 and 5.4-5.8), and at RF=3 at 1.2 M/s
+    14.9-16.7 ms (24.5-81.7) (perf/bench_replication.py --batch-kib 512 --in-flight-mib 2;
+    docs/ARCHITECTURE.md, issue 4)."""
     batch_wait_s: float = 0.02
     """...or when its first event has waited this long."""
-    in_flight_bytes_max: int = 1024 * 1024
+    in_flight_bytes_max: int = 2 * 1024 * 1024
     """Bytes sent but not acknowledged, per segment. Throughput is at most this over the
     servers' round trip: at RF=3 (a ~7 ms round trip) 512 KiB held one writer to
     0.73-0.84 M 100-byte events/s, 1 MiB to 0.87-0.98 M (interleaved A/B, medians 0.83 vs
-    0.93 M); RF=1 did not change (perf/bench_append.py)."""
-    buffer_bytes_max: int = 1024 * 1024
+    0.93 M); RF=1 did not change (perf/bench_append.py). 2 MiB with 512 KiB blocks: see
+    `batch_bytes_max`."""
+    buffer_bytes_max: int = 2 * 1024 * 1024
     """Unacknowledged bytes per writer; `write_*` blocks beyond this. A writer producing as
     fast as it can waits about buffer / throughput for its acks, so this bounds latency:
-    1 MiB at ~180 MB/s is ~6 ms (measured with perf/bench_append.py on two cores, LTS
-    uploads running: 1.7-1.9 M 100-byte events/s saturated at p95 11-12 ms, and p95 9-11 ms
-    at 1 M events/s offered; a 0.5 MiB buffer cut throughput more than latency). An event
-    larger than this is admitted alone."""
+    2 MiB at ~300 MB/s is ~7 ms; saturated p95 11-13 ms at RF=1 and 20-25 ms at RF=3 (with
+    1 MiB and 256 KiB blocks 7-9 and 14-16 ms, for 20-30 % less throughput; a writer that
+    must hold latency while saturating can set a smaller buffer). An event larger than this
+    is admitted alone."""
     ack_timeout_s: float = 30.0
     """A block unacknowledged this long resets its connection (and is resent)."""
     reroute_after_s: float = 1.0
