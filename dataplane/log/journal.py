@@ -285,10 +285,10 @@ class Journal:
             if config.spare_thread and isinstance(disk, OsDisk)
             else None
         )
-        if self._remover is not None:
-            self._remover.start()
         """Removes files in steps on its own thread (an unlink of a whole file stalled every
         fdatasync of the file system, file_removal.py); None: unlinked at once, inline."""
+        if self._remover is not None:
+            self._remover.start()
         self._handed = 0  # commits handed to the writer
         # commits handed to the writer, not yet applied: number, bytes, pieces, trigger, records
         self._unsynced: deque[tuple[int, int, int, str, list[JournalRecord]]] = deque()

@@ -284,9 +284,11 @@ class LocalDurableLog:
         """Keep the files (path, ledger id) of deleted ledgers, no longer in metadata, for
         reuse, up to `free_ledgers_max` of the right size, as `free-<ledger>.log`; remove
         the others (`in_steps`: shrunk away first, file_removal.py: an unlink of a whole
-        ledger stalled every fdatasync of the file system, the committer's too). Then fsync
-        the directory. Deleter thread, or recovery's."""
+        ledger stalled every fdatasync of the file system, the committer's too), after the
+        kept ones are in the pool (a removal in steps takes seconds). Then fsync the
+        directory. Deleter thread, or recovery's."""
         changed = False
+        doomed: list[str] = []
         for path, ledger_id in files:
             try:
                 size = os.stat(path).st_size
@@ -303,11 +305,14 @@ class LocalDurableLog:
                     os.rename(path, free)
                 with self._free_lock:
                     self._free.append(free)
-            elif in_steps:  # the rest at once when the worker stops
+            else:
+                doomed.append(path)
+            changed = True
+        for path in doomed:
+            if in_steps:  # the rest at once when the worker stops
                 remove_in_steps(path, stopping=self.committer.deleter_stopping)
             else:
                 os.unlink(path)
-            changed = True
         if changed:
             fsync_dir(self.directory)
 
