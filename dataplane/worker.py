@@ -84,6 +84,8 @@ dropped; a writer that comes back repeats SetupAppend (ROUTER_NOTIFY, which woul
 about disconnects, is a draft API in libzmq 4.3)."""
 PEERS_MAX = 10_000
 SWEEP_INTERVAL_S = 10.0
+IDLE_CHECK_INTERVAL_S = 1.0
+"""How often containers are checked for an idle checkpoint (Container.idle_checkpoint_due)."""
 GIL_SWITCH_INTERVAL_S = 0.0005
 CACHE_POPULATE_NICE = 10
 """Nice increment of the thread that faults in the worker's cache region at start."""
@@ -337,6 +339,7 @@ class Worker:
         next_expire = time.monotonic() + EXPIRE_INTERVAL_S
         next_heartbeat = 0.0
         next_sweep = time.monotonic() + SWEEP_INTERVAL_S
+        next_idle_check = time.monotonic() + IDLE_CHECK_INTERVAL_S
         next_receive = 0.0
         while not self.stopping:
             now = time.monotonic()
@@ -383,6 +386,9 @@ class Worker:
             if now >= next_sweep:
                 self._sweep_peers(now)
                 next_sweep = now + SWEEP_INTERVAL_S
+            if now >= next_idle_check:
+                self._checkpoint_idle(now)
+                next_idle_check = now + IDLE_CHECK_INTERVAL_S
             if self._controller is not None:
                 if self._controller.sock in events:
                     self._controller.drain()
@@ -632,6 +638,26 @@ class Worker:
                     break
                 buffer, payload_bytes, token = built
                 dlog.submit(buffer, payload_bytes, (container, token))
+
+    def _checkpoint_idle(self, now: float) -> None:
+        """Roll the log of each idle container whose bytes are all in LTS over and queue a
+        checkpoint into the new ledger, so the ledgers holding that data go (an idle
+        container's open ledger would otherwise pin them: Container.idle_checkpoint_due)."""
+        queued = False
+        for cid, container in self.containers.items():
+            dlog = self.logs[cid]
+            if container.idle_checkpoint_due(now) and dlog.holds_records():
+                dlog.roll_over()  # before the record is submitted: it starts the new ledger
+                container.checkpoint_idle()
+                queued = True
+                log.info(
+                    "worker=%d container=%d idle, all in LTS: checkpoint into a new ledger",
+                    self.config.worker_id,
+                    cid,
+                )
+        if queued:
+            self._flush()
+            self._replicate(())
 
     def _complete(self) -> None:
         completions = self.completions

@@ -6,7 +6,10 @@ the container had applied when the snapshot was taken. Recovery loads the last c
 re-caches from the records up to `covered` only the bytes not yet in LTS, and replays the
 records after `covered` in full; so the durable log may drop everything older than both
 `covered` and the oldest byte not yet in LTS, and recovery time is bounded by the cache
-size and the checkpoint interval, however long the streams are.
+size and the checkpoint interval, however long the streams are. A checkpoint whose record
+is the next one after `covered` (nothing was in flight) covers every record before it, so
+the ledgers before its own may go too: an idle container's checkpoint into a new ledger
+lets the ledgers holding its data go once that data is in LTS.
 """
 
 from __future__ import annotations

@@ -53,6 +53,9 @@ log = logging.getLogger(__name__)
 Peer = bytes
 Effect = tuple[Peer, list[Any]]
 
+IDLE_CHECKPOINT_S = 5.0
+"""A container with no record for this long, whose every byte is in LTS, checkpoints into a
+new ledger (`idle_checkpoint_due`), so its log drops the ledgers holding that data."""
 MERGE_BYTES_MAX = 512 * 1024
 """Blocks of one writer to one segment are merged into one APPEND up to this size."""
 WAITERS_MAX = 10_000
@@ -183,10 +186,10 @@ class _ChunkOp:
 class _CheckpointOp:
     """The container's committed metadata as of record `covered` (checkpoint.py)."""
 
-    __slots__ = ("covered", "snapshot")
+    __slots__ = ("covered", "snapshot", "idle")
 
-    def __init__(self, covered: tuple[int, int], snapshot: bytes) -> None:
-        self.covered, self.snapshot = covered, snapshot
+    def __init__(self, covered: tuple[int, int], snapshot: bytes, idle: bool = False) -> None:
+        self.covered, self.snapshot, self.idle = covered, snapshot, idle
 
     def size(self) -> int:
         return ops.CHECKPOINT_BYTES + len(self.snapshot)
@@ -206,6 +209,7 @@ class Container:
         tiering: TieringConfig | None = None,
         checkpoint_records: int = 300,
         checkpoint_bytes: int = 256 * 1024 * 1024,
+        idle_checkpoint_s: float = IDLE_CHECKPOINT_S,
     ) -> None:
         self.container_id = container_id
         self.frame_payload_bytes = frame_payload_bytes
@@ -220,6 +224,9 @@ class Container:
         self.bytes_since_checkpoint = 0
         self.checkpoint_pending = False
         self.truncate_before: int | None = None  # ledgers below this may be deleted
+        self.idle_checkpoint_s = idle_checkpoint_s
+        self.last_record_at: float | None = None  # `now` of the last committed record
+        self.idle_checkpointed = False  # the last record was an idle checkpoint alone
         self.segments: dict[bytes, Segment] = {}
         self.by_id: dict[int, Segment] = {}
         self.next_segment_id = 1
@@ -232,6 +239,7 @@ class Container:
         self.waiter_count = 0
         self.counters = {
             "flush_queue_empty": 0,
+            "idle_checkpoints": 0,
             "flush_bytes_max": 0,
             "records": 0,
             "appends": 0,
@@ -560,7 +568,9 @@ class Container:
         `payload` is the record's payload (its appended bytes are copied into the cache)."""
         assert self.in_flight and self.in_flight[0] is token, "records complete in order"
         self.in_flight.popleft()
-        self.last_committed = (ledger_id, entry_id)
+        previous, self.last_committed = self.last_committed, (ledger_id, entry_id)
+        self.last_record_at = now
+        self.idle_checkpointed = all(isinstance(op, _CheckpointOp) and op.idle for op in token)
         self.queued_bytes -= sum(op.length for op in token if isinstance(op, _Append))
         self.records_since_checkpoint += 1
         self.bytes_since_checkpoint += len(payload) if payload is not None else 0
@@ -602,10 +612,36 @@ class Container:
                 effects.append((op.peer, codec.encode_reply(info, op.rid)))
             elif isinstance(op, _CheckpointOp):
                 self.checkpoint_pending = False
-                self.truncate_before = truncation_ledger(list(self.by_id.values()), op.covered[0])
+                upto = op.covered[0]
+                if previous == op.covered:  # no record between: all older ledgers are covered
+                    upto = ledger_id
+                self.truncate_before = truncation_ledger(list(self.by_id.values()), upto)
             else:
                 effects.append((op.peer, op.frames))
         return effects, self._wake(touched)
+
+    def idle_checkpoint_due(self, now: float) -> bool:
+        """True if this container wrote no record for `idle_checkpoint_s` (none since it
+        started counts as long ago), has nothing queued or in flight, and every byte of its
+        segments is in LTS, and its last record was not such a checkpoint already. Its log
+        then holds nothing recovery needs but metadata: the worker rolls the log over and
+        queues `checkpoint_idle`, whose record, the first after the covered one and in a
+        new ledger, lets every older ledger go (`committed`). Without it an idle container's
+        open ledger pinned its data in the log, and in a shared bookie journal every file
+        written after it, until compaction copied it forward (again and again)."""
+        if self.idle_checkpointed or self.checkpoint_pending or self.queue or self.in_flight:
+            return False
+        if self.last_record_at is not None and now - self.last_record_at < self.idle_checkpoint_s:
+            return False
+        return all(seg.first_ledger() is None for seg in self.by_id.values())
+
+    def checkpoint_idle(self) -> None:
+        """Queue the idle checkpoint (see `idle_checkpoint_due`)."""
+        snapshot = checkpoint.take(list(self.by_id.values()), self.next_segment_id)
+        self.queue.append(_CheckpointOp(self.last_committed, snapshot, idle=True))
+        self.checkpoint_pending = True
+        self.records_since_checkpoint = self.bytes_since_checkpoint = 0
+        self.counters["idle_checkpoints"] += 1
 
     def maybe_checkpoint(self) -> bool:
         """Queue a checkpoint when enough records or bytes were written since the last."""

@@ -175,6 +175,7 @@ class LocalDurableLog:
         self.meta_version = 0
         self.epoch = 0
         self.ledger: LedgerFile | None = None  # the open ledger (committer thread only)
+        self.roll_requested = False  # by `roll_over`: the next record starts a new ledger
         self.pool = BufferPool(key, config)
         self._read_fds: collections.OrderedDict[int, int] = collections.OrderedDict()
         self._free: list[str] = []  # files of deleted ledgers to reuse, oldest first
@@ -334,7 +335,20 @@ class LocalDurableLog:
         """Open a fresh ledger for writing (after `recover`)."""
         self._open_next_ledger()
 
+    def holds_records(self) -> bool:
+        """True if any ledger of this log holds a record (the open one included)."""
+        ledger = self.ledger
+        return len(self.meta.ledgers) > 1 or (ledger is not None and ledger.next_entry_id > 0)
+
+    def roll_over(self) -> None:
+        """Have the next record start a new ledger, if the open one holds any (the worker's
+        side, while the container has nothing in flight: see Container.idle_checkpoint_due)."""
+        ledger = self.ledger
+        if ledger is not None and ledger.next_entry_id > 0:
+            self.roll_requested = True
+
     def _open_next_ledger(self) -> None:
+        self.roll_requested = False
         meta = self.meta
         if self.ledger is not None:
             for info in meta.ledgers:
@@ -388,7 +402,7 @@ class LocalDurableLog:
         total = record_bytes(payload_bytes)
         ledger = self.ledger
         assert ledger is not None, "start() not called"
-        if not ledger.fits(total):
+        if not ledger.fits(total) or (self.roll_requested and ledger.next_entry_id > 0):
             ledger.sync()
             self._open_next_ledger()
             crash_point("rollover_after_create")

@@ -204,6 +204,8 @@ class ReplicatedLog:
         self.change_ensemble = False
         """Set when a bookie of the open ledger failed and a spare exists: the next record
         rolls the log over onto a new ensemble (the replicator's side)."""
+        self.roll_requested = False
+        """Set by `roll_over` (the worker's side): the next record starts a new ledger."""
 
     # --- recovery (main thread, before the replicator starts) -------------------------
     def recover(self) -> Iterator[tuple[LogLocation, memoryview]]:
@@ -658,7 +660,7 @@ class ReplicatedLog:
         self.meta_version = self.store.cas(self.key, meta, self.meta_version)
         self.positions[info.ledger_id] = array("q")
         self.ledger = _Ledger(info)
-        self.change_ensemble = False
+        self.change_ensemble = self.roll_requested = False
         log.info(
             "log=%s epoch=%d opened ledger=%d ensemble=%s",
             self.key,
@@ -739,7 +741,20 @@ class ReplicatedLog:
         return ledger.next_entry_id > 0 and (
             ledger.next_pos + record_bytes(payload_bytes) > self.config.ledger_bytes
             or self.change_ensemble
+            or self.roll_requested
         )
+
+    def holds_records(self) -> bool:
+        """True if any ledger of this log holds a record (the open one included)."""
+        ledger = self.ledger
+        return len(self.meta.ledgers) > 1 or (ledger is not None and ledger.next_entry_id > 0)
+
+    def roll_over(self) -> None:
+        """Have the next record start a new ledger, if the open one holds any (the worker's
+        side, while the container has nothing in flight: see Container.idle_checkpoint_due)."""
+        ledger = self.ledger
+        if ledger is not None and ledger.next_entry_id > 0:
+            self.roll_requested = True
 
     def seal(self, buffer: WriteBuffer, payload_bytes: int) -> tuple[LogLocation, memoryview]:
         """Assign the next entry of the open ledger; return its location and wire bytes."""

@@ -21,6 +21,7 @@ from support.history import check_exactly_once, event, parse, read_all, unique
 from support.s3 import CREDENTIALS, FaultProxy, start_moto, stop_process
 
 from streamvault.client import StreamManager
+from streamvault.client.protocol.naming import container_for, segment_name
 from streamvault.dataplane.container.tiering import parse_chunk_name
 from streamvault.lts.s3_store import S3ChunkStore
 
@@ -336,3 +337,65 @@ def test_truncation_drops_history_below_the_cut_in_lts_and_readers_start_there(t
         assert below == [], f"chunks wholly below the cut must be deleted: {below}"
     finally:
         cluster.kill()
+
+
+def _ledgers_of(cluster: Standalone, mgr, container: int, replicated: bool) -> set[int]:
+    """The ledgers of `container`'s log that hold data now: its ledger files (RF=1), or
+    what every bookie holds for it (RF=3)."""
+    from streamvault.dataplane.log.metadata import LEDGER_ID_SHIFT
+
+    if not replicated:
+        directory = cluster.data_dir / "log" / f"container-{container:04d}"
+        return {int(p.name[7:23], 16) for p in directory.glob("ledger-*.log")}
+    import zmq
+
+    from streamvault.client.protocol import messages as m
+    from streamvault.dataplane.log.bookie_client import BookieClient
+
+    low = container << LEDGER_ID_SHIFT
+    listing = m.ListLedgers(low, low + (1 << LEDGER_ID_SHIFT))
+    ctx = zmq.Context()
+    client = BookieClient(ctx)
+    try:
+        held: set[int] = set()
+        for p in mgr.status().processes:
+            if p.role == "bookie":
+                held |= set(client.call(p.endpoint, listing, 10).ids)
+        return held
+    finally:
+        client.close()
+        ctx.term()
+
+
+@pytest.mark.parametrize("replicas", [1, 3])
+def test_an_idle_container_lets_its_ledgers_go_once_its_data_is_in_lts(tmp_path, replicas):
+    """A container that wrote and went idle checkpoints into a new ledger once its bytes are
+    all in LTS: the ledgers holding them are deleted (from every bookie at RF=3; without
+    this they stayed, pinning the bookies' shared journal), and after a SIGKILL, recovering
+    from that checkpoint, everything reads back once."""
+    replication = ["--replicas", "3", "--ack-quorum", "2"] if replicas == 3 else []
+    extra = ["--ledger-size", str(LEDGER), "--flush-wait", "1", *replication]
+    cluster = Standalone(tmp_path / "data", containers=2, cache_size=CACHE, extra=extra).start()
+    try:
+        scope, stream = unique("s"), unique("t")
+        container = container_for(segment_name(scope, stream, 0), 2)
+        with StreamManager(cluster.controller) as mgr:
+            mgr.create_scope(scope)
+            mgr.create_stream(scope, stream, initial_segments=1)
+            counts = _write(mgr, scope, stream, megabytes=4, keys=2)
+            written = _ledgers_of(cluster, mgr, container, replicas == 3)
+            assert written, "the data's ledger"
+            deadline = time.monotonic() + 60  # flush wait 1 s, then idle 5 s
+            while (held := _ledgers_of(cluster, mgr, container, replicas == 3)) & written:
+                assert time.monotonic() < deadline, f"still held: {sorted(held & written)}"
+                time.sleep(0.2)
+            assert held and min(held) > max(written), "a new ledger holds the checkpoint"
+            workers = [p for p in mgr.status().processes if p.role == "worker"]
+            assert sum(w.info["idle_checkpoints"] for w in workers) >= 1
+        cluster.restart()  # SIGKILL: recovery starts at that checkpoint
+        with StreamManager(cluster.controller) as mgr:
+            got = read_all(mgr, scope, stream, total=sum(counts.values()), readers=1)
+    finally:
+        cluster.kill()
+    check_exactly_once(got, counts)
+    assert all(data == event(*parse(data), EVENT_BYTES) for data in got), "bytes differ"

@@ -244,3 +244,78 @@ def test_chunk_for_finds_the_chunk_holding_an_offset_among_many():
     assert seg.chunk_for(10_007) is None
     seg.chunks = seg.chunks[2:]  # truncated below 11
     assert seg.chunk_for(5) is None and seg.chunk_for(11).start == 11
+
+
+class LedgerHarness(Harness):
+    """Records get (ledger, entry) positions: `ledger` is where the next ones go."""
+
+    def __init__(self, **config) -> None:
+        super().__init__()
+        from streamvault.dataplane.container.tiering import TieringConfig
+
+        tiering = TieringConfig(flush_bytes=10, flush_wait_s=1e9)
+        self.container = Container(0, frame_payload_bytes=64 * 1024, tiering=tiering, **config)
+        self.ledger, self.entries, self.now = 1, {}, 0.0
+
+    def build(self) -> list[tuple[object, list]]:
+        built = []
+        while frame := self.container.build_frame(lambda n: WriteBuffer(n, pooled=False)):
+            buffer, _, token = frame
+            buffer.close()
+            built.append(token)
+        return built
+
+    def commit_built(self, tokens: list) -> None:
+        for token in tokens:
+            entry = self.entries.get(self.ledger, 0)
+            self.entries[self.ledger] = entry + 1
+            self.container.committed(token, self.ledger, 4096 * entry, None, self.now, entry)
+
+    def commit(self) -> list[object]:
+        self.commit_built(self.build())
+        return [m.Done(changed=True)]
+
+    def upload_all(self) -> None:
+        for task in self.container.uploads_due(now=self.now):
+            self.container.uploaded(task.segment_id, task.start, task.end, task.chunk, 1)
+        self.commit()
+
+
+def test_an_idle_container_with_everything_in_lts_checkpoints_so_older_ledgers_can_go():
+    h = LedgerHarness(idle_checkpoint_s=5.0)
+    c = h.container
+    h.create()
+    h.append(W1, 0, 0, [b"x" * 100])
+    h.commit()
+    h.now = 10.0
+    assert not c.idle_checkpoint_due(h.now), "bytes not yet in LTS pin their ledger"
+    h.upload_all()  # the chunk record: ledger 1 again, at 10 s
+    assert not c.idle_checkpoint_due(14.0), "idle for 4 s only"
+    assert c.idle_checkpoint_due(15.0)
+    c.checkpoint_idle()
+    h.ledger, h.now = 2, 15.0  # the worker rolled the log over first
+    h.commit()
+    assert c.truncate_before == 2, "the checkpoint follows the record it covers: ledger 1 goes"
+    assert c.counters["idle_checkpoints"] == 1
+    assert not c.idle_checkpoint_due(100.0), "nothing written since the idle checkpoint"
+    h.append(W1, 1, 1, [b"y" * 100])
+    h.commit()
+    assert not c.idle_checkpoint_due(200.0), "new bytes not yet in LTS"
+    h.upload_all()
+    assert c.idle_checkpoint_due(200.0 + 5.0)
+
+
+def test_a_checkpoint_with_a_record_between_it_and_what_it_covers_keeps_that_ledger():
+    """Recovery replays the records after the covered one: one still in flight when the
+    checkpoint was taken, in the old ledger, must keep that ledger."""
+    h = LedgerHarness(checkpoint_records=1)
+    c = h.container
+    h.create()  # (1, 0)
+    assert c.create_segment(PEER, 5, b"s/t/1") is None  # a record holding no data
+    between = h.build()  # in flight: (1, 1)
+    assert c.maybe_checkpoint()
+    checkpoint_record = h.build()
+    h.commit_built(between)
+    h.ledger = 2
+    h.commit_built(checkpoint_record)  # (2, 0)
+    assert c.truncate_before == 1, "(1, 1) is not covered: ledger 1 stays"
