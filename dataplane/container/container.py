@@ -53,9 +53,11 @@ log = logging.getLogger(__name__)
 Peer = bytes
 Effect = tuple[Peer, list[Any]]
 
-IDLE_CHECKPOINT_S = 5.0
-"""A container with no record for this long, whose every byte is in LTS, checkpoints into a
-new ledger (`idle_checkpoint_due`), so its log drops the ledgers holding that data."""
+IDLE_S = 5.0
+"""A container with no record for this long is idle: its segments' bytes not yet in LTS are
+uploaded at once (not `flush_wait_s` after they came), and once every byte is in LTS it
+checkpoints into a new ledger (`idle_checkpoint_due`), so its log drops the ledgers holding
+that data."""
 MERGE_BYTES_MAX = 512 * 1024
 """Blocks of one writer to one segment are merged into one APPEND up to this size."""
 WAITERS_MAX = 10_000
@@ -209,7 +211,7 @@ class Container:
         tiering: TieringConfig | None = None,
         checkpoint_records: int = 300,
         checkpoint_bytes: int = 256 * 1024 * 1024,
-        idle_checkpoint_s: float = IDLE_CHECKPOINT_S,
+        idle_s: float = IDLE_S,
     ) -> None:
         self.container_id = container_id
         self.frame_payload_bytes = frame_payload_bytes
@@ -224,7 +226,7 @@ class Container:
         self.bytes_since_checkpoint = 0
         self.checkpoint_pending = False
         self.truncate_before: int | None = None  # ledgers below this may be deleted
-        self.idle_checkpoint_s = idle_checkpoint_s
+        self.idle_s = idle_s
         self.last_record_at: float | None = None  # `now` of the last committed record
         self.idle_checkpointed = False  # the last record was an idle checkpoint alone
         self.segments: dict[bytes, Segment] = {}
@@ -621,19 +623,23 @@ class Container:
         return effects, self._wake(touched)
 
     def idle_checkpoint_due(self, now: float) -> bool:
-        """True if this container wrote no record for `idle_checkpoint_s` (none since it
-        started counts as long ago), has nothing queued or in flight, and every byte of its
-        segments is in LTS, and its last record was not such a checkpoint already. Its log
+        """True if this container is idle (`_quiet`), every byte of its segments is in LTS,
+        and its last record was not such a checkpoint already. Its log
         then holds nothing recovery needs but metadata: the worker rolls the log over and
         queues `checkpoint_idle`, whose record, the first after the covered one and in a
         new ledger, lets every older ledger go (`committed`). Without it an idle container's
         open ledger pinned its data in the log, and in a shared bookie journal every file
         written after it, until compaction copied it forward (again and again)."""
-        if self.idle_checkpointed or self.checkpoint_pending or self.queue or self.in_flight:
-            return False
-        if self.last_record_at is not None and now - self.last_record_at < self.idle_checkpoint_s:
+        if self.idle_checkpointed or self.checkpoint_pending or not self._quiet(now):
             return False
         return all(seg.first_ledger() is None for seg in self.by_id.values())
+
+    def _quiet(self, now: float) -> bool:
+        """No record for `idle_s` (none since this container started counts as long ago),
+        nothing queued or in flight."""
+        if self.queue or self.in_flight:
+            return False
+        return self.last_record_at is None or now - self.last_record_at >= self.idle_s
 
     def checkpoint_idle(self) -> None:
         """Queue the idle checkpoint (see `idle_checkpoint_due`)."""
@@ -677,6 +683,7 @@ class Container:
             cache_key=self._cache_key,
             container_id=self.container_id,
             epoch=self.epoch,
+            idle=self._quiet(now),
         )
 
     def uploaded(self, segment_id: int, start: int, end: int, name: str, stored_bytes: int) -> None:

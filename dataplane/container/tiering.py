@@ -1,9 +1,12 @@
 """Moving segment bytes from the durable log to long-term storage.
 
 A segment is *due* for upload when its bytes not yet in LTS reach `flush_bytes`, or the
-oldest of them has waited `flush_wait_s`, or the segment is sealed; one upload per segment
-is in progress at a time and takes at most `upload_bytes_max` bytes, always starting at
-the segment's `storage_length` (so chunks tile the segment with no gap or overlap).
+oldest of them has waited `flush_wait_s`, or the segment is sealed, or its container is
+idle (no record for `container.IDLE_S`: the tail would otherwise keep the log's ledgers
+holding it for up to `flush_wait_s`, and in a bookie's shared journal every file written
+after them). One upload per segment is in progress at a time and takes at most
+`upload_bytes_max` bytes, always starting at the segment's `storage_length` (so chunks
+tile the segment with no gap or overlap).
 
 Chunk names embed the container, the segment, the byte range and the owner's epoch:
 `c0003/scope/stream/12/00000000000000000000-00000000000004194304-e7`. Two uploads of the
@@ -66,6 +69,7 @@ def due_uploads(
     cache_key: Callable[[Segment], int],
     container_id: int,
     epoch: int,
+    idle: bool = False,
 ) -> list[UploadTask]:
     tasks = []
     for seg in segments:
@@ -77,6 +81,7 @@ def due_uploads(
             not retry
             and pending < config.flush_bytes
             and not seg.sealed
+            and not idle
             and now - seg.dirty_since < config.flush_wait_s
         ):
             continue

@@ -282,7 +282,7 @@ class LedgerHarness(Harness):
 
 
 def test_an_idle_container_with_everything_in_lts_checkpoints_so_older_ledgers_can_go():
-    h = LedgerHarness(idle_checkpoint_s=5.0)
+    h = LedgerHarness(idle_s=5.0)
     c = h.container
     h.create()
     h.append(W1, 0, 0, [b"x" * 100])
@@ -303,6 +303,24 @@ def test_an_idle_container_with_everything_in_lts_checkpoints_so_older_ledgers_c
     assert not c.idle_checkpoint_due(200.0), "new bytes not yet in LTS"
     h.upload_all()
     assert c.idle_checkpoint_due(200.0 + 5.0)
+
+
+def test_an_idle_containers_tail_goes_to_lts_without_waiting_for_the_flush_time():
+    from streamvault.dataplane.container.tiering import TieringConfig
+
+    h = LedgerHarness()
+    h.container = Container(
+        0,
+        frame_payload_bytes=64 * 1024,
+        tiering=TieringConfig(flush_bytes=1 << 30, flush_wait_s=1e9),
+        idle_s=5.0,
+    )
+    h.create()
+    h.append(W1, 0, 0, [b"x" * 100])
+    h.commit()  # at 0 s
+    assert h.container.uploads_due(now=4.0) == [], "below flush_bytes, not idle yet"
+    (task,) = h.container.uploads_due(now=5.0)
+    assert (task.start, task.end) == (0, 104)
 
 
 def test_a_checkpoint_with_a_record_between_it_and_what_it_covers_keeps_that_ledger():
