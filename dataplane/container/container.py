@@ -624,10 +624,10 @@ class Container:
 
     def idle_checkpoint_due(self, now: float) -> bool:
         """True if this container is idle (`_quiet`), every byte of its segments is in LTS,
-        and its last record was not such a checkpoint already. Its log
-        then holds nothing recovery needs but metadata: the worker rolls the log over and
-        queues `checkpoint_idle`, whose record, the first after the covered one and in a
-        new ledger, lets every older ledger go (`committed`). Without it an idle container's
+        and its last record was not such a checkpoint already. Its log then holds nothing
+        recovery needs but metadata: the worker rolls the log over and queues
+        `checkpoint_idle`, whose record, the first after the covered one and in a new
+        ledger, lets every older ledger go (`committed`). Without it an idle container's
         open ledger pinned its data in the log, and in a shared bookie journal every file
         written after it, until compaction copied it forward (again and again)."""
         if self.idle_checkpointed or self.checkpoint_pending or not self._quiet(now):
