@@ -58,6 +58,7 @@ JOURNAL = JournalConfig(
     direct=False,
     spare_thread=False,  # spares made inline: every disk call on the simulation's thread
     io_thread=False,  # the same disk calls in the same order (the journal sim runs both)
+    compact_quiet_s=0,  # compaction never waits for the wall clock: the runs replay
 )
 JOURNAL_DIR = "/sim/journal"
 EVENTS_MAX = 2_000_000

@@ -36,7 +36,9 @@ from streamvault.dataplane.log.journal_format import (
 from streamvault.dataplane.log.probe import MODE_BUFFERED, MODE_DIRECT
 
 MEDIUM = JournalConfig(file_bytes=8 * 1024 * 1024, commit_bytes_max=1024 * 1024)
-SMALL = JournalConfig(file_bytes=64 * 1024, commit_bytes_max=16 * 1024, files_recycled_max=1)
+SMALL = JournalConfig(
+    file_bytes=64 * 1024, commit_bytes_max=16 * 1024, files_recycled_max=1, compact_quiet_s=0
+)
 
 
 def _inline_spare(config: JournalConfig) -> JournalConfig:
@@ -313,6 +315,27 @@ def _truncating_writer(journal: Journal, ledgers: range, *, compact: bool) -> li
             pass
         in_use.append(len(journal.files()))
     return in_use
+
+
+def test_compaction_waits_until_the_ledgers_of_the_oldest_file_are_quiet(tmp_path):
+    """A ledger added to within `compact_quiet_s` is one its container is about to delete:
+    its file is not copied forward until the ledger has been quiet that long."""
+    now = [0.0]
+    config = dataclasses.replace(SMALL, compact_files_min=2, compact_quiet_s=30.0)
+    journal = Journal(str(tmp_path), config, clock=lambda: now[0])
+    try:
+        journal.add_entry(1, 0, epoch=3, lac=-1, payload=_payload(1, 0), token="a")
+        journal.commit()
+        _truncating_writer(journal, range(2, 6), compact=False)
+        assert len(journal.files()) > 2
+        now[0] = 29.0
+        assert journal.compact_step() == 0, "ledger 1's add was 29 s ago"
+        assert journal.counters["compactions"] == 0
+        now[0] = 30.0
+        assert journal.compact_step() == 1
+        assert journal.read_entry(1, 0) == _payload(1, 0)
+    finally:
+        journal.close()
 
 
 def test_compaction_copies_an_idle_ledger_forward_so_the_old_files_go(tmp_path):
@@ -782,7 +805,9 @@ OPS = st.one_of(
     st.tuples(st.just("reopen")),
     st.tuples(st.just("torn"), st.binary(min_size=1, max_size=6000)),
 )
-MODEL_CONFIG = JournalConfig(file_bytes=32 * 1024, commit_bytes_max=8 * 1024, files_recycled_max=1)
+MODEL_CONFIG = JournalConfig(
+    file_bytes=32 * 1024, commit_bytes_max=8 * 1024, files_recycled_max=1, compact_quiet_s=0
+)
 
 
 class _Model:
