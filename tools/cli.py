@@ -226,7 +226,8 @@ def _storage_options(p: argparse.ArgumentParser) -> None:
         "--flush-wait",
         type=float,
         default=30.0,
-        help="seconds before a segment's new bytes go to LTS anyway (default 30)",
+        help="seconds before a segment's new bytes go to LTS anyway (default 30; an idle "
+        "container's go after 5 s without a write)",
     )
     p.add_argument(
         "--ledger-size",
