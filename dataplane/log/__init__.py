@@ -9,6 +9,8 @@ Interface used by containers (implemented by `LocalDurableLog` on local ledger f
     submit(buffer, payload_bytes, token)                   # completion comes back in order
     release(buffer)                                        # after the completion
     read(ledger_id, position, length) -> bytes
+    holds_records() -> bool                                # any ledger holds a record
+    roll_over()                                            # the next record: a new ledger
 
 Reading order: framing → ledger → metadata → local_log → probe; then journal_format →
 journal → bookie → bookie_client → replicated_log → replicator.

@@ -137,7 +137,30 @@ class LogConfig(NamedTuple):
     """Files of deleted ledgers kept per log for reuse by the next ledgers (LedgerFile)."""
 
 
-class LocalDurableLog:
+class RollOver:
+    """`holds_records` and `roll_over`, the same for both logs (`LocalDurableLog`,
+    `ReplicatedLog`): each has `meta` (its LogMetadata), `ledger` (the open one, with
+    `next_entry_id`) and `roll_requested`, which its write side turns into a rollover at
+    the next record and clears when it opens a ledger."""
+
+    meta: LogMetadata
+    ledger: Any
+    roll_requested: bool
+
+    def holds_records(self) -> bool:
+        """True if any ledger of this log holds a record (the open one included)."""
+        ledger = self.ledger
+        return len(self.meta.ledgers) > 1 or (ledger is not None and ledger.next_entry_id > 0)
+
+    def roll_over(self) -> None:
+        """Have the next record start a new ledger, if the open one holds any (the worker's
+        side, while the container has nothing in flight: see Container.idle_checkpoint_due)."""
+        ledger = self.ledger
+        if ledger is not None and ledger.next_entry_id > 0:
+            self.roll_requested = True
+
+
+class LocalDurableLog(RollOver):
     """A container's durable log on local ledger files (replication factor 1)."""
 
     def __init__(
@@ -334,18 +357,6 @@ class LocalDurableLog:
     def start(self) -> None:
         """Open a fresh ledger for writing (after `recover`)."""
         self._open_next_ledger()
-
-    def holds_records(self) -> bool:
-        """True if any ledger of this log holds a record (the open one included)."""
-        ledger = self.ledger
-        return len(self.meta.ledgers) > 1 or (ledger is not None and ledger.next_entry_id > 0)
-
-    def roll_over(self) -> None:
-        """Have the next record start a new ledger, if the open one holds any (the worker's
-        side, while the container has nothing in flight: see Container.idle_checkpoint_due)."""
-        ledger = self.ledger
-        if ledger is not None and ledger.next_entry_id > 0:
-            self.roll_requested = True
 
     def _open_next_ledger(self) -> None:
         self.roll_requested = False

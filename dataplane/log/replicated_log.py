@@ -69,7 +69,13 @@ from streamvault.dataplane.log.framing import (
     record_bytes,
     seal_record,
 )
-from streamvault.dataplane.log.local_log import BufferPool, LogConfig, LogLocation, WriteBuffer
+from streamvault.dataplane.log.local_log import (
+    BufferPool,
+    LogConfig,
+    LogLocation,
+    RollOver,
+    WriteBuffer,
+)
 from streamvault.dataplane.log.metadata import (
     LEDGER_ID_SHIFT,
     CoordinationStore,
@@ -149,7 +155,7 @@ class _Ledger:
         self.acked_entry_id = -1
 
 
-class ReplicatedLog:
+class ReplicatedLog(RollOver):
     """A container's durable log on bookies (see module docstring)."""
 
     def __init__(
@@ -743,18 +749,6 @@ class ReplicatedLog:
             or self.change_ensemble
             or self.roll_requested
         )
-
-    def holds_records(self) -> bool:
-        """True if any ledger of this log holds a record (the open one included)."""
-        ledger = self.ledger
-        return len(self.meta.ledgers) > 1 or (ledger is not None and ledger.next_entry_id > 0)
-
-    def roll_over(self) -> None:
-        """Have the next record start a new ledger, if the open one holds any (the worker's
-        side, while the container has nothing in flight: see Container.idle_checkpoint_due)."""
-        ledger = self.ledger
-        if ledger is not None and ledger.next_entry_id > 0:
-            self.roll_requested = True
 
     def seal(self, buffer: WriteBuffer, payload_bytes: int) -> tuple[LogLocation, memoryview]:
         """Assign the next entry of the open ledger; return its location and wire bytes."""
