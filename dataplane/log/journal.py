@@ -182,6 +182,9 @@ class JournalConfig:
                 raise ValueError(
                     f"JournalConfig.{name}={value} must be a positive multiple of 4096"
                 )
+        quiet = self.compact_quiet_s
+        if isinstance(quiet, bool) or not isinstance(quiet, int | float) or not quiet >= 0:
+            raise ValueError(f"JournalConfig.compact_quiet_s={self.compact_quiet_s!r} must be >= 0")
         if self.compact_live_percent > 100:
             raise ValueError(
                 f"JournalConfig.compact_live_percent={self.compact_live_percent} must be <= 100"

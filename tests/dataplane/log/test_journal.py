@@ -757,6 +757,8 @@ def test_crash_points_kill_the_process_at_the_named_moment(tmp_path, point):
         ("commit_wait_us_max", {"commit_wait_us_max": -1}),
         ("files_recycled_max", {"files_recycled_max": -2}),
         ("files_recycled_max", {"files_recycled_max": True}),
+        ("compact_quiet_s", {"compact_quiet_s": -1.0}),
+        ("compact_quiet_s", {"compact_quiet_s": float("nan")}),
         ("direct", {"direct": "yes"}),
         ("piece_bytes", {"piece_bytes": 1000}),
         ("io_thread", {"io_thread": 1}),
