@@ -21,7 +21,6 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -61,28 +60,17 @@ def main() -> int:
                     writer.write_events(events, routing_key="k")
                 writer.flush()
             before = bookie_counters(mgr)
-            interval = EVENT_BYTES * BATCH / (args.rate_mb * 1e6)
-            latencies: list[float] = []
-            calls = 0
-            with mgr.create_writer("bench", "busy") as writer:
-                start = time.perf_counter()
-                while time.perf_counter() - start < args.seconds:
-                    t0 = start + calls * interval
-                    if (delay := t0 - time.perf_counter()) > 0:
-                        time.sleep(delay)
-                    future = writer.write_events(events, routing_key="k")
-                    future.add_done_callback(
-                        lambda f, t0=t0: latencies.append(time.perf_counter() - t0)
-                    )
-                    calls += 1
-                writer.flush()
+            rate = args.rate_mb * 1e6 / EVENT_BYTES  # events/s
+            busy = bench.run_write_events(
+                mgr, "bench", "busy", args.seconds, BATCH, EVENT_BYTES, 1, rate=rate
+            )
             after = bookie_counters(mgr)
     finally:
         if proc is not None:
             bench.stop_standalone(proc)
         shutil.rmtree(tmp, ignore_errors=True)
-    written = calls * BATCH * EVENT_BYTES
-    p95 = bench.percentiles(latencies)["p95_ms"]
+    written = busy["events"] * EVENT_BYTES
+    p95 = busy["p95_ms"]
     print(
         f"idle stream {args.idle_mb} MB, then {written / 1e6:.0f} MB at {args.rate_mb:g} MB/s "
         f"over {args.seconds:g} s (RF=3, 1000 B events); writer p95 {p95:.1f} ms"

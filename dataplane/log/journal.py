@@ -605,8 +605,8 @@ class Journal:
         return moved
 
     def _quiet(self, file: _File) -> bool:
-        """True if no live ledger in `file` had an add in the last `compact_quiet_s` (one
-        known only from the files counts from the journal's open)."""
+        """True if no live ledger in `file` had an add in the last `compact_quiet_s` (a
+        ledger with no add since this journal opened counts as added at the open)."""
         quiet = self.config.compact_quiet_s
         if not quiet:
             return True

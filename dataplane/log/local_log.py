@@ -413,7 +413,7 @@ class LocalDurableLog(RollOver):
         total = record_bytes(payload_bytes)
         ledger = self.ledger
         assert ledger is not None, "start() not called"
-        if not ledger.fits(total) or (self.roll_requested and ledger.next_entry_id > 0):
+        if not ledger.fits(total) or self.roll_requested:  # set only while it holds some
             ledger.sync()
             self._open_next_ledger()
             crash_point("rollover_after_create")
