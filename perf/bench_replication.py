@@ -8,9 +8,9 @@ half of the RF=1 throughput with p95 <= 15 ms. Each round measures, one after th
 The round's verdict is the paced RF=3 run: it kept up (>= 98 % of the offered rate),
 delivered at least half of this round's T1 (`--share` above 0.5 leaves headroom), with
 p95 <= 15 ms. Rounds alternate the order of the two saturating runs, so drift of a shared
-machine hits both alike (with RF=3 first, the paced run is a third cluster after RF=1's);
-medians over the rounds are printed with every round. Every paced run follows a
-saturated run on its own cluster (in RF=3-first rounds a warm-up of the third cluster,
+machine hits both alike; medians over the rounds are printed with every round. Every
+paced run follows a saturated run on its own cluster (with RF=3 first, the paced run needs
+that round's T1, so a third cluster is started after RF=1's and warmed up, its warm-up
 printed beside the round): the target is about a running cluster, and a fresh one's first
 seconds (zero-filling its bookies' next journal files, the first LTS uploads) are not.
 
@@ -116,12 +116,11 @@ def main() -> int:
     rows = []
     for i in range(args.rounds):
         rf3_first = i % 2 == 1
+        warm = None
         if rf3_first:  # the paced run needs this round's T1: a cluster of its own after it
             (sat,) = measure(replicated, args.seconds, [0])
             (rf1,) = measure(common, args.seconds, [0])
             rate = args.share * rf1["events_per_s"]
-            # the paced run follows a saturated one on its cluster, as in the other rounds:
-            # both measure a running cluster, not its first seconds (printed as warm-up)
             warm, paced = measure(replicated, args.seconds, [0, rate])
         else:
             (rf1,) = measure(common, args.seconds, [0])
@@ -146,7 +145,7 @@ def main() -> int:
         warm_up = (
             f" (after a warm-up of its cluster: {warm['events_per_s'] / 1e6:.2f} M/s, p95 "
             f"{warm['p95_ms']:.1f} ms)"
-            if rf3_first
+            if warm is not None
             else ""
         )
         print(
