@@ -12,7 +12,8 @@ unlinked as soon as it is made: the host keeps a descriptor and hands it to ever
 the uploader it starts (`--cache-path /proc/self/fd/N`, the descriptor inherited), so the
 memory goes back to the system when the last process that maps it exits, however the host
 ends (a SIGKILLed host used to leave up to a GiB in /dev/shm until its data dir was started
-again).
+again). The uploader listens on an abstract Unix socket the host names once at random, so a
+restarted uploader binds the same endpoint its workers reconnect to.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 
 import zmq
@@ -136,9 +137,9 @@ class Host:
         region_bytes = self.cache.blocks_per_region * self.cache.block_bytes
         self.flush_bytes = config.flush_bytes or max(64 * 1024, min(8 << 20, region_bytes // 16))
         self.upload_bytes = max(self.flush_bytes, min(64 << 20, region_bytes // 4))
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.uploader_endpoint = f"tcp://127.0.0.1:{probe.getsockname()[1]}"
+        # an abstract Unix socket (cheaper per byte than loopback TCP for the history reads
+        # it answers, and no port to race for); the same for every restart of the uploader
+        self.uploader_endpoint = f"ipc://@streamvault-{uuid.uuid4().hex[:16]}-uploader"
         self.uploader = _Slot(-1, [], None, self.uploader_endpoint)
         log.info(
             "host=%s cache=%s (unlinked, fd %d) bytes=%d blocks/region=%d lts=%s flush_bytes=%d",
