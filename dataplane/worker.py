@@ -48,6 +48,7 @@ from streamvault.client.protocol.errors import (
     UnsupportedVersion,
     WrongHost,
 )
+from streamvault.client.protocol.latency import summaries
 from streamvault.client.protocol.limits import (
     INVALID_MESSAGES_BEFORE_DISCONNECT,
 )
@@ -733,6 +734,7 @@ class Worker:
             "failed_containers": {str(c): e.message for c, e in self.failed.items()},
             "dropped_sends": self.dropped_sends,
             **self.committer.counters,
+            "latency_ms": summaries(self.committer.latency),
             "cache_pinned": round(self.ring.utilization, 4) if self.ring else None,
             "cache_misses": self.segment_cache.misses if self.segment_cache else 0,
             "credit": round(self._credit(), 3),

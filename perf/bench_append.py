@@ -184,6 +184,26 @@ def run_write_event(
     }
 
 
+def stages(mgr) -> str:
+    """Where the servers' time went, from their status (client/protocol/latency.py): p50/p95
+    in ms of each stage a worker or bookie timed, over its last samples (a few seconds at
+    these rates), after waiting a heartbeat for them to arrive."""
+    time.sleep(1.2)
+    parts = []
+    for p in sorted(mgr.status().processes, key=lambda p: (p.role, p.id)):
+        latency = p.info.get("latency_ms") if isinstance(p.info, dict) else None
+        if p.role not in ("worker", "bookie") or not latency:
+            continue
+        timed = [
+            f"{name} {s['p50']:g}/{s['p95']:g}"
+            for name, s in sorted(latency.items())
+            if "p50" in s and s["count"] > 0
+        ]
+        if timed:
+            parts.append(f"{p.role} {p.id}: {', '.join(timed)}")
+    return "; ".join(parts)
+
+
 def median_of(runs: list[dict]) -> dict:
     out = dict(runs[0])
     for key in ("events_per_s", "mb_per_s", "p50_ms", "p95_ms", "p99_ms", "max_ms"):

@@ -16,7 +16,11 @@ seconds (zero-filling its bookies' next journal files, the first LTS uploads) ar
 
     python perf/bench_replication.py [--rounds 3] [--seconds 6] [--share 0.5]
         [--in-flight-mib X] [--batch-kib Y] [--standalone-args "..."]  (all given to both
-        clusters)
+        clusters) [--stages]
+
+`--stages` prints, after each paced run, the p50/p95 of every stage the servers time
+(`streamvault status`: a worker's quorum round trip, each bookie's turn, pwrite and
+fdatasync; client/protocol/latency.py), so a round that misses shows where its time went.
 
 `--in-flight-mib X` sets the writer's window (in_flight_bytes_max, and buffer_bytes_max to at
 least that): one writer's throughput is at most its window over the round trip, at RF=1
@@ -48,8 +52,11 @@ KEPT_UP = 0.98
 """A paced run that delivered less than this share of its offered rate fell behind."""
 
 
-def measure(extra: list[str], seconds: float, rates: list[float]) -> list[dict]:
-    """One cluster: a `write_events` run per rate (0: as fast as admitted), in order."""
+def measure(
+    extra: list[str], seconds: float, rates: list[float], *, stages: bool = False
+) -> list[dict]:
+    """One cluster: a `write_events` run per rate (0: as fast as admitted), in order; with
+    `stages`, each run's result also holds the servers' stage latencies after it."""
     tmp = tempfile.mkdtemp(prefix="sv-bench-")
     proc = None
     try:
@@ -58,10 +65,13 @@ def measure(extra: list[str], seconds: float, rates: list[float]) -> list[dict]:
             scope, stream = "bench", f"replication{os.getpid()}"
             mgr.create_scope(scope)
             mgr.create_stream(scope, stream, initial_segments=1)
-            return [
-                bench.run_write_events(mgr, scope, stream, seconds, 1000, 100, 1, rate=rate)
-                for rate in rates
-            ]
+            runs = []
+            for rate in rates:
+                run = bench.run_write_events(mgr, scope, stream, seconds, 1000, 100, 1, rate=rate)
+                if stages:
+                    run["stages"] = bench.stages(mgr)
+                runs.append(run)
+            return runs
     finally:
         if proc is not None:
             bench.stop_standalone(proc)
@@ -86,6 +96,11 @@ def main() -> int:
         help="writer block size in KiB, both clusters (default: the writer's default)",
     )
     ap.add_argument("--standalone-args", default="", help="extra options for both clusters")
+    ap.add_argument(
+        "--stages",
+        action="store_true",
+        help="after each paced run, print the bookies' and workers' stage latencies",
+    )
     args = ap.parse_args()
     if args.rounds < 1:
         ap.error("--rounds must be at least 1")
@@ -121,11 +136,11 @@ def main() -> int:
             (sat,) = measure(replicated, args.seconds, [0])
             (rf1,) = measure(common, args.seconds, [0])
             rate = args.share * rf1["events_per_s"]
-            warm, paced = measure(replicated, args.seconds, [0, rate])
+            warm, paced = measure(replicated, args.seconds, [0, rate], stages=args.stages)
         else:
             (rf1,) = measure(common, args.seconds, [0])
             rate = args.share * rf1["events_per_s"]
-            sat, paced = measure(replicated, args.seconds, [0, rate])
+            sat, paced = measure(replicated, args.seconds, [0, rate], stages=args.stages)
         row = {
             "t1": rf1["events_per_s"],
             "p95_1": rf1["p95_ms"],
@@ -158,6 +173,8 @@ def main() -> int:
             f"-> {'met' if row['met'] else 'not met'}",
             flush=True,
         )
+        if args.stages:
+            print(f"  after the paced run, p50/p95 ms: {paced['stages']}", flush=True)
 
     def med(key: str) -> float:
         return statistics.median(r[key] for r in rows)

@@ -34,4 +34,19 @@ def render(processes: list[dict], as_json: bool) -> str:
                 f"durability_mode={info.get('durability_mode', '?')} "
                 f"appends={info.get('appends', 0)} records={info.get('records', 0)}"
             )
+        stages = _stages(p["info"].get("latency_ms"))
+        if stages:
+            lines.append(f"{'':<11} latency ms (p50/p95/max over the last samples): {stages}")
     return "\n".join(lines)
+
+
+def _stages(latency: object) -> str:
+    """ "stage p50/p95/max" for each stage a process timed (client/protocol/latency.py)."""
+    if not isinstance(latency, dict):
+        return ""
+    parts = [
+        f"{name} {s['p50']:g}/{s['p95']:g}/{s['max']:g}"
+        for name, s in sorted(latency.items())
+        if isinstance(s, dict) and "p50" in s
+    ]
+    return ", ".join(parts)

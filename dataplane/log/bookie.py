@@ -63,6 +63,7 @@ from streamvault.client.protocol.errors import (
     StorageError,
     UnsupportedVersion,
 )
+from streamvault.client.protocol.latency import LatencyWindow, summaries
 from streamvault.client.protocol.limits import (
     INVALID_MESSAGES_BEFORE_DISCONNECT,
 )
@@ -125,6 +126,9 @@ class BookieCore:
         self.invalid_counts: dict[bytes, int] = {}
         self.counters = {"adds": 0, "reads": 0, "fenced_rejects": 0, "crc_rejects": 0}
         self._after_commit: list[tuple[bytes, int, m.ReadEntry]] = []
+        self.latency: dict[str, LatencyWindow] = {}
+        """Stage durations the process adds (`Bookie`: each turn); `info` reports them with
+        the journal's disk calls."""
 
     def end_turn(self) -> None:
         """Commit what this turn's requests queued (one group commit), then answer them:
@@ -308,6 +312,7 @@ class BookieCore:
             "files": len(self.journal.files()),
             **self.journal.counters,
             **self.counters,
+            "latency_ms": summaries({**self.latency, **self.journal.latency}),
         }
 
     def process_info(self, endpoint: str) -> m.ProcessInfo:
@@ -336,6 +341,8 @@ class Bookie:
             status=lambda: self.core.process_info(self.endpoint),
         )
         self.journal = journal
+        self.turn_latency = self.core.latency["turn"] = LatencyWindow()
+        """Each turn: drain, commit (its pwrite and fdatasync), answer."""
         self.heartbeat = (
             transport.HeartbeatSender(self.ctx, config.controller) if config.controller else None
         )
@@ -370,6 +377,7 @@ class Bookie:
 
     def _turn(self) -> None:
         """One group-commit cycle: drain up to drain_max requests, commit once, answer."""
+        started = time.monotonic()
         for _ in range(self.config.drain_max):
             try:
                 frames = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -378,6 +386,7 @@ class Bookie:
             if len(frames) >= 2:
                 self.core.receive(frames[0].bytes, frames[1:])
         self.core.end_turn()
+        self.turn_latency.record(time.monotonic() - started)
 
     # --- plumbing ----------------------------------------------------------------------
     def _send(self, peer: bytes, frames: list[Any]) -> None:

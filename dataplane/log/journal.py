@@ -71,6 +71,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from streamvault.client.protocol.errors import DataCorruption, StorageError
+from streamvault.client.protocol.latency import LatencyWindow
 from streamvault.dataplane.log.disk import Disk, OsDisk
 from streamvault.dataplane.log.file_removal import FileRemover
 from streamvault.dataplane.log.framing import BLOCK_BYTES, RECORD_PAYLOAD_BYTES_MAX, align_up
@@ -509,6 +510,11 @@ class Journal:
             ) from self._failed
         if self._closed:
             raise StorageError(f"journal {self.directory} is closed")
+
+    @property
+    def latency(self) -> dict[str, LatencyWindow]:
+        """The commit writer's disk-call durations ("write", "sync"; latency.py)."""
+        return self._writer.latency
 
     def pending(self) -> int:
         """Records staged since `commit` last returned."""

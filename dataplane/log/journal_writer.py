@@ -33,10 +33,12 @@ from __future__ import annotations
 import errno
 import mmap
 import threading
+import time
 from collections import deque
 from typing import NamedTuple
 
 from streamvault.client.protocol.crashpoints import crash_point, fault_point
+from streamvault.client.protocol.latency import LatencyWindow
 from streamvault.dataplane.log.disk import Disk
 from streamvault.dataplane.log.framing import BLOCK_BYTES
 
@@ -65,6 +67,9 @@ class CommitWriter:
         self._ring = mmap.mmap(-1, ring_bytes)
         self._view = memoryview(self._ring)
         self._slot_ops = [0] * (ring_bytes // piece_bytes)  # ops handed over up to a slot's last
+        self.latency = {"write": LatencyWindow(), "sync": LatencyWindow()}
+        """Durations of the disk calls: each piece's pwrite, each commit's fdatasync (one
+        call at a time, by the invariant above, so one recorder at a time)."""
         # I/O side, shared with the thread under _cond
         self._cond = threading.Condition(threading.Lock())
         self._ops: deque[_Op] = deque()  # handed over, not yet executed (head: executing)
@@ -259,7 +264,9 @@ class CommitWriter:
         if op.sync:
             crash_point("journal_after_write_before_sync")
             fault_point("journal_fdatasync_eio")
+            started = time.monotonic()
             disk.fdatasync(op.fd)
+            self.latency["sync"].record(time.monotonic() - started)
             crash_point("journal_after_sync")
             return
         if op.first:
@@ -267,7 +274,9 @@ class CommitWriter:
         size = op.stop - op.start
         piece = self._view[op.start : op.stop]
         try:  # release the slice even if the write fails (see journal_spare.create_zeroed)
+            started = time.monotonic()
             written = disk.pwrite(op.fd, piece, op.file_pos)
+            self.latency["write"].record(time.monotonic() - started)
         finally:
             piece.release()
         if written != size:

@@ -26,11 +26,13 @@ import logging
 import mmap
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 from streamvault.client.protocol.crashpoints import crash_point
 from streamvault.client.protocol.errors import DataCorruption, StorageError
+from streamvault.client.protocol.latency import LatencyWindow
 from streamvault.dataplane.log.file_removal import FileRemover, remove_in_steps
 from streamvault.dataplane.log.framing import (
     RECORD_HEADER_BYTES,
@@ -490,6 +492,8 @@ class Committer:
         self._cond = threading.Condition()
         self._stopping = False
         self.counters = {"commit_cycles": 0, "commit_records": 0, "commit_syncs": 0}
+        self.latency = {"commit": LatencyWindow()}
+        """Each group-commit cycle: its records written, their ledgers fdatasync'd."""
         self._thread = threading.Thread(target=self._run, name="committer", daemon=True)
         self._deleter = FileRemover("ledger-deleter", fatal=fatal)
         """Retires the files of truncated ledgers (`LocalDurableLog._retire`: kept for
@@ -542,6 +546,7 @@ class Committer:
             self._fatal(exc)
 
     def _cycle(self, batch: list[tuple[LocalDurableLog, WriteBuffer, int, Any]]) -> None:
+        started = time.monotonic()
         done: list[Completion] = []
         touched: dict[int, LocalDurableLog] = {}
         for log_, buffer, payload_bytes, token in batch:
@@ -564,4 +569,5 @@ class Committer:
         self.counters["commit_cycles"] += 1
         self.counters["commit_records"] += len(done)
         self.counters["commit_syncs"] += len(touched)
+        self.latency["commit"].record(time.monotonic() - started)
         self._deliver(done)

@@ -54,6 +54,7 @@ from streamvault.client.protocol import codec, transport
 from streamvault.client.protocol import messages as m
 from streamvault.client.protocol.crashpoints import crash_point
 from streamvault.client.protocol.errors import Fenced, NoSuchLedger, error_from_code
+from streamvault.client.protocol.latency import LatencyWindow
 from streamvault.dataplane.log.catchup import CatchUp
 from streamvault.dataplane.log.local_log import WriteBuffer
 from streamvault.dataplane.log.replicated_log import ReplicatedLog, ReplicationConfig
@@ -124,6 +125,8 @@ class ReplicatorCore:
             0,
         )
         self._id_of = {endpoint: bookie for bookie, endpoint in replication.bookies.items()}
+        self.latency = {"quorum": LatencyWindow()}
+        """Each entry's first send to its `ack_quorum`-th ack (the replicas' round trip)."""
         self._missing: dict[str, float] = {}
         """Endpoint -> when the oldest entry it missed (completed without it) was sent."""
         self._logs: dict[int, ReplicatedLog] = {}
@@ -289,6 +292,7 @@ class ReplicatorCore:
                     self._missing.setdefault(endpoint, item.first_sent_at)
                     self.catchup.missed(endpoint, item.log, key, sorted(item.acked))
             pending.popleft()
+            self.latency["quorum"].record(self.clock() - item.first_sent_at)
             del self._by_entry[(item.location.ledger_id, item.location.entry_id)]
             ledger = item.log.ledger
             if ledger is not None and ledger.info.ledger_id == item.location.ledger_id:

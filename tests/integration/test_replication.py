@@ -109,6 +109,35 @@ def test_sigkill_every_process_mid_write_then_restart_exactly_once(replicated):
     check_exactly_once(got, expected_counts(total, KEYS))
 
 
+def test_status_shows_where_a_replicated_append_spends_its_time(replicated):
+    """Every bookie reports its turns and its journal's pwrite and fdatasync durations, and
+    the worker with data its entries' quorum round trips (first send to the second ack)."""
+    with StreamManager(replicated.controller) as mgr:
+        mgr.create_scope("lat")
+        mgr.create_stream("lat", "s", initial_segments=1)
+        _wait_bookies_up(mgr, 3)
+        with mgr.create_writer("lat", "s") as writer:
+            for _ in range(20):
+                writer.write_events([b"x" * 100] * 100).result(30)
+        deadline = time.monotonic() + 10  # the next heartbeats carry it
+        while True:
+            processes = mgr.status().processes
+            bookies = [p.info["latency_ms"] for p in processes if p.role == "bookie"]
+            quorum = [p.info["latency_ms"]["quorum"] for p in processes if p.role == "worker"]
+            done = len(bookies) == 3 and all(b["sync"]["count"] >= 20 for b in bookies)
+            if (done and any(q["count"] >= 20 for q in quorum)) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+
+    def ok(s: dict) -> bool:
+        return s["count"] >= 20 and 0 <= s["p50"] <= s["p95"] <= s["max"]
+
+    assert len(bookies) == 3 and all(
+        ok(b["turn"]) and ok(b["write"]) and ok(b["sync"]) for b in bookies
+    ), bookies
+    assert any(ok(q) for q in quorum), quorum
+
+
 def test_one_bookie_killed_mid_write_loses_nothing_and_is_restarted(replicated_tcp):
     """Over loopback TCP (`--bookie-transport tcp`)."""
     scope, stream, total = unique("s"), unique("t"), 40_000

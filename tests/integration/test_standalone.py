@@ -52,6 +52,40 @@ def test_status_lists_every_process_with_role_pid_endpoint_state(standalone):
     assert set(standalone.group_pids()) >= {p["pid"] for p in processes}
 
 
+def _stage_ok(summary: dict) -> bool:
+    return summary["count"] > 0 and 0 <= summary["p50"] <= summary["p95"] <= summary["max"]
+
+
+def test_status_shows_the_workers_commit_latency(standalone):
+    """After appends, the worker with data reports its group-commit cycles' durations, in
+    `status --json` and in the text form."""
+    from streamvault.client import StreamManager
+
+    with StreamManager(standalone.controller) as mgr:
+        mgr.create_scope("lat")
+        mgr.create_stream("lat", "s", initial_segments=1)
+        with mgr.create_writer("lat", "s") as writer:
+            for _ in range(20):
+                writer.write_events([b"x" * 100] * 100).result(30)
+    deadline = time.monotonic() + 10  # the next heartbeat carries it
+    while True:
+        workers = [p for p in _status_json(standalone.controller) if p["role"] == "worker"]
+        commits = [w["info"]["latency_ms"]["commit"] for w in workers]
+        if any(c["count"] >= 20 for c in commits) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert any(c["count"] >= 20 and _stage_ok(c) for c in commits), commits
+    text = subprocess.run(
+        [sys.executable, "-m", "streamvault.tools.cli", "status"]
+        + ["--controller", standalone.controller],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert "latency ms (p50/p95/max over the last samples): commit " in text, text
+
+
 def test_each_process_has_a_title_naming_its_role(standalone):
     titles = set()
     for pid in standalone.group_pids():
