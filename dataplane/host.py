@@ -137,8 +137,8 @@ class Host:
         region_bytes = self.cache.blocks_per_region * self.cache.block_bytes
         self.flush_bytes = config.flush_bytes or max(64 * 1024, min(8 << 20, region_bytes // 16))
         self.upload_bytes = max(self.flush_bytes, min(64 << 20, region_bytes // 4))
-        # an abstract Unix socket (cheaper per byte than loopback TCP for the history reads
-        # it answers, and no port to race for); the same for every restart of the uploader
+        # an abstract Unix socket: no port to probe and race for, cheaper than loopback TCP;
+        # the same for every restart of the uploader
         self.uploader_endpoint = f"ipc://@streamvault-{uuid.uuid4().hex[:16]}-uploader"
         self.uploader = _Slot(-1, [], None, self.uploader_endpoint)
         log.info(

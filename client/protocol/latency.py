@@ -8,8 +8,8 @@ the samples in the ring and the count recorded since start; the process puts it 
 heartbeat's info, so `streamvault status --json` shows where the time goes (the disk, the
 replicas, the CPU) without a profiler.
 
-One thread records into a window. `summary` may run on another thread: it copies the ring
-first (a snapshot, possibly one sample behind).
+One thread at a time records into a window. `summary` may run on another thread: it
+copies the ring first (a snapshot, possibly one sample behind).
 """
 
 from __future__ import annotations
