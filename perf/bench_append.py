@@ -185,22 +185,17 @@ def run_write_event(
 
 
 def stages(mgr) -> str:
-    """Where the servers' time went, from their status (client/protocol/latency.py): p50/p95
-    in ms of each stage a worker or bookie timed, over its last samples (a few seconds at
-    these rates), after waiting a heartbeat for them to arrive."""
+    """Where the servers' time went, from their status (client/protocol/latency.py): p50,
+    p95 and max in ms of each stage a worker or bookie timed, over its last samples (a few
+    seconds at these rates), after waiting a heartbeat for them to arrive."""
+    from streamvault.tools.status import stage_line
+
     time.sleep(1.2)
     parts = []
     for p in sorted(mgr.status().processes, key=lambda p: (p.role, p.id)):
-        latency = p.info.get("latency_ms") if isinstance(p.info, dict) else None
-        if p.role not in ("worker", "bookie") or not latency:
-            continue
-        timed = [
-            f"{name} {s['p50']:g}/{s['p95']:g}"
-            for name, s in sorted(latency.items())
-            if "p50" in s and s["count"] > 0
-        ]
-        if timed:
-            parts.append(f"{p.role} {p.id}: {', '.join(timed)}")
+        info = p.info if p.role in ("worker", "bookie") and isinstance(p.info, dict) else {}
+        if line := stage_line(info.get("latency_ms")):
+            parts.append(f"{p.role} {p.id}: {line}")
     return "; ".join(parts)
 
 

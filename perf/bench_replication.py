@@ -18,7 +18,7 @@ seconds (zero-filling its bookies' next journal files, the first LTS uploads) ar
         [--in-flight-mib X] [--batch-kib Y] [--standalone-args "..."]  (all given to both
         clusters) [--stages]
 
-`--stages` prints, after each paced run, the p50/p95 of every stage the servers time
+`--stages` prints, after each paced run, the p50/p95/max of every stage the servers time
 (`streamvault status`: a worker's quorum round trip, each bookie's turn, pwrite and
 fdatasync; client/protocol/latency.py), so a round that misses shows where its time went.
 
@@ -174,7 +174,7 @@ def main() -> int:
             flush=True,
         )
         if args.stages:
-            print(f"  after the paced run, p50/p95 ms: {paced['stages']}", flush=True)
+            print(f"  after the paced run, p50/p95/max ms: {paced['stages']}", flush=True)
 
     def med(key: str) -> float:
         return statistics.median(r[key] for r in rows)

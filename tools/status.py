@@ -34,14 +34,15 @@ def render(processes: list[dict], as_json: bool) -> str:
                 f"durability_mode={info.get('durability_mode', '?')} "
                 f"appends={info.get('appends', 0)} records={info.get('records', 0)}"
             )
-        stages = _stages(p["info"].get("latency_ms"))
+        stages = stage_line(p["info"].get("latency_ms"))
         if stages:
             lines.append(f"{'':<11} latency ms (p50/p95/max over the last samples): {stages}")
     return "\n".join(lines)
 
 
-def _stages(latency: object) -> str:
-    """ "stage p50/p95/max" for each stage a process timed (client/protocol/latency.py)."""
+def stage_line(latency: object) -> str:
+    """Each stage a process timed, as "name p50/p95/max" in ms (an info's "latency_ms",
+    client/protocol/latency.py); empty if it timed none."""
     if not isinstance(latency, dict):
         return ""
     parts = [

@@ -14,6 +14,8 @@ from pathlib import Path
 import psutil
 from support.cluster import Standalone, cache_path_for_data
 
+from streamvault.client import StreamManager
+
 
 def _status_json(controller: str) -> list[dict]:
     out = subprocess.run(
@@ -59,8 +61,6 @@ def _stage_ok(summary: dict) -> bool:
 def test_status_shows_the_workers_commit_latency(standalone):
     """After appends, the worker with data reports its group-commit cycles' durations, in
     `status --json` and in the text form."""
-    from streamvault.client import StreamManager
-
     with StreamManager(standalone.controller) as mgr:
         mgr.create_scope("lat")
         mgr.create_stream("lat", "s", initial_segments=1)
