@@ -7,7 +7,10 @@ the stream from the head (history from LTS, then the cached tail). Reported:
 - write ack latency p50/p95/p99 before the reader starts and while it catches up;
 - the reader's MB/s while catching up, and the time until it reaches the tail (an event
   read less than `--tail-lag` seconds after it was written);
-- a check that the reader got every event in order.
+- a check that the reader got every event in order;
+- per run, the busiest worker's group-commit cycle p50/p95 (its status's stage latencies)
+  just before the reader starts and as it reaches the tail: whether the write path's own
+  write + fdatasync slowed, or the time went elsewhere.
 
 The reader's process is started (interpreter, imports) while the backlog builds; the
 catch-up window begins when it is told to create its reader group and read.
@@ -245,11 +248,13 @@ def one_run(args: argparse.Namespace) -> dict:
             up_half = _cpu_of(uploader)
             time.sleep(max(0.0, backlog_s - (time.perf_counter() - writing_since)))
             cpu_start, up_start = _cpu_of(pids), _cpu_of(uploader)
+            commit_before = _commit_stage(mgr)
             reader_started = time.perf_counter()
             go.set()
             result = out.get(timeout=args.deadline + 60)
             reader_done = time.perf_counter()
             cpu_done = _cpu_of(pids)
+            commit_during = _commit_stage(mgr)
             reader.join(timeout=30)
             catchup_s = reader_done - reader_started
             share = min(1.0, result["cpu_s"] / catchup_s)
@@ -292,6 +297,8 @@ def one_run(args: argparse.Namespace) -> dict:
         "workers_cpu_during": (cpu_done - cpu_start) / (reader_done - reader_started),
         "uploader_cpu_before": (up_start - up_half) / (reader_started - t_half),
         "sources": sources,
+        "commit_before": commit_before,
+        "commit_during": commit_during,
         "reader_mb_per_s": mb / result["seconds"],
         "time_to_tail_s": result["seconds"],
         "reached_tail": result["reached_tail"],
@@ -299,6 +306,18 @@ def one_run(args: argparse.Namespace) -> dict:
         "backlog_mb": round(args.backlog * cache / 1e6),
         "read_mb": round(mb),
     }
+
+
+def _commit_stage(mgr) -> str:
+    """ "p50/p95" in ms of the busiest worker's group-commit cycles over its last samples
+    (a few seconds here; its last heartbeat's, client/protocol/latency.py), or "?"."""
+    stages = [
+        p.info.get("latency_ms", {}).get("commit", {})
+        for p in mgr.status().processes
+        if p.role == "worker" and isinstance(p.info, dict)
+    ]
+    busiest = max(stages, key=lambda s: s.get("count", 0), default={})
+    return f"{busiest['p50']:g}/{busiest['p95']:g}" if "p50" in busiest else "?"
 
 
 def main() -> int:
@@ -399,6 +418,8 @@ def main() -> int:
             + (f", control {r['control']['p95_ms']:.2f} ms" if r["control"] else "")
             + "; replies from LTS/cache/log: "
             + "/".join(str(r["sources"][k]) for k in ("lts", "cache", "log"))
+            + f"; the worker's commit cycles p50/p95 {r['commit_before']} -> "
+            + f"{r['commit_during']} ms"
         )
     return 0
 
