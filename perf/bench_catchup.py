@@ -8,7 +8,7 @@ the stream from the head (history from LTS, then the cached tail). Reported:
 - the reader's MB/s while catching up, and the time until it reaches the tail (an event
   read less than `--tail-lag` seconds after it was written);
 - a check that the reader got every event in order;
-- per run, the busiest worker's group-commit cycle p50/p95 (its status's stage latencies)
+- per run, the busiest worker's group-commit cycle p50/p95/max (its status's stage latencies)
   just before the reader starts and as it reaches the tail: whether the write path's own
   write + fdatasync slowed, or the time went elsewhere.
 
@@ -309,15 +309,17 @@ def one_run(args: argparse.Namespace) -> dict:
 
 
 def _commit_stage(mgr) -> str:
-    """ "p50/p95" in ms of the busiest worker's group-commit cycles over its last samples
-    (a few seconds here; its last heartbeat's, client/protocol/latency.py), or "?"."""
+    """The busiest worker's group-commit cycles over its last samples (a few seconds here;
+    its last heartbeat's, client/protocol/latency.py) as "commit p50/p95/max" in ms."""
+    from streamvault.tools.status import stage_line
+
     stages = [
         p.info.get("latency_ms", {}).get("commit", {})
         for p in mgr.status().processes
         if p.role == "worker" and isinstance(p.info, dict)
     ]
     busiest = max(stages, key=lambda s: s.get("count", 0), default={})
-    return f"{busiest['p50']:g}/{busiest['p95']:g}" if "p50" in busiest else "?"
+    return stage_line({"commit": busiest}) or "commit ?"
 
 
 def main() -> int:
@@ -418,8 +420,7 @@ def main() -> int:
             + (f", control {r['control']['p95_ms']:.2f} ms" if r["control"] else "")
             + "; replies from LTS/cache/log: "
             + "/".join(str(r["sources"][k]) for k in ("lts", "cache", "log"))
-            + f"; the worker's commit cycles p50/p95 {r['commit_before']} -> "
-            + f"{r['commit_during']} ms"
+            + f"; the worker's {r['commit_before']} -> {r['commit_during']} ms"
         )
     return 0
 

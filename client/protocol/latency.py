@@ -32,11 +32,6 @@ class LatencyWindow:
         self._values = array("d", bytes(8 * samples))
         self._count = 0
 
-    @property
-    def count(self) -> int:
-        """Durations recorded since this window was made."""
-        return self._count
-
     def record(self, seconds: float) -> None:
         values = self._values
         values[self._count % len(values)] = seconds

@@ -126,9 +126,9 @@ class BookieCore:
         self.invalid_counts: dict[bytes, int] = {}
         self.counters = {"adds": 0, "reads": 0, "fenced_rejects": 0, "crc_rejects": 0}
         self._after_commit: list[tuple[bytes, int, m.ReadEntry]] = []
-        self.latency: dict[str, LatencyWindow] = {}
-        """Stage durations the process adds (`Bookie`: each turn); `info` reports them with
-        the journal's disk calls."""
+        self.latency = {"turn": LatencyWindow()}
+        """Each turn the process (`Bookie`) times: drain, commit (its pwrite and fdatasync),
+        answer; `info` reports it with the journal's disk calls."""
 
     def end_turn(self) -> None:
         """Commit what this turn's requests queued (one group commit), then answer them:
@@ -341,8 +341,6 @@ class Bookie:
             status=lambda: self.core.process_info(self.endpoint),
         )
         self.journal = journal
-        self.turn_latency = self.core.latency["turn"] = LatencyWindow()
-        """Each turn: drain, commit (its pwrite and fdatasync), answer."""
         self.heartbeat = (
             transport.HeartbeatSender(self.ctx, config.controller) if config.controller else None
         )
@@ -386,7 +384,7 @@ class Bookie:
             if len(frames) >= 2:
                 self.core.receive(frames[0].bytes, frames[1:])
         self.core.end_turn()
-        self.turn_latency.record(time.monotonic() - started)
+        self.core.latency["turn"].record(time.monotonic() - started)
 
     # --- plumbing ----------------------------------------------------------------------
     def _send(self, peer: bytes, frames: list[Any]) -> None:
