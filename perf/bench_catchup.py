@@ -29,12 +29,15 @@ Target: the reader reads >= 2x the write rate, and write p95 during catch-up sta
 1.5x of write p95 without it.
 
     python perf/bench_catchup.py [--rate-mb 50] [--cache 64M] [--backlog 12] [--runs 3]
-        [--reader-sched normal|idle] [--reader-rate X] [--no-control]
+        [--reader-sched normal|idle] [--reader-rate X] [--reader-api batch|event]
+        [--no-control]
 
 `--reader-rate X` holds the reader to X times the write rate (0: as fast as it can). A reader
 that shares the machine and reads as fast as it can takes every CPU cycle it gets (about
 0.7 of a core here whatever its cost per event), so its own load sets much of the write p95
 increase; held to the target's 2x-3x it shows what a catch-up reader at that rate costs.
+`--reader-api batch` (the default) reads with `read_next_events` and checks each batch's
+order and write times as numpy arrays; `event` reads and checks one event per Python call.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
 
 HERE = Path(__file__).resolve().parent
@@ -65,6 +69,7 @@ EVENT_BYTES = 1000
 BATCH = 100
 CONTROL_SETTLE_S = 1.0  # after the reader stops, before the control window opens
 STAMP = struct.Struct("<dQ")  # write time, sequence number
+STAMP_DTYPE = np.dtype([("at", "<f8"), ("seq", "<u8")])  # the same, for a batch's rows
 
 
 def writer_loop(
@@ -118,6 +123,7 @@ def reader_process(
     deadline_s: float,
     sched: str,
     rate_bytes: float,
+    api: str,
     go,
     out,
 ) -> None:
@@ -134,15 +140,28 @@ def reader_process(
         expected = 0
         ordered = True
         reached = None
+        paced_at = 0
         while time.perf_counter() - start < deadline_s:
-            event = reader.read_next_event(2.0)
-            if event is None:
-                break
-            written_at, seq = STAMP.unpack_from(event.data)
-            ordered &= seq == expected
-            expected = seq + 1
-            count += 1
-            if rate_bytes and not count % 256:  # held to its rate: sleep off any lead
+            if api == "batch":  # each batch checked as arrays: no per-event Python work
+                batch = reader.read_next_events(2.0)
+                if batch is None:
+                    break
+                stamps = np.ascontiguousarray(batch.array()[:, : STAMP.size]).view(STAMP_DTYPE)
+                seqs = stamps["seq"].reshape(-1)
+                ordered &= bool(seqs[0] == expected and (np.diff(seqs) == 1).all())
+                expected = int(seqs[-1]) + 1
+                count += len(seqs)
+                written_at = float(stamps["at"][-1, 0])
+            else:
+                event = reader.read_next_event(2.0)
+                if event is None:
+                    break
+                written_at, seq = STAMP.unpack_from(event.data)
+                ordered &= seq == expected
+                expected = seq + 1
+                count += 1
+            if rate_bytes and count - paced_at >= 256:  # held to its rate: sleep off any lead
+                paced_at = count
                 lead = count * EVENT_BYTES / rate_bytes - (time.perf_counter() - start)
                 if lead > 0:
                     time.sleep(lead)
@@ -222,6 +241,7 @@ def one_run(args: argparse.Namespace) -> dict:
                     args.deadline,
                     args.reader_sched,
                     args.reader_rate * args.rate_mb * 1e6,
+                    args.reader_api,
                     go,
                     out,
                 ),
@@ -347,6 +367,13 @@ def main() -> int:
         help="hold the reader to this many times the write rate (0: as fast as it can)",
     )
     ap.add_argument(
+        "--reader-api",
+        choices=("batch", "event"),
+        default="batch",
+        help="batch: read_next_events, each batch checked as numpy arrays; event: "
+        "read_next_event, one Python call and check per event",
+    )
+    ap.add_argument(
         "--payload",
         choices=("repeated", "random"),
         default="repeated",
@@ -366,7 +393,7 @@ def main() -> int:
     print(
         f"writer {args.rate_mb} MB/s of {EVENT_BYTES} B events, cache {args.cache}, backlog "
         f"{args.backlog}x cache, {args.payload} payloads, RF=1, fdatasync before ack, "
-        f"reader {args.reader_sched}"
+        f"reader {args.reader_sched} ({args.reader_api} reads)"
         f"{f' held to {args.reader_rate:g}x the write rate' if args.reader_rate else ''}; "
         f"medians of {args.runs} runs"
     )

@@ -84,3 +84,70 @@ def split_events(
         append((base_offset + pos, data[pos + EVENT_HEADER_BYTES : end]))
         pos = end
     return out, pos
+
+
+RUN_PROBE_EVENTS = 64
+"""First window of equal-length headers `index_events` compares at once; each window that
+holds only equal lengths makes the next 4x larger, so a run of n events costs O(log n) numpy
+calls and a run that breaks early costs at most one small window."""
+
+
+def index_events(data: bytes) -> tuple[np.ndarray, np.ndarray, int]:
+    """Index the whole events at the front of `data` without copying any of them.
+
+    Returns (start of each event's bytes in `data`, each event's length, bytes consumed), the
+    two arrays int64; a trailing partial event is left unconsumed. A run of equal-length
+    events (fixed-size samples or records) is found by comparing its headers with one numpy
+    call per window; other events are read one header at a time. Raises InvalidMessage on a
+    length that can never be valid, as `split_events` does.
+    """
+    import numpy as np
+
+    size = len(data)
+    unpack = EVENT_HEADER.unpack_from
+    runs: list[tuple[int, int, int]] = []  # (first header position, event length, count)
+    pos = 0
+    while size - pos >= EVENT_HEADER_BYTES:
+        (length,) = unpack(data, pos)
+        if length > EVENT_BYTES_MAX:
+            raise InvalidMessage(f"read: event length {length} at offset {pos} > {EVENT_BYTES_MAX}")
+        stride = EVENT_HEADER_BYTES + length
+        whole = (size - pos) // stride  # events of this length that would fit
+        if whole == 0:
+            break
+        count = 1
+        if whole > 1 and unpack(data, pos + stride)[0] == length:  # a run: measure it
+            count, window = 2, RUN_PROBE_EVENTS
+            while count < whole:
+                probe = min(window, whole - count)
+                heads = np.ndarray(
+                    (probe,), "<u4", buffer=data, offset=pos + count * stride, strides=(stride,)
+                )
+                same = heads == length
+                if not same.all():
+                    count += int(same.argmin())
+                    break
+                count += probe
+                window *= 4
+        if runs and runs[-1][1] == length and runs[-1][0] + runs[-1][2] * stride == pos:
+            first, _, before = runs[-1]
+            runs[-1] = (first, length, before + count)
+        else:
+            runs.append((pos, length, count))
+        pos += count * stride
+    if not runs:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, 0
+    if len(runs) == 1:
+        first, length, count = runs[0]
+        stride = EVENT_HEADER_BYTES + length
+        starts = np.arange(count, dtype=np.int64) * stride + (first + EVENT_HEADER_BYTES)
+        return starts, np.full(count, length, dtype=np.int64), pos
+    spec = np.array(runs, dtype=np.int64)
+    firsts, lengths, counts = spec[:, 0], spec[:, 1], spec[:, 2]
+    run_of = np.repeat(np.arange(len(runs)), counts)
+    index_in_run = np.arange(len(run_of)) - np.repeat(np.cumsum(counts) - counts, counts)
+    starts = (
+        firsts[run_of] + EVENT_HEADER_BYTES + index_in_run * (lengths[run_of] + EVENT_HEADER_BYTES)
+    )
+    return starts, lengths[run_of], pos

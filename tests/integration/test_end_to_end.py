@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
+import pytest
 from support.history import check_exactly_once, event, expected_counts, parse, read_all, unique
 
 from streamvault.client import StreamManager
@@ -105,5 +108,68 @@ def test_a_reader_reads_ahead_of_the_caller_and_holds_a_bounded_buffer(shared_st
                 ahead += sum(1 for seg in owned if seg.events and seg.request_id)
                 assert len(reader._by_request) <= len(owned)
                 for seg in owned:
-                    assert sum(len(d) + 4 for _, d in seg.events) < 2 * READ_BYTES
+                    held = sum(int((b.lengths[b.next :] + 4).sum()) for b in seg.events)
+                    assert held < 2 * READ_BYTES
             assert ahead > 0, "no read was ever asked for while events were buffered"
+
+
+def test_batches_of_events_are_read_back_exactly_once_in_order_without_copies(
+    shared_standalone,
+):
+    """`read_next_events`: batches of one segment each, mixed with single reads, give every
+    event once and in key order; a batch of equal-size events is a 2-D array over the
+    reply's bytes; offsets and position agree with what single reads report."""
+    from streamvault.client.errors import InvalidArgument
+
+    scope, stream = unique("s"), unique("t")
+    fixed = np.frombuffer(b"".join(event(0, i) for i in range(6000)), dtype=np.uint8)
+    with StreamManager(shared_standalone.controller) as mgr:
+        mgr.create_scope(scope)
+        mgr.create_stream(scope, stream, initial_segments=2)
+        with mgr.create_writer(scope, stream) as writer:
+            writer.write_events(fixed.reshape(6000, 100), routing_key="k0")
+            # key 1: sizes that change from event to event, and empty-tailed runs
+            writer.write_events(
+                [event(1, i, size=20 + i % 7 * 50) for i in range(3000)], routing_key="k1"
+            ).result(timeout=60)
+            writer.flush(timeout=60)
+        mgr.create_reader_group(scope, "g", [stream])
+        got: list[bytes] = []
+        rows = 0
+        with mgr.create_reader(scope, "g", "r") as reader:
+            with pytest.raises(InvalidArgument, match="max_events"):
+                reader.read_next_events(1.0, max_events=0)
+            deadline = time.monotonic() + 60
+            calls = 0
+            while len(got) < 9000 and time.monotonic() < deadline:
+                calls += 1
+                if calls % 5 == 0:  # single reads between batches share the same buffers
+                    single = reader.read_next_event(1.0)
+                    if single is not None:
+                        got.append(single.data)
+                    continue
+                batch = reader.read_next_events(1.0, max_events=700)
+                if batch is None:
+                    continue
+                assert 1 <= len(batch) <= 700
+                items = list(batch)
+                assert [e.data for e in items] == [batch[i] for i in range(len(batch))]
+                assert batch.offsets.tolist() == [e.offset for e in items]
+                assert {e.segment for e in items} == {batch.segment}
+                last = items[-1]
+                assert batch.position == (batch.segment, last.offset + 4 + len(last.data))
+                keys = {parse(e.data)[0] for e in items}
+                assert len(keys) == 1, "a batch holds one segment's events"
+                if keys == {0}:
+                    array = batch.array()
+                    assert array.shape == (len(batch), 100) and not array.flags.writeable
+                    assert array.base is not None  # a view, not a copy
+                    assert bytes(array[-1]) == last.data
+                    rows += len(array)
+                elif len({len(e.data) for e in items}) > 1:
+                    with pytest.raises(InvalidArgument, match="different sizes"):
+                        batch.array()
+                got.extend(e.data for e in items)
+            assert reader.read_next_events(0.3) is None  # nothing beyond what was written
+    check_exactly_once(got, {0: 6000, 1: 3000})
+    assert rows > 0
