@@ -390,7 +390,9 @@ class EventStreamReader:
             return
         rid = next_request_id()
         request = m.ReadSegment(seg.fetch_offset, READ_BYTES, TAIL_WAIT_MS, seg.name)
-        sock.send_multipart(codec.encode(request, rid, timeout_ms=TAIL_WAIT_MS + 1000))
+        sock.send_multipart(
+            codec.encode(request, rid, timeout_ms=TAIL_WAIT_MS + 1000, flags=codec.FLAG_ZSTD_OK)
+        )
         seg.request_id, seg.sent_at = rid, now
         self._by_request[rid] = seg
 

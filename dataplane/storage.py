@@ -1,5 +1,6 @@
 """Long-term storage as the data plane uses it: store a chunk (compress, create, retry),
-read a byte range of a chunk (index cached, decompressed frames cached), collect orphans.
+read a byte range of a chunk (index cached, decompressed frames cached) or its stored zstd
+frames (for a reader that decompresses them itself), collect orphans.
 
 Blocking calls, meant for worker threads (the uploader's pool, a worker's LTS pool): never
 on a worker's event loop. Every retry loop is bounded (attempts and capped backoff).
@@ -12,6 +13,9 @@ import logging
 import random
 import threading
 import time
+from typing import NamedTuple
+
+import crc32c
 
 from streamvault.client.protocol.errors import (
     ChunkExists,
@@ -19,6 +23,7 @@ from streamvault.client.protocol.errors import (
     StorageError,
     StreamVaultError,
 )
+from streamvault.client.protocol.limits import ZSTD_FRAME_RAW_MAX
 from streamvault.dataplane.container.tiering import container_prefix, parse_chunk_name
 from streamvault.lts.chunk_format import (
     ChunkIndex,
@@ -40,6 +45,16 @@ READ_AHEAD_BYTES = 4 * 1024 * 1024
 READ_THROUGH_BYTES_MAX = 64 * 1024 * 1024
 """Decompressed LTS bytes kept for read-ahead per process (separate from the shared cache, so
 reads of history never evict tail data)."""
+
+
+class StoredFrames(NamedTuple):
+    """Raw bytes [offset, offset + raw_bytes) of a chunk as its stored zstd frames: they
+    decompress to `skip` bytes before `offset`, then those bytes, then at most the rest of
+    the last frame."""
+
+    skip: int
+    raw_bytes: int
+    frames: list[memoryview]
 
 
 _scratch = threading.local()
@@ -91,7 +106,12 @@ class ChunkReader:
         self._ranges: collections.OrderedDict[tuple[str, int], bytes | memoryview] = (
             collections.OrderedDict()
         )
-        self._range_bytes = 0
+        # stored (compressed) bytes of frames sent as they are: (name, first frame) ->
+        # (last frame, bytes from the first frame's start)
+        self._spans: collections.OrderedDict[tuple[str, int], tuple[int, memoryview]] = (
+            collections.OrderedDict()
+        )
+        self._range_bytes = 0  # decoded ranges and stored spans together
 
     def _index(self, name: str, stored_bytes: int) -> ChunkIndex:
         with self._lock:
@@ -125,6 +145,65 @@ class ChunkReader:
         start, data = hit
         return memoryview(data)[offset - start : offset - start + length]
 
+    def read_frames(
+        self, name: str, stored_bytes: int, offset: int, length: int
+    ) -> StoredFrames | None:
+        """Raw bytes from `offset` of chunk `name`, at most `length`, as the zstd frames they
+        are stored in (CRC-checked, not decompressed): from `offset`'s frame up to the last
+        frame that ends within `length`, or that one frame alone. None where a decoded range
+        already holds `offset` (cheaper to send as it is), at or past the chunk's end, or
+        where any of the frames is stored raw (`read` sends raw bytes as they are). The
+        stored bytes of the frames a read ahead covers (`READ_AHEAD_BYTES` of raw bytes) are
+        kept for the next reads, as decoded ranges are."""
+        index = self._index(name, stored_bytes)
+        size = index.frame_raw_bytes
+        if offset >= index.raw_bytes or length <= 0 or size > ZSTD_FRAME_RAW_MAX:
+            return None
+        if self._cached(name, offset) is not None:
+            return None
+        first = offset // size
+        end = min(offset + length, index.raw_bytes)
+        last = first
+        while last + 1 < index.frame_count and min((last + 2) * size, index.raw_bytes) <= end:
+            last += 1
+        if any(index.frame_is_raw(i) for i in range(first, last + 1)):
+            return None
+        span = self._stored_span(name, index, first, last)
+        base = index.frame_offsets[span[0]]
+        frames = [
+            span[1][index.frame_offsets[i] - base : index.frame_offsets[i + 1] - base]
+            for i in range(first, last + 1)
+        ]
+        raw = min(min((last + 1) * size, index.raw_bytes) - offset, length)
+        return StoredFrames(offset - first * size, raw, frames)
+
+    def _stored_span(
+        self, name: str, index: ChunkIndex, first: int, last: int
+    ) -> tuple[int, memoryview]:
+        """(first frame, its stored bytes onwards) of a kept span holding frames
+        first..last, or of a span fetched, checked and kept for them and the read ahead."""
+        with self._lock:
+            for (kept_name, kept_first), (kept_last, data) in reversed(self._spans.items()):
+                if kept_name == name and kept_first <= first and last <= kept_last:
+                    self._spans.move_to_end((kept_name, kept_first))
+                    return kept_first, data
+        ahead = max(1, READ_AHEAD_BYTES // index.frame_raw_bytes)
+        stop = min(index.frame_count, max(last + 1, first + ahead))
+        start_at = index.frame_offsets[first]
+        data = memoryview(self.store.read(name, start_at, index.frame_offsets[stop] - start_at))
+        if len(data) != index.frame_offsets[stop] - start_at:
+            raise DataCorruption(f"chunk {name} frames {first}-{stop - 1}: read short")
+        for i in range(first, stop):
+            frame = data[index.frame_offsets[i] - start_at : index.frame_offsets[i + 1] - start_at]
+            if crc32c.crc32c(frame) != index.frame_crcs[i]:
+                raise DataCorruption(f"chunk {name} frame {i}: checksum mismatch")
+        with self._lock:
+            old = self._spans.pop((name, first), None)
+            self._range_bytes += len(data) - (len(old[1]) if old else 0)
+            self._spans[(name, first)] = (stop - 1, data)
+            self._trim()
+        return first, data
+
     def _cached(self, name: str, offset: int) -> tuple[int, bytes | memoryview] | None:
         """A read-through range of `name` holding byte `offset`: a sequential reader's next
         reads fall inside the range read ahead for its first, whatever their frame."""
@@ -142,15 +221,25 @@ class ChunkReader:
             self._range_bytes -= len(old) if old else 0
             self._ranges[(name, start)] = data
             self._range_bytes += len(data)
-            while self._range_bytes > READ_THROUGH_BYTES_MAX and len(self._ranges) > 1:
-                _, dropped = self._ranges.popitem(last=False)
-                self._range_bytes -= len(dropped)
+            self._trim()
+
+    def _trim(self) -> None:
+        """Drop the oldest decoded ranges, then the oldest stored spans, while over budget
+        (the newest of each stays). Called with the lock held."""
+        while self._range_bytes > READ_THROUGH_BYTES_MAX and len(self._ranges) > 1:
+            _, dropped = self._ranges.popitem(last=False)
+            self._range_bytes -= len(dropped)
+        while self._range_bytes > READ_THROUGH_BYTES_MAX and len(self._spans) > 1:
+            _, (_, span) = self._spans.popitem(last=False)
+            self._range_bytes -= len(span)
 
     def forget(self, name: str) -> None:
         with self._lock:
             self._indexes.pop(name, None)
             for key in [k for k in self._ranges if k[0] == name]:
                 self._range_bytes -= len(self._ranges.pop(key))
+            for key in [k for k in self._spans if k[0] == name]:
+                self._range_bytes -= len(self._spans.pop(key)[1])
 
 
 def collect_orphans(

@@ -38,7 +38,7 @@ from streamvault.dataplane.container import Container
 from streamvault.dataplane.container.container import LtsRead
 from streamvault.dataplane.container.tiering import UploadTask
 from streamvault.dataplane.log import LocalDurableLog
-from streamvault.dataplane.storage import ChunkReader, collect_orphans, store_chunk
+from streamvault.dataplane.storage import ChunkReader, StoredFrames, collect_orphans, store_chunk
 from streamvault.lts.chunk_store import ChunkStore
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,7 @@ class StorageWriter:
             "upload_failures": 0,
             "log_uploads": 0,
             "lts_reads": 0,
+            "lts_zstd_reads": 0,  # of which answered with the chunk's stored zstd frames
             "orphans_deleted": 0,
         }
 
@@ -184,14 +185,26 @@ class StorageWriter:
 
     # --- reads -----------------------------------------------------------------------------
     def read(
-        self, lts: LtsRead, reply: Callable[[memoryview | None, BaseException | None], None]
+        self,
+        lts: LtsRead,
+        reply: Callable[[memoryview | StoredFrames | None, BaseException | None], None],
+        *,
+        frames: bool = False,
     ) -> None:
-        """Read from LTS in the pool; `reply(data, error)` runs on the worker's loop."""
+        """Read from LTS in the pool; `reply(data, error)` runs on the worker's loop. With
+        `frames` the data may come as the chunk's stored zstd frames (`StoredFrames`), for a
+        reader that decompresses them itself: then this worker neither decodes them nor
+        sends the decoded bytes."""
         self.counters["lts_reads"] += 1
+        reader = self.reader
 
         def job() -> None:
             try:
-                data = self.reader.read(lts.chunk, lts.stored_bytes, lts.offset, lts.length)
+                data: memoryview | StoredFrames | None = None
+                if frames:
+                    data = reader.read_frames(lts.chunk, lts.stored_bytes, lts.offset, lts.length)
+                if data is None:
+                    data = reader.read(lts.chunk, lts.stored_bytes, lts.offset, lts.length)
                 self.post(lambda: reply(data, None))
             except Exception as exc:  # reported to the reader as an error
                 self.post(lambda exc=exc: reply(None, exc))

@@ -69,6 +69,7 @@ from streamvault.dataplane.log.replicated_log import (
 )
 from streamvault.dataplane.log.replicator import Replicator
 from streamvault.dataplane.standby import StandbyConfig, wait_for_takeover
+from streamvault.dataplane.storage import StoredFrames
 from streamvault.dataplane.storage_writer import StorageWriter
 from streamvault.lts.uri import open_chunk_store
 
@@ -529,6 +530,8 @@ class Worker:
         if isinstance(msg, m.ReadSegment):
             plan = self._container(msg.segment).read(peer, rid, msg, time.monotonic())
             if plan is not None:
+                if plan.lts is not None and header.flags & codec.FLAG_ZSTD_OK:
+                    plan = plan._replace(zstd=True)
                 self._send_plans([plan])
             return None
         if isinstance(msg, m.SetupAppend):
@@ -579,7 +582,9 @@ class Worker:
             elif plan.lts is not None:
                 assert self.storage is not None, "LTS data without an LTS store"
                 self.storage.read(
-                    plan.lts, lambda data, exc, plan=plan: self._lts_reply(plan, data, exc)
+                    plan.lts,
+                    lambda data, exc, plan=plan: self._lts_reply(plan, data, exc),
+                    frames=plan.zstd,
                 )
             else:
                 dlog = self.logs[container_for(plan.segment, self.config.container_count)]
@@ -616,11 +621,26 @@ class Worker:
             self.ring.lend(block, tracker)
 
     def _lts_reply(
-        self, plan: ReadPlan, data: memoryview | None, exc: BaseException | None
+        self, plan: ReadPlan, data: memoryview | StoredFrames | None, exc: BaseException | None
     ) -> None:
         if data is None:
             err = exc if isinstance(exc, StreamVaultError) else InternalError(repr(exc))
             self._send(plan.peer, codec.encode_exception(plan.request_id, err))
+            return
+        if isinstance(data, StoredFrames):
+            assert self.storage is not None
+            self.storage.counters["lts_zstd_reads"] += 1
+            end = plan.sealed and plan.offset + data.raw_bytes >= plan.segment_length
+            body = m.SegmentReadZstd(
+                plan.offset,
+                plan.segment_length,
+                end,
+                plan.segment,
+                data.skip,
+                data.raw_bytes,
+                data.frames,
+            )
+            self._send(plan.peer, codec.encode(body, plan.request_id))
             return
         end = plan.sealed and plan.offset + len(data) >= plan.segment_length
         reply = m.SegmentRead(

@@ -292,7 +292,7 @@ def one_run(args: argparse.Namespace) -> dict:
             workers = [p for p in mgr.status().processes if p.role == "worker"]
             sources = {
                 key: sum(w.info.get(f"{key}_reads", 0) for w in workers)
-                for key in ("lts", "cache", "log")
+                for key in ("lts", "lts_zstd", "cache", "log")
             }
     finally:
         stop_standalone(proc)
@@ -445,8 +445,9 @@ def main() -> int:
             f"{r['time_to_tail_s']:.1f} s, write p95 {r['before']['p95_ms']:.2f} -> "
             f"{r['during']['p95_ms']:.2f} ms"
             + (f", control {r['control']['p95_ms']:.2f} ms" if r["control"] else "")
-            + "; replies from LTS/cache/log: "
-            + "/".join(str(r["sources"][k]) for k in ("lts", "cache", "log"))
+            + "; replies from LTS (of which as zstd frames)/cache/log: "
+            + f"{r['sources']['lts']} ({r['sources']['lts_zstd']})/"
+            + "/".join(str(r["sources"][k]) for k in ("cache", "log"))
             + f"; the worker's {r['commit_before']} -> {r['commit_during']} ms"
         )
     return 0

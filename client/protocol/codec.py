@@ -35,6 +35,7 @@ from streamvault.client.protocol.limits import (
     REQUEST_TIMEOUT_MS_MAX,
     SEGMENT_NAME_BYTES_MAX,
     TAIL_WAIT_MS_MAX,
+    ZSTD_FRAME_RAW_MAX,
 )
 
 _request_ids = itertools.count(1)
@@ -61,6 +62,8 @@ APPEND_BLOCK = struct.Struct("<16sqqIqIH")  # writer id, first, last, count, exp
 DATA_APPENDED = struct.Struct("<16sqqBH")  # writer id, last event, length, duplicate, name bytes
 READ_SEGMENT = struct.Struct("<qIIH")  # offset, max bytes, wait ms, name bytes
 SEGMENT_READ = struct.Struct("<qqBIH")  # offset, length, end of segment, payload bytes, name
+SEGMENT_READ_ZSTD = struct.Struct("<qqBIIIH")  # offset, length, end of segment, raw bytes,
+#                                               skip, payload (stored) bytes, name bytes
 ERROR = struct.Struct("<H")
 ADD_ENTRY = struct.Struct("<QQQqII")  # ledger, entry, epoch, lac, crc32c, payload bytes
 ENTRY_ADDED = struct.Struct("<QQ")  # ledger, entry
@@ -197,6 +200,22 @@ def encode(body: Any, request_id: int, *, timeout_ms: int = 0, flags: int = 0) -
             + READ_SEGMENT.pack(body.offset, body.max_bytes, body.wait_ms, len(body.segment))
             + body.segment
         ]
+    if isinstance(body, m.SegmentReadZstd):
+        head = encode_header(m.MsgType.SEGMENT_READ_ZSTD, request_id, flags=flags)
+        return [
+            head
+            + SEGMENT_READ_ZSTD.pack(
+                body.offset,
+                body.segment_length,
+                body.end_of_segment,
+                body.raw_bytes,
+                body.skip,
+                sum(_nbytes(f) for f in body.frames),
+                len(body.segment),
+            )
+            + body.segment,
+            *body.frames,
+        ]
     if isinstance(body, m.SegmentRead):
         head = encode_header(m.MsgType.SEGMENT_READ, request_id, flags=flags)
         total = sum(_nbytes(part) for part in body.payload)
@@ -248,6 +267,8 @@ def encode(body: Any, request_id: int, *, timeout_ms: int = 0, flags: int = 0) -
 
 FLAG_REPLY = 1
 """Set on control messages that are replies (CONTROL_REPLY); ignored on other types."""
+FLAG_ZSTD_OK = 2
+"""On a `ReadSegment`: the reader takes its bytes as zstd frames (`SegmentReadZstd`)."""
 
 
 def encode_reply(body: m.Control, request_id: int) -> list[Any]:
@@ -386,6 +407,60 @@ def _decode_segment_read(view: memoryview, frames: Sequence[Any]) -> m.SegmentRe
     return m.SegmentRead(offset, length, bool(flags), segment, payload)
 
 
+def _decode_segment_read_zstd(view: memoryview, frames: Sequence[Any]) -> m.SegmentRead:
+    """Checked, then decompressed into one buffer: the `SegmentRead` the reply stands for."""
+    offset, length, flags, raw, skip, stored, name_bytes = _fields(
+        view, SEGMENT_READ_ZSTD, "SegmentReadZstd"
+    )
+    if offset < 0 or length < 0 or flags > 1 or not 0 < raw <= READ_BYTES_MAX:
+        raise InvalidMessage(
+            f"SegmentReadZstd: offset={offset} length={length} flags={flags} raw_bytes={raw}"
+        )
+    if offset + raw > length or skip >= ZSTD_FRAME_RAW_MAX:
+        raise InvalidMessage(f"SegmentReadZstd: raw_bytes={raw} skip={skip} offset={offset}")
+    segment = _name(view, HEADER_BYTES + SEGMENT_READ_ZSTD.size, name_bytes, "SegmentReadZstd")
+    packed = [_view(f) for f in frames[1:]]
+    if not packed or sum(len(f) for f in packed) != stored or stored > READ_BYTES_MAX:
+        raise InvalidMessage(f"SegmentReadZstd: {len(packed)} frames, header says {stored} bytes")
+    data = _decompress(packed, skip + raw)
+    return m.SegmentRead(offset, length, bool(flags), segment, [data[skip : skip + raw]])
+
+
+def _decompress(packed: list[memoryview], need: int) -> memoryview:
+    """zstd frames into one buffer; each must state its size (at most ZSTD_FRAME_RAW_MAX),
+    together at least `need` and less than one frame more, and each decode to that size."""
+    import zstandard  # here: processes that never read such replies skip its import
+
+    try:
+        sizes = [zstandard.frame_content_size(f) for f in packed]
+    except zstandard.ZstdError as exc:
+        raise InvalidMessage(f"SegmentReadZstd: not a zstd frame: {exc}") from exc
+    if any(not 0 < size <= ZSTD_FRAME_RAW_MAX for size in sizes):
+        raise InvalidMessage(f"SegmentReadZstd: frame sizes {sizes} not in 1..{ZSTD_FRAME_RAW_MAX}")
+    total = sum(sizes)
+    if not need <= total < need + sizes[-1]:
+        raise InvalidMessage(f"SegmentReadZstd: frames hold {total} bytes for {need}")
+    out = memoryview(bytearray(total))
+    decompressor = zstandard.ZstdDecompressor()
+    pos = 0
+    try:
+        for frame, size in zip(packed, sizes, strict=True):
+            with decompressor.stream_reader(frame) as reader:
+                end = pos + size
+                while pos < end:
+                    got = reader.readinto(out[pos:end])
+                    if not got:
+                        break
+                    pos += got
+                if pos != end or reader.read(1):
+                    raise InvalidMessage(
+                        f"SegmentReadZstd: a frame of {size} bytes decoded short or long"
+                    )
+    except zstandard.ZstdError as exc:
+        raise InvalidMessage(f"SegmentReadZstd: corrupt frame: {exc}") from exc
+    return out
+
+
 def _exact(view: memoryview, layout: struct.Struct, what: str) -> tuple:
     if len(view) != HEADER_BYTES + layout.size:
         raise InvalidMessage(f"{what}: {len(view)} bytes, expected {HEADER_BYTES + layout.size}")
@@ -486,6 +561,7 @@ _DECODERS = {
     m.MsgType.DATA_APPENDED: _decode_data_appended,
     m.MsgType.READ_SEGMENT: _decode_read_segment,
     m.MsgType.SEGMENT_READ: _decode_segment_read,
+    m.MsgType.SEGMENT_READ_ZSTD: _decode_segment_read_zstd,
     m.MsgType.ADD_ENTRY: _decode_add_entry,
     m.MsgType.ENTRY_ADDED: _decode_entry_added,
     m.MsgType.READ_ENTRY: _decode_read_entry,

@@ -34,6 +34,9 @@ NAME_CHARS_MAX: Final = 200
 SEGMENTS_PER_STREAM_MAX: Final = 1024
 READ_BYTES_MAX: Final = 4 * MIB
 """Largest number of bytes one `ReadSegment` reply carries."""
+ZSTD_FRAME_RAW_MAX: Final = 1 * MIB
+"""Largest decompressed size of one frame of a `SegmentReadZstd` reply (LTS chunk frames
+are 256 KiB); so a reply decompresses to at most its bytes plus two frames' worth."""
 TAIL_WAIT_MS_MAX: Final = 60_000
 """Longest a tail read may wait for new data before answering with nothing."""
 REQUEST_TIMEOUT_MS_MAX: Final = 300_000

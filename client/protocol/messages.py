@@ -34,6 +34,7 @@ class MsgType(IntEnum):
     DATA_APPENDED = 13
     READ_SEGMENT = 14
     SEGMENT_READ = 15
+    SEGMENT_READ_ZSTD = 16
     ADD_ENTRY = 20
     ENTRY_ADDED = 21
     READ_ENTRY = 22
@@ -93,6 +94,21 @@ class SegmentRead(NamedTuple):
     end_of_segment: bool
     segment: bytes
     payload: list[Any]  # zero or more bytes-like frames, contiguous from `offset`
+
+
+class SegmentReadZstd(NamedTuple):
+    """A `SegmentRead` whose bytes travel as zstd frames, as LTS stores them (sent only to a
+    `ReadSegment` flagged `FLAG_ZSTD_OK`): the frames decompress, in order, to `skip` bytes
+    before `offset`, then the `raw_bytes` the reply carries from `offset`, then at most the
+    rest of the last frame. Decoded into the `SegmentRead` it stands for."""
+
+    offset: int
+    segment_length: int
+    end_of_segment: bool
+    segment: bytes
+    skip: int
+    raw_bytes: int
+    frames: list[Any]  # one or more zstd frames (with content size and checksum)
 
 
 # bookie data path (ledger client -> bookie)

@@ -87,6 +87,7 @@ class ReadPlan(NamedTuple):
     views: list[Any] = []
     blocks: list[int] = []  # cache blocks the views are in (lent while they are sent)
     lts: LtsRead | None = None
+    zstd: bool = False  # LTS bytes may go as stored zstd frames (the reader asked for them)
 
     @property
     def end_of_segment(self) -> bool:

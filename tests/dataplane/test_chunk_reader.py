@@ -64,3 +64,49 @@ def test_reads_of_two_chunks_interleaved_each_use_their_own_range(tmp_path):
             assert bytes(reader.read(name, sizes[name], offset, MIB)) == raw[offset : offset + MIB]
     ranges = [r for r in store.reads if r[1] > 8192]  # not the footer/index reads
     assert len(ranges) == 2 * (8 * MIB // READ_AHEAD_BYTES), store.reads
+
+
+def _decoded(frames) -> bytes:
+    import zstandard
+
+    return b"".join(zstandard.ZstdDecompressor().decompress(bytes(f)) for f in frames)
+
+
+def test_stored_frames_decode_to_the_bytes_read_would_give(tmp_path):
+    """A sequential reader taking stored frames: each reply's frames decompress to the
+    bytes asked for (after `skip`), ends on a frame boundary after the first, and the chunk's
+    stored bytes are fetched once per read-ahead span, never decoded by the reader here."""
+    raw = (os.urandom(1000) * 6400)[: 6 * MIB + 100_000]  # compressible, short last frame
+    store = CountingStore(str(tmp_path))
+    chunk = encode_chunk(raw)
+    store.create("c", chunk)
+    reader = ChunkReader(store)
+    offset, fetched = 12_345, 0
+    while offset < len(raw):
+        got = reader.read_frames("c", len(chunk), offset, MIB)
+        assert got is not None
+        assert 0 < got.raw_bytes <= MIB
+        data = _decoded(got.frames)
+        assert data[got.skip : got.skip + got.raw_bytes] == raw[offset : offset + got.raw_bytes]
+        assert len(data) - got.skip - got.raw_bytes < FRAME_RAW_BYTES
+        if offset % FRAME_RAW_BYTES == 0 and offset + got.raw_bytes < len(raw):
+            assert got.raw_bytes == MIB  # aligned: whole frames up to the length asked for
+        offset += got.raw_bytes
+        fetched += 1
+    assert reader.read_frames("c", len(chunk), len(raw), MIB) is None, "nothing past the end"
+    index = read_index(lambda o, n: chunk[o : o + n], len(chunk))
+    spans = [start for start, _ in store.reads if start in index.frame_offsets[:-1]]
+    assert len(spans) == len(set(spans)) == -(-len(raw) // READ_AHEAD_BYTES), spans
+    # a range already decoded for another reader goes as it is
+    reader.read("c", len(chunk), 0, 10)
+    assert reader.read_frames("c", len(chunk), 5, 10) is None
+
+
+def test_raw_frames_are_never_sent_as_stored_frames(tmp_path):
+    raw = os.urandom(2 * MIB)  # does not compress: stored raw
+    store = CountingStore(str(tmp_path))
+    chunk = encode_chunk(raw)
+    store.create("c", chunk)
+    reader = ChunkReader(store)
+    assert reader.read_frames("c", len(chunk), 0, MIB) is None
+    assert bytes(reader.read("c", len(chunk), 0, MIB)) == raw[:MIB]

@@ -185,6 +185,7 @@ def test_history_far_beyond_the_cache_reads_back_identical_while_a_writer_append
     assert all(data == event(*parse(data), EVENT_BYTES) for data in history), "bytes differ"
     assert tail == sorted(set(tail)), "the appending writer's events out of order or twice"
     assert sum(w.info["lts_reads"] for w in workers) > 0, "history must come from LTS"
+    assert sum(w.info["lts_zstd_reads"] for w in workers) > 0, "compressed history goes as zstd"
     assert sum(w.info["cache_reads"] for w in workers) > 0, "the tail must come from the cache"
     # 2 containers: each keeps about its open ledger, one being emptied, one being filled
     assert peak[0] <= 2 * 4 * LEDGER, f"log grew to {peak[0]} bytes for 320 MiB written"

@@ -199,3 +199,64 @@ def test_limits_are_checked_before_bodies():
         codec.decode([head + codec.ADD_ENTRY.pack(1, 0, 1, -1, 0, 1 << 30), b""])
     with pytest.raises(InvalidMessage, match="lac"):
         codec.decode(codec.encode(m.AddEntry(1, 3, 1, 3, 0, b"x"), 1))
+
+
+def _zstd_reply(raw: bytes, frame: int, skip: int, take: int, **changes):
+    import zstandard
+
+    compressor = zstandard.ZstdCompressor(write_checksum=True, write_content_size=True)
+    needed = -(-(skip + take) // frame)  # the frames up to the last byte carried
+    frames = [compressor.compress(raw[i * frame : (i + 1) * frame]) for i in range(needed)]
+    fields = dict(
+        offset=1000 + skip,
+        segment_length=1000 + len(raw),
+        end_of_segment=False,
+        segment=b"s/t/0.#epoch.0",
+        skip=skip,
+        raw_bytes=take,
+        frames=frames,
+    )
+    fields.update(changes)
+    return m.SegmentReadZstd(**fields)
+
+
+def test_a_zstd_read_reply_decodes_to_the_read_reply_it_stands_for() -> None:
+    raw = bytes(range(256)) * 4096  # 1 MiB
+    body = _zstd_reply(raw, 256 * 1024, 1000, 700_000)
+    header, got = codec.decode(codec.encode(body, 7))
+    assert header.msg_type == m.MsgType.SEGMENT_READ_ZSTD and isinstance(got, m.SegmentRead)
+    assert (got.offset, got.segment_length, got.end_of_segment) == (2000, 1000 + len(raw), False)
+    assert [bytes(p) for p in got.payload] == [raw[1000:701_000]]
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"frames": [b"not zstd at all"]},
+        {"frames": []},
+        {"raw_bytes": 0},
+        {"raw_bytes": 5 * 1024 * 1024},  # beyond READ_BYTES_MAX
+        {"raw_bytes": 1_048_000},  # more than the frames hold
+        {"skip": 2 * 1024 * 1024},  # beyond ZSTD_FRAME_RAW_MAX
+        {"segment_length": 1500},  # the reply ends past the segment
+    ],
+)
+def test_a_bad_zstd_read_reply_is_an_invalid_message(changes) -> None:
+    raw = bytes(range(256)) * 4096
+    body = _zstd_reply(raw, 256 * 1024, 1000, 300_000)._replace(**changes)
+    with pytest.raises(InvalidMessage):
+        codec.decode(codec.encode(body, 7))
+
+
+def test_a_corrupt_zstd_frame_is_an_invalid_message() -> None:
+    raw = bytes(range(256)) * 4096
+    body = _zstd_reply(raw, 256 * 1024, 0, 300_000)
+    bad = bytearray(body.frames[1])
+    bad[len(bad) // 2] ^= 0xFF
+    frames = codec.encode(body._replace(frames=[body.frames[0], bytes(bad)]), 7)
+    with pytest.raises(InvalidMessage):
+        codec.decode(frames)
+    # frames that hold far more than the reply carries: refused before decompressing
+    many = codec.encode(body._replace(raw_bytes=1000), 7)  # 2 frames for 1000 bytes
+    with pytest.raises(InvalidMessage, match="hold"):
+        codec.decode(many)
