@@ -452,7 +452,7 @@ class EventStreamReader:
             joined = b"".join([seg.pending, *parts])
             base -= len(seg.pending)
             seg.pending = b""
-            _add_part(seg, memoryview(joined), base)
+            _add_part(seg, joined, base)
         if body.end_of_segment and seg.fetch_offset >= body.segment_length:
             seg.end_seen = True
         else:
@@ -485,15 +485,18 @@ class EventStreamReader:
             raise exc
 
 
-def _add_part(seg: _SegmentRead, part: memoryview, base: int) -> None:
-    """Buffer the whole events of `part` (a reply's frame, at segment offset `base`) as
-    blocks: the event begun by the last part's tail (`seg.pending`), completed with this
-    part's first bytes, is copied into its own block; the events after it stay in the frame,
-    a view; a partial event at the end is copied into `seg.pending`."""
+def _add_part(seg: _SegmentRead, part: memoryview | bytes, base: int) -> None:
+    """Buffer the whole events of `part` (a reply's frame, or bytes joined from several, at
+    segment offset `base`) as blocks: the event begun by the last part's tail
+    (`seg.pending`), completed with this part's first bytes, is copied into its own block;
+    the events after it stay in `part` (the block keeps `part` itself, no copy); a partial
+    event at the end is copied into `seg.pending`."""
+    view = memoryview(part)
     pending = seg.pending
+    skip = 0  # bytes of `part` that completed the pending event
     if pending:
         if len(pending) < _HEADER_BYTES:
-            head = pending + bytes(part[: _HEADER_BYTES - len(pending)])
+            head = pending + bytes(view[: _HEADER_BYTES - len(pending)])
             if len(head) < _HEADER_BYTES:
                 seg.pending = head
                 return
@@ -504,19 +507,18 @@ def _add_part(seg: _SegmentRead, part: memoryview, base: int) -> None:
             raise InvalidMessage(
                 f"read: event length {length} at offset {base - len(pending)} > {EVENT_BYTES_MAX}"
             )
-        need = _HEADER_BYTES + length - len(pending)
-        if need > len(part):
-            seg.pending = pending + bytes(part)
+        skip = _HEADER_BYTES + length - len(pending)
+        if skip > len(view):
+            seg.pending = pending + bytes(view)
             return
-        bridge = pending + bytes(part[:need])
+        bridge = pending + bytes(view[:skip])
         starts, lengths, _ = events.index_events(bridge)
         seg.events.append(_Block(bridge, base - len(pending), starts, lengths))
         seg.pending = b""
-        part, base = part[need:], base + need
-    starts, lengths, used = events.index_events(part)
+    starts, lengths, used = events.index_events(view[skip:])
     if used:
-        seg.events.append(_Block(part, base, starts, lengths))
-    seg.pending = bytes(part[used:])  # its own bytes: never a view of the frame
+        seg.events.append(_Block(part, base, starts + skip if skip else starts, lengths))
+    seg.pending = bytes(view[skip + used :])  # its own bytes: never a view of the frame
 
 
 def _take_event(seg: _SegmentRead) -> EventRead:
@@ -524,7 +526,8 @@ def _take_event(seg: _SegmentRead) -> EventRead:
     block = seg.events[0]
     if block.starts_l is None:
         block.starts_l, block.lengths_l = block.starts.tolist(), block.lengths.tolist()
-        block.data = bytes(block.data)
+        if type(block.data) is not bytes:  # a frame's view: copied once, sliced per event
+            block.data = bytes(block.data)
     index = block.next
     start = block.starts_l[index]
     end = start + block.lengths_l[index]

@@ -34,8 +34,10 @@ def _offsets(payloads: list[bytes]) -> list[int]:
     payload_lists,
     st.lists(st.integers(min_value=0, max_value=20_000), max_size=8),
     st.lists(st.sampled_from(["event", 1, 3, 1024]), min_size=1, max_size=6),
+    st.booleans(),
 )
-def test_any_cut_into_frames_reads_back_every_event_once_in_order(payloads, cuts, takes):
+def test_any_cut_into_frames_reads_back_every_event_once_in_order(payloads, cuts, takes, joined):
+    """Parts as frames' views, or as bytes (what a reply of several frames is joined to)."""
     block = events.frame_events(payloads)
     bounds = sorted({min(c, len(block)) for c in cuts} | {len(block)})
     seg = reader._SegmentRead("s/t/0", 0)
@@ -43,7 +45,8 @@ def test_any_cut_into_frames_reads_back_every_event_once_in_order(payloads, cuts
     turn = 0
     start = 0
     for bound in bounds:
-        reader._add_part(seg, memoryview(block)[start:bound], start)
+        part = block[start:bound] if joined else memoryview(block)[start:bound]
+        reader._add_part(seg, part, start)
         start = bound
         while seg.events:  # take what is buffered, alternating single reads and batches
             how = takes[turn % len(takes)]
