@@ -98,3 +98,16 @@ def test_array_refuses_events_of_different_sizes() -> None:
     with pytest.raises(reader.InvalidArgument, match="different sizes"):
         batch.array()
     assert batch.position == ("s/t/0", len(data)) and np.array_equal(batch.offsets, [0, 6])
+
+
+def test_a_reader_asks_for_its_share_of_the_buffer_per_read() -> None:
+    """Up to 4 segments: 4 MiB per read; beyond, the reader's buffer shared out (three
+    replies a segment), never below READ_BYTES_MIN."""
+    from streamvault.client.protocol.limits import READ_BYTES_MAX
+
+    sizes = {n: reader.read_bytes_for(n) for n in (0, 1, 4, 5, 16, 64, 1024)}
+    assert sizes[0] == sizes[1] == sizes[4] == READ_BYTES_MAX
+    assert sizes[5] * 3 * 5 <= reader.READER_BUFFER_BYTES < READ_BYTES_MAX * 3 * 5
+    assert sizes[16] * 3 * 16 <= reader.READER_BUFFER_BYTES
+    assert sizes[1024] == reader.READ_BYTES_MIN
+    assert list(sizes.values()) == sorted(sizes.values(), reverse=True)

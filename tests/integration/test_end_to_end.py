@@ -84,8 +84,6 @@ def test_a_reader_reads_ahead_of_the_caller_and_holds_a_bounded_buffer(shared_st
     """The next read of a segment is asked for while the last reply's events are returned:
     a reply waits for the caller, the caller does not wait for the server. What a reader
     holds stays bounded: per segment less than two replies' events plus one in flight."""
-    from streamvault.client.reader import READ_BYTES
-
     scope, stream = unique("s"), unique("t")
     payload = [b"x" * 996 for _ in range(1000)]  # 1000 B framed: ~1 MB per call
     with StreamManager(shared_standalone.controller) as mgr:
@@ -109,7 +107,7 @@ def test_a_reader_reads_ahead_of_the_caller_and_holds_a_bounded_buffer(shared_st
                 assert len(reader._by_request) <= len(owned)
                 for seg in owned:
                     held = sum(int((b.lengths[b.next :] + 4).sum()) for b in seg.events)
-                    assert held < 2 * READ_BYTES
+                    assert held < 2 * reader._read_bytes
             assert ahead > 0, "no read was ever asked for while events were buffered"
 
 
