@@ -15,8 +15,6 @@ import threading
 import time
 from typing import NamedTuple
 
-import crc32c
-
 from streamvault.client.protocol.errors import (
     ChunkExists,
     DataCorruption,
@@ -29,6 +27,7 @@ from streamvault.lts.chunk_format import (
     ChunkIndex,
     ScratchBuffer,
     encode_chunk,
+    fetch_frames,
     read_index,
     read_range,
 )
@@ -106,9 +105,9 @@ class ChunkReader:
         self._ranges: collections.OrderedDict[tuple[str, int], bytes | memoryview] = (
             collections.OrderedDict()
         )
-        # stored (compressed) bytes of frames sent as they are: (name, first frame) ->
-        # (last frame, bytes from the first frame's start)
-        self._spans: collections.OrderedDict[tuple[str, int], tuple[int, memoryview]] = (
+        # stored (compressed) frames sent as they are: (name, first frame) -> the frames
+        # of one fetched span, from that one on
+        self._spans: collections.OrderedDict[tuple[str, int], list[memoryview]] = (
             collections.OrderedDict()
         )
         self._range_bytes = 0  # decoded ranges and stored spans together
@@ -168,41 +167,33 @@ class ChunkReader:
             last += 1
         if any(index.frame_is_raw(i) for i in range(first, last + 1)):
             return None
-        span = self._stored_span(name, index, first, last)
-        base = index.frame_offsets[span[0]]
-        frames = [
-            span[1][index.frame_offsets[i] - base : index.frame_offsets[i + 1] - base]
-            for i in range(first, last + 1)
-        ]
+        kept_first, views = self._stored_frames(name, index, first, last)
         raw = min(min((last + 1) * size, index.raw_bytes) - offset, length)
-        return StoredFrames(offset - first * size, raw, frames)
+        return StoredFrames(
+            offset - first * size, raw, views[first - kept_first : last + 1 - kept_first]
+        )
 
-    def _stored_span(
+    def _stored_frames(
         self, name: str, index: ChunkIndex, first: int, last: int
-    ) -> tuple[int, memoryview]:
-        """(first frame, its stored bytes onwards) of a kept span holding frames
-        first..last, or of a span fetched, checked and kept for them and the read ahead."""
+    ) -> tuple[int, list[memoryview]]:
+        """(first frame, the stored frames from it on) of a kept span holding frames
+        first..last, or of a span fetched and checked for them and the read ahead, kept."""
         with self._lock:
-            for (kept_name, kept_first), (kept_last, data) in reversed(self._spans.items()):
-                if kept_name == name and kept_first <= first and last <= kept_last:
+            for (kept_name, kept_first), views in reversed(self._spans.items()):
+                if kept_name == name and kept_first <= first and last < kept_first + len(views):
                     self._spans.move_to_end((kept_name, kept_first))
-                    return kept_first, data
+                    return kept_first, views
         ahead = max(1, READ_AHEAD_BYTES // index.frame_raw_bytes)
         stop = min(index.frame_count, max(last + 1, first + ahead))
-        start_at = index.frame_offsets[first]
-        data = memoryview(self.store.read(name, start_at, index.frame_offsets[stop] - start_at))
-        if len(data) != index.frame_offsets[stop] - start_at:
-            raise DataCorruption(f"chunk {name} frames {first}-{stop - 1}: read short")
-        for i in range(first, stop):
-            frame = data[index.frame_offsets[i] - start_at : index.frame_offsets[i + 1] - start_at]
-            if crc32c.crc32c(frame) != index.frame_crcs[i]:
-                raise DataCorruption(f"chunk {name} frame {i}: checksum mismatch")
+        span, views = fetch_frames(
+            lambda o, n: self.store.read(name, o, n), index, range(first, stop)
+        )
         with self._lock:
             old = self._spans.pop((name, first), None)
-            self._range_bytes += len(data) - (len(old[1]) if old else 0)
-            self._spans[(name, first)] = (stop - 1, data)
+            self._range_bytes += len(span) - (sum(map(len, old)) if old else 0)
+            self._spans[(name, first)] = views
             self._trim()
-        return first, data
+        return first, views
 
     def _cached(self, name: str, offset: int) -> tuple[int, bytes | memoryview] | None:
         """A read-through range of `name` holding byte `offset`: a sequential reader's next
@@ -230,8 +221,8 @@ class ChunkReader:
             _, dropped = self._ranges.popitem(last=False)
             self._range_bytes -= len(dropped)
         while self._range_bytes > READ_THROUGH_BYTES_MAX and len(self._spans) > 1:
-            _, (_, span) = self._spans.popitem(last=False)
-            self._range_bytes -= len(span)
+            _, views = self._spans.popitem(last=False)
+            self._range_bytes -= sum(map(len, views))
 
     def forget(self, name: str) -> None:
         with self._lock:
@@ -239,7 +230,7 @@ class ChunkReader:
             for key in [k for k in self._ranges if k[0] == name]:
                 self._range_bytes -= len(self._ranges.pop(key))
             for key in [k for k in self._spans if k[0] == name]:
-                self._range_bytes -= len(self._spans.pop(key)[1])
+                self._range_bytes -= sum(map(len, self._spans.pop(key)))
 
 
 def collect_orphans(

@@ -31,6 +31,7 @@ from typing import NamedTuple
 import crc32c
 import zstandard
 
+from streamvault.client.protocol.compression import decode_frame_into
 from streamvault.client.protocol.errors import DataCorruption, InvalidArgument
 
 CHUNK_MAGIC = 0x4B435653  # b"SVCK" little-endian
@@ -212,6 +213,25 @@ def read_index(read: Callable[[int, int], bytes], chunk_bytes: int) -> ChunkInde
     return parse_tail(tail, chunk_bytes)
 
 
+def fetch_frames(
+    read: Callable[[int, int], bytes], index: ChunkIndex, frames: range
+) -> tuple[memoryview, list[memoryview]]:
+    """The stored bytes of `frames` in one read: (their whole span, a view of each frame in
+    it), every frame checked against its CRC32C. Raises DataCorruption on a short read or a
+    mismatch."""
+    start = index.frame_offsets[frames.start]
+    span = memoryview(read(start, index.frame_offsets[frames.stop] - start))
+    if len(span) != index.frame_offsets[frames.stop] - start:
+        raise DataCorruption(f"chunk frames {frames.start}-{frames.stop - 1}: read short")
+    views = [
+        span[index.frame_offsets[i] - start : index.frame_offsets[i + 1] - start] for i in frames
+    ]
+    for i, frame in zip(frames, views, strict=True):
+        if crc32c.crc32c(frame) != index.frame_crcs[i]:
+            raise DataCorruption(f"chunk frame {i}: checksum mismatch")
+    return span, views
+
+
 def read_range(
     read: Callable[[int, int], bytes], index: ChunkIndex, offset: int, length: int
 ) -> memoryview | bytes:
@@ -230,17 +250,7 @@ def read_range(
     frames = index.frames_for(offset, length)
     if not frames:
         return b""
-    start = index.frame_offsets[frames.start]
-    span = memoryview(read(start, index.frame_offsets[frames.stop] - start))
-    if len(span) != index.frame_offsets[frames.stop] - start:
-        raise DataCorruption(f"chunk frames {frames.start}-{frames.stop - 1}: read short")
-    stored = [
-        (i, span[index.frame_offsets[i] - start : index.frame_offsets[i + 1] - start])
-        for i in frames
-    ]
-    for i, frame in stored:
-        if crc32c.crc32c(frame) != index.frame_crcs[i]:
-            raise DataCorruption(f"chunk frame {i}: checksum mismatch")
+    span, views = fetch_frames(read, index, frames)
     raw = [index.frame_is_raw(i) for i in frames]
     first_raw = frames.start * index.frame_raw_bytes
     skip = offset - first_raw
@@ -249,20 +259,16 @@ def read_range(
     size = min(frames.stop * index.frame_raw_bytes, index.raw_bytes) - first_raw
     out = memoryview(bytearray(size))
     decompressor = zstandard.ZstdDecompressor()
-    for (i, frame), is_raw in zip(stored, raw, strict=True):
+    for i, frame, is_raw in zip(frames, views, raw, strict=True):
         lo = i * index.frame_raw_bytes - first_raw
         hi = min(lo + index.frame_raw_bytes, len(out))
         if is_raw:
             out[lo:hi] = frame
             continue
         try:
-            with decompressor.stream_reader(frame) as reader:
-                pos = lo
-                while pos < hi and (n := reader.readinto(out[pos:hi])) > 0:
-                    pos += n
-                extra = reader.read(1)
+            exact = decode_frame_into(decompressor, frame, out[lo:hi])
         except zstandard.ZstdError as exc:
             raise DataCorruption(f"chunk frame {i}: {exc}") from exc
-        if pos != hi or extra:
+        if not exact:
             raise DataCorruption(f"chunk frame {i}: does not hold {hi - lo} raw bytes")
     return out[skip : skip + length]

@@ -20,6 +20,7 @@ from typing import Any, Union
 import msgspec
 
 from streamvault.client.protocol import messages as m
+from streamvault.client.protocol.compression import decode_frame_into
 from streamvault.client.protocol.errors import (
     InvalidMessage,
     StreamVaultError,
@@ -443,21 +444,14 @@ def _decompress(packed: list[memoryview], need: int) -> memoryview:
     out = memoryview(bytearray(total))
     decompressor = zstandard.ZstdDecompressor()
     pos = 0
-    try:
-        for frame, size in zip(packed, sizes, strict=True):
-            with decompressor.stream_reader(frame) as reader:
-                end = pos + size
-                while pos < end:
-                    got = reader.readinto(out[pos:end])
-                    if not got:
-                        break
-                    pos += got
-                if pos != end or reader.read(1):
-                    raise InvalidMessage(
-                        f"SegmentReadZstd: a frame of {size} bytes decoded short or long"
-                    )
-    except zstandard.ZstdError as exc:
-        raise InvalidMessage(f"SegmentReadZstd: corrupt frame: {exc}") from exc
+    for frame, size in zip(packed, sizes, strict=True):
+        try:
+            exact = decode_frame_into(decompressor, frame, out[pos : pos + size])
+        except zstandard.ZstdError as exc:
+            raise InvalidMessage(f"SegmentReadZstd: corrupt frame: {exc}") from exc
+        if not exact:
+            raise InvalidMessage(f"SegmentReadZstd: a frame of {size} bytes decoded short or long")
+        pos += size
     return out
 
 

@@ -129,11 +129,7 @@ def index_events(data: bytes) -> tuple[np.ndarray, np.ndarray, int]:
                     break
                 count += probe
                 window *= 4
-        if runs and runs[-1][1] == length and runs[-1][0] + runs[-1][2] * stride == pos:
-            first, _, before = runs[-1]
-            runs[-1] = (first, length, before + count)
-        else:
-            runs.append((pos, length, count))
+        runs.append((pos, length, count))  # the next event, if any, has another length
         pos += count * stride
     if not runs:
         empty = np.zeros(0, dtype=np.int64)
